@@ -1,0 +1,78 @@
+/* mm_backend.h: the interface between the engine and a model backend.
+ *
+ * A backend is a small vtable.  The engine calls load() on each worker
+ * thread for that worker's device, then run() with batches of tasks, then
+ * unload() on the same thread.  Backends never see the queue or the locks;
+ * they read inputs and write results through mm_task.h.  A backend that
+ * wants one copy of read-only weights shared by several CPU workers keeps a
+ * reference-counted cache of its own keyed by spec->model_name.
+ *
+ * Entry points never throw, never print and never take the GIL.
+ */
+#ifndef MM_BACKEND_H
+#define MM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mm_task.h"
+
+/* Where a worker runs. */
+typedef struct mm_device {
+    int is_gpu;      /* 0: CPU */
+    int index;       /* CUDA ordinal as the process sees it; -1 for CPU */
+    char name[32];   /* "cpu", "cuda:0" */
+    int cpu_threads; /* intra-op threads this worker may use (CPU) */
+} mm_device;
+
+/* What the model is, as the caller asked for it (read-only to backends). */
+typedef struct mm_model_spec {
+    const char *model_name; /* as given: "org/name", a local dir, "synthetic/..." */
+    mm_task_type task_type;
+    const char *revision;   /* "main" unless the task said otherwise */
+    const char *cache_dir;  /* model cache root */
+    const char *options_json; /* backend-wide settings as JSON ("{}" when none) */
+    int n_workers;          /* how many workers share this model */
+} mm_model_spec;
+
+/* Limits and footprint a loaded backend reports. */
+typedef struct mm_backend_info {
+    size_t max_batch_items;  /* 0: no limit of its own */
+    size_t max_batch_tokens; /* 0: no limit of its own */
+    uint64_t memory_bytes;   /* weights + buffers held on its device */
+    size_t embedding_dim;    /* 0 when not an embedding model */
+} mm_backend_info;
+
+typedef struct mm_backend_vtable {
+    const char *name;
+
+    /* Does this backend serve model_name?  Called at submit; must be cheap. */
+    int (*accepts)(const char *model_name);
+
+    /* Optional.  Validates a task before it is queued (kwargs, input shape),
+     * without a loaded model, on the submitting thread.  0, or a negative
+     * code with a message written to err (errlen bytes). */
+    int (*check)(const mm_model_spec *spec, const mm_task_t *task, char *err, size_t errlen);
+
+    /* Loads the model for one worker on dev.  Blocks (downloads, reads
+     * weights).  On success sets *state.  On failure returns a negative code
+     * and writes a message a person can act on into err. */
+    int (*load)(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
+                size_t errlen);
+
+    /* Runs a batch.  Writes each task's result or fails it (mm_task_fail);
+     * a task left without either is failed by the engine as INTERNAL_ERROR. */
+    void (*run)(void *state, mm_task_t **tasks, size_t n);
+
+    /* Frees everything load() made, on the thread that loaded it. */
+    void (*unload)(void *state);
+
+    /* Optional.  Fills limits and footprint; 0 or a negative code. */
+    int (*info)(void *state, mm_backend_info *info);
+
+    /* Optional.  Cost of a task against max_batch_tokens (tokens, or an
+     * estimate).  Without it the engine uses input bytes / 4 + 2 per item. */
+    size_t (*cost)(void *state, const mm_task_t *task);
+} mm_backend_vtable;
+
+#endif

@@ -1,0 +1,118 @@
+/* mm_engine_internal.h: engine and model structs shared by mm_engine.c,
+ * mm_worker.c and mm_reaper.c.
+ *
+ * Locking: one mutex, engine->mu, guards the registry, every model's queue,
+ * state and counters, and the retiring list.  Critical sections are short
+ * (pointer moves, counters); backends run with no lock held.  Channel
+ * mutexes are leaves taken under engine->mu.  Lock order:
+ *     engine->mu  ->  channel->mu  ->  (log sink mutex)
+ */
+#ifndef MM_ENGINE_INTERNAL_H
+#define MM_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "mm_backend.h"
+#include "mm_devices.h"
+#include "mm_engine.h"
+#include "mm_hash.h"
+#include "mm_task_internal.h"
+
+typedef enum mm_model_state {
+    MM_MS_LOADING = 0,
+    MM_MS_READY,
+    MM_MS_DRAINING, /* released: serve what is queued, then stop */
+    MM_MS_RELEASED, /* workers gone, waiting to be reaped */
+    MM_MS_FAILED,   /* a worker failed to load: stop now */
+} mm_model_state;
+
+struct mm_engine;
+struct mm_model;
+
+typedef struct mm_worker {
+    pthread_t thread;       /* written at start, joined by the reaper */
+    int started;            /* thread was created */
+    struct mm_model *model; /* immutable */
+    mm_device dev;          /* immutable */
+} mm_worker;
+
+typedef struct mm_model {
+    /* Immutable after creation. */
+    char *name;
+    const mm_backend_vtable *vt;
+    mm_model_spec spec;
+    char *revision;
+    char device_request[32];
+    mm_placement placement;
+    struct mm_engine *engine;
+    uint64_t generation; /* creation order, to wait only for older instances */
+
+    UT_hash_handle hh;             /* registry link; guarded by engine->mu */
+    struct mm_model *retire_next;  /* retiring list; guarded by engine->mu */
+    int in_registry;               /* guarded by engine->mu */
+
+    /* All below guarded by engine->mu. */
+    mm_model_state state;
+    int64_t keep_alive_ms;
+    mm_task_t *qhead, *qtail;
+    size_t qlen;
+    mm_task_t *waiters; /* preload and release control tasks (linked by next) */
+    pthread_cond_t work_cv;
+    mm_worker *workers;
+    int n_workers;
+    int n_loaded, n_exited, n_load_done;
+    int64_t last_used_ns, ready_ns;
+    double last_used_wall, loaded_wall;
+    size_t in_flight;
+    uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
+    uint64_t memory_bytes;
+    size_t batch_items, batch_tokens; /* effective budgets */
+    int load_err;
+    char errmsg[512];
+} mm_model;
+
+struct mm_engine {
+    pthread_mutex_t mu;
+    pthread_cond_t reaper_cv; /* wakes the reaper: deadlines changed, models to reap */
+    pthread_cond_t retire_cv; /* a retiring model was reaped */
+    mm_model *models;         /* registry by name; guarded by mu */
+    mm_model *retiring;       /* released or failed, not yet reaped; guarded by mu */
+    mm_task_t *queued_by_id;  /* every queued task, for cancel; guarded by mu */
+    mm_task_t *shutdown_waiters; /* guarded by mu */
+    int shutting_down;        /* guarded by mu */
+    int stop_reaper;          /* guarded by mu */
+    uint64_t next_id;         /* guarded by mu */
+    uint64_t next_generation; /* guarded by mu */
+    uint64_t created, completed, double_completions; /* guarded by mu */
+    pthread_t reaper;         /* immutable */
+    mm_engine_params params;  /* immutable (strings owned) */
+    mm_gpu_list gpus;         /* immutable */
+};
+
+/* Completes a task exactly once: sets status (and the error when code != 0),
+ * unlinks nothing, hands it to its channel.  Caller holds e->mu. */
+void mm__complete(struct mm_engine *e, mm_task_t *t, mm_task_status st, int code,
+                  const char *msg);
+
+/* Takes a model out of the registry (if there) and onto the retiring list,
+ * in state st (DRAINING or FAILED), waking its workers.  Caller holds e->mu. */
+void mm__model_retire(struct mm_engine *e, mm_model *m, mm_model_state st);
+
+/* Fails every queued task of m with code and msg.  Caller holds e->mu. */
+void mm__model_fail_queue(struct mm_engine *e, mm_model *m, mm_task_status st, int code,
+                          const char *msg);
+
+/* Unlinks the queue head; caller holds e->mu. */
+mm_task_t *mm__queue_pop(struct mm_engine *e, mm_model *m);
+
+/* Worker thread entry (mm_worker.c). */
+void *mm__worker_main(void *arg);
+/* Reaper thread entry (mm_reaper.c). */
+void *mm__reaper_main(void *arg);
+/* Frees a model whose threads are all joined (mm_engine.c). */
+void mm__model_destroy(mm_model *m);
+/* Completes a model's waiters (preload on ready/failure, release on reap). */
+void mm__model_complete_waiters(struct mm_engine *e, mm_model *m, mm_task_kind kind, int code,
+                                const char *msg);
+
+#endif

@@ -1,0 +1,392 @@
+/* mm_synthetic.c: the synthetic backend, a real feature for tests.
+ *
+ * Model names "synthetic/<task_type>?key=value&..." give a model with no
+ * weights: deterministic unit-norm hash embeddings (the same text always
+ * gives the same vector) or deterministic generated text, with tunable
+ * costs and injected failures, so apps can test their use of the manager
+ * (and we can test and benchmark the engine) without downloading anything.
+ *
+ * Options: dim (16), load_ms (0), item_us (0, per input item), batch_us (0,
+ * per batch), max_items / max_tokens (batch limits it reports), mem_mb (0,
+ * memory it reports), fail=load (every load fails), fail_loads=N (the first
+ * N loads of this name in this process fail).  An input item containing
+ * "__fail__" fails its task with TASK_FAILED.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mm_alloc.h"
+#include "mm_backends.h"
+#include "mm_err.h"
+
+typedef struct synth_opts {
+    mm_task_type type;
+    long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads;
+    int fail_load;
+} synth_opts;
+
+typedef struct synth_state {
+    synth_opts o;
+} synth_state;
+
+static int parse_long(const char *v, long lo, long hi, long *out) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen) {
+    memset(o, 0, sizeof *o);
+    o->dim = 16;
+    const char *p = name + strlen("synthetic/");
+    const char *q = strchr(p, '?');
+    size_t tlen = q ? (size_t)(q - p) : strlen(p);
+    if (tlen == 9 && !strncmp(p, "embedding", 9))
+        o->type = MM_TASK_EMBEDDING;
+    else if (tlen == 15 && !strncmp(p, "text_generation", 15))
+        o->type = MM_TASK_TEXT_GENERATION;
+    else {
+        snprintf(err, errlen,
+                 "synthetic model names are \"synthetic/embedding?...\" or "
+                 "\"synthetic/text_generation?...\", got \"%.200s\"",
+                 name);
+        return MM_EINVAL;
+    }
+    if (!q)
+        return 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", q + 1);
+    char *save = NULL;
+    for (char *kv = strtok_r(buf, "&", &save); kv; kv = strtok_r(NULL, "&", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) {
+            snprintf(err, errlen, "synthetic option \"%.60s\" needs a value (key=value)", kv);
+            return MM_EINVAL;
+        }
+        *eq = '\0';
+        const char *k = kv, *v = eq + 1;
+        int bad = 0;
+        if (!strcmp(k, "dim"))
+            bad = parse_long(v, 1, 65536, &o->dim);
+        else if (!strcmp(k, "load_ms"))
+            bad = parse_long(v, 0, 600000, &o->load_ms);
+        else if (!strcmp(k, "item_us"))
+            bad = parse_long(v, 0, 60000000, &o->item_us);
+        else if (!strcmp(k, "batch_us"))
+            bad = parse_long(v, 0, 60000000, &o->batch_us);
+        else if (!strcmp(k, "max_items"))
+            bad = parse_long(v, 0, 1L << 30, &o->max_items);
+        else if (!strcmp(k, "max_tokens"))
+            bad = parse_long(v, 0, 1L << 30, &o->max_tokens);
+        else if (!strcmp(k, "mem_mb"))
+            bad = parse_long(v, 0, 1L << 30, &o->mem_mb);
+        else if (!strcmp(k, "fail_loads"))
+            bad = parse_long(v, 0, 1L << 30, &o->fail_loads);
+        else if (!strcmp(k, "fail")) {
+            if (!strcmp(v, "load"))
+                o->fail_load = 1;
+            else
+                bad = 1;
+        } else {
+            snprintf(err, errlen,
+                     "unknown synthetic option \"%.60s\" (known: dim, load_ms, item_us, "
+                     "batch_us, max_items, max_tokens, mem_mb, fail=load, fail_loads)",
+                     k);
+            return MM_EINVAL;
+        }
+        if (bad) {
+            snprintf(err, errlen, "bad value \"%.60s\" for synthetic option %s", v, k);
+            return MM_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int synth_accepts(const char *name) { return !strncmp(name, "synthetic/", 10); }
+
+static const char *const EMBED_KW[] = {"normalize", "dimensions", NULL};
+static const char *const GEN_KW[] = {"max_length",     "max_new_tokens",       "min_length",
+                                     "min_new_tokens", "num_beams",            "do_sample",
+                                     "temperature",    "top_k",                "top_p",
+                                     "seed",           "num_return_sequences", "repetition_penalty",
+                                     "no_repeat_ngram_size", "length_penalty", "early_stopping",
+                                     NULL};
+
+static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *obj = json_loads(json, 0, &je);
+    if (!obj || !json_is_object(obj)) {
+        json_decref(obj);
+        snprintf(err, errlen, "task parameters are not a JSON object");
+        return MM_EINVAL;
+    }
+    const char *const *known = o->type == MM_TASK_EMBEDDING ? EMBED_KW : GEN_KW;
+    const char *key;
+    json_t *val;
+    int rc = 0;
+    json_object_foreach(obj, key, val) {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            if (!strcmp(*k, key))
+                ok = 1;
+        if (!ok) {
+            snprintf(err, errlen, "unknown parameter \"%.60s\" for a %s task", key,
+                     o->type == MM_TASK_EMBEDDING ? "embedding" : "text_generation");
+            rc = MM_EINVAL;
+            break;
+        }
+        if (!strcmp(key, "dimensions") &&
+            (!json_is_integer(val) || json_integer_value(val) < 1)) {
+            snprintf(err, errlen, "dimensions must be a positive integer");
+            rc = MM_EINVAL;
+            break;
+        }
+        if ((!strcmp(key, "max_length") || !strcmp(key, "max_new_tokens")) &&
+            (!json_is_integer(val) || json_integer_value(val) < 1 ||
+             json_integer_value(val) > 4096)) {
+            snprintf(err, errlen, "%s must be an integer between 1 and 4096", key);
+            rc = MM_EINVAL;
+            break;
+        }
+    }
+    json_decref(obj);
+    return rc;
+}
+
+static int synth_check(const mm_model_spec *spec, const mm_task_t *task, char *err,
+                       size_t errlen) {
+    synth_opts o;
+    int rc = parse_opts(spec->model_name, &o, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (o.type != spec->task_type) {
+        snprintf(err, errlen, "model \"%.200s\" serves %s tasks, not %s", spec->model_name,
+                 o.type == MM_TASK_EMBEDDING ? "embedding" : "text_generation",
+                 spec->task_type == MM_TASK_EMBEDDING ? "embedding" : "text_generation");
+        return MM_EINVAL;
+    }
+    return check_kwargs(&o, mm_task_params_json(task), err, errlen);
+}
+
+static void sleep_us(long us) {
+    if (us <= 0)
+        return;
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Per-name load counters for fail_loads; a short list under a mutex. */
+typedef struct load_count {
+    struct load_count *next;
+    long n;
+    char name[];
+} load_count;
+static pthread_mutex_t counts_mu = PTHREAD_MUTEX_INITIALIZER;
+static load_count *counts; /* guarded by counts_mu */
+
+static long next_load_number(const char *name) {
+    pthread_mutex_lock(&counts_mu);
+    load_count *c = counts;
+    while (c && strcmp(c->name, name))
+        c = c->next;
+    if (!c) {
+        c = mm_malloc(sizeof *c + strlen(name) + 1);
+        if (!c) {
+            pthread_mutex_unlock(&counts_mu);
+            return 0;
+        }
+        strcpy(c->name, name);
+        c->n = 0;
+        c->next = counts;
+        counts = c;
+    }
+    long n = ++c->n;
+    pthread_mutex_unlock(&counts_mu);
+    return n;
+}
+
+static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
+                      size_t errlen) {
+    (void)dev;
+    synth_opts o;
+    int rc = parse_opts(spec->model_name, &o, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (o.type != spec->task_type) {
+        snprintf(err, errlen, "model serves %s tasks",
+                 o.type == MM_TASK_EMBEDDING ? "embedding" : "text_generation");
+        return MM_EINVAL;
+    }
+    sleep_us(o.load_ms * 1000);
+    long nth = next_load_number(spec->model_name);
+    if (o.fail_load || nth <= o.fail_loads) {
+        snprintf(err, errlen, "synthetic load failure injected (load #%ld)", nth);
+        return MM_ELOAD;
+    }
+    synth_state *s = mm_calloc(1, sizeof *s);
+    if (!s)
+        return MM_ENOMEM;
+    s->o = o;
+    *state = s;
+    return 0;
+}
+
+static uint64_t fnv1a(const char *s, size_t n, uint64_t salt) {
+    uint64_t h = 1469598103934665603ULL ^ salt;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static uint64_t splitmix(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void embed_one(const char *text, size_t len, float *out, long dim, long keep,
+                      int normalize) {
+    uint64_t x = fnv1a(text, len, 0);
+    for (long j = 0; j < dim; j++)
+        out[j] = (float)((splitmix(&x) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+    double norm = 0;
+    for (long j = 0; j < dim; j++)
+        norm += (double)out[j] * out[j];
+    norm = sqrt(norm);
+    for (long j = 0; j < dim && normalize && norm > 0; j++)
+        out[j] = (float)(out[j] / norm);
+    if (keep < dim && normalize) { /* Matryoshka cut: re-normalise the prefix */
+        double n2 = 0;
+        for (long j = 0; j < keep; j++)
+            n2 += (double)out[j] * out[j];
+        n2 = sqrt(n2);
+        for (long j = 0; j < keep && n2 > 0; j++)
+            out[j] = (float)(out[j] / n2);
+    }
+}
+
+static const char *const WORDS[] = {"alpha", "bravo",  "charlie", "delta", "echo",   "foxtrot",
+                                    "golf",  "hotel",  "india",   "juliet", "kilo",  "lima",
+                                    "mike",  "novem",  "oscar",   "papa"};
+
+static void run_embedding(synth_state *s, mm_task_t *t, json_t *kw) {
+    long dim = s->o.dim, keep = dim;
+    int normalize = 1;
+    json_t *v;
+    if ((v = json_object_get(kw, "normalize")))
+        normalize = json_is_true(v);
+    if ((v = json_object_get(kw, "dimensions")) && json_integer_value(v) < dim)
+        keep = (long)json_integer_value(v);
+    float *full = mm_malloc((size_t)dim * sizeof(float));
+    float *out = mm_task_result_embeddings(t, (size_t)keep);
+    if (!full || !out) {
+        mm_free(full);
+        mm_task_fail(t, MM_ENOMEM, "out of memory for %zu embeddings", mm_task_n_items(t));
+        return;
+    }
+    for (size_t i = 0; i < mm_task_n_items(t); i++) {
+        size_t len;
+        const char *text = mm_task_item(t, i, &len);
+        embed_one(text, len, full, dim, keep, normalize);
+        memcpy(out + i * keep, full, (size_t)keep * sizeof(float));
+    }
+    mm_free(full);
+}
+
+static void run_generation(mm_task_t *t, json_t *kw) {
+    long n_words = 8, per_item = 1;
+    json_t *v;
+    if ((v = json_object_get(kw, "max_new_tokens")) && json_is_integer(v))
+        n_words = (long)json_integer_value(v);
+    else if ((v = json_object_get(kw, "max_length")) && json_is_integer(v))
+        n_words = (long)json_integer_value(v);
+    if ((v = json_object_get(kw, "num_return_sequences")) && json_is_integer(v) &&
+        json_integer_value(v) > 0)
+        per_item = (long)json_integer_value(v);
+    if (n_words > 4096)
+        n_words = 4096;
+    char *buf = mm_malloc((size_t)n_words * 10 + 16);
+    if (!buf) {
+        mm_task_fail(t, MM_ENOMEM, "out of memory generating text");
+        return;
+    }
+    for (size_t i = 0; i < mm_task_n_items(t); i++) {
+        size_t len;
+        const char *text = mm_task_item(t, i, &len);
+        for (long r = 0; r < per_item; r++) {
+            uint64_t x = fnv1a(text, len, (uint64_t)r);
+            size_t off = 0;
+            for (long w = 0; w < n_words; w++)
+                off += (size_t)sprintf(buf + off, "%s%s", w ? " " : "", WORDS[splitmix(&x) % 16]);
+            if (mm_task_result_text(t, i * per_item + r, per_item, buf, off) < 0) {
+                mm_task_fail(t, MM_ENOMEM, "out of memory storing generated text");
+                mm_free(buf);
+                return;
+            }
+        }
+    }
+    mm_free(buf);
+}
+
+static void synth_run(void *state, mm_task_t **tasks, size_t n) {
+    synth_state *s = state;
+    size_t items = 0;
+    for (size_t k = 0; k < n; k++)
+        items += mm_task_n_items(tasks[k]);
+    sleep_us(s->o.batch_us + s->o.item_us * (long)items);
+    for (size_t k = 0; k < n; k++) {
+        mm_task_t *t = tasks[k];
+        int failed = 0;
+        for (size_t i = 0; i < mm_task_n_items(t) && !failed; i++) {
+            if (strstr(mm_task_item(t, i, NULL), "__fail__")) {
+                mm_task_fail(t, MM_ETASK, "synthetic failure injected for item %zu", i);
+                failed = 1;
+            }
+        }
+        if (failed)
+            continue;
+        json_t *kw = json_loads(mm_task_params_json(t), 0, NULL);
+        if (!kw)
+            kw = json_object();
+        if (s->o.type == MM_TASK_EMBEDDING)
+            run_embedding(s, t, kw);
+        else
+            run_generation(t, kw);
+        json_decref(kw);
+    }
+}
+
+static void synth_unload(void *state) { mm_free(state); }
+
+static int synth_info(void *state, mm_backend_info *info) {
+    synth_state *s = state;
+    info->max_batch_items = (size_t)s->o.max_items;
+    info->max_batch_tokens = (size_t)s->o.max_tokens;
+    info->memory_bytes = (uint64_t)s->o.mem_mb << 20;
+    info->embedding_dim = s->o.type == MM_TASK_EMBEDDING ? (size_t)s->o.dim : 0;
+    return 0;
+}
+
+const mm_backend_vtable mm_synthetic_backend = {
+    .name = "synthetic",
+    .accepts = synth_accepts,
+    .check = synth_check,
+    .load = synth_load,
+    .run = synth_run,
+    .unload = synth_unload,
+    .info = synth_info,
+    .cost = NULL,
+};

@@ -1,0 +1,103 @@
+/* mm_task.h: one unit of work, from submit to completion.
+ *
+ * A task owns a copy of its inputs (UTF-8 items, copied at submit so no
+ * worker ever needs the GIL), its parameters (a JSON object text, the
+ * caller's kwargs) and, once run, its result.  It is owned by exactly one
+ * place at a time: the submitter, a model's queue, a worker's batch, a
+ * completion channel, then the drainer that frees it.  It completes exactly
+ * once (success, error, timeout, cancelled or dropped); the engine enforces
+ * that and counts any violation.
+ *
+ * Backends see tasks only inside run(): they read items and parameters and
+ * write results through the functions below, from the worker thread that
+ * owns the batch.
+ */
+#ifndef MM_TASK_H
+#define MM_TASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mm_task mm_task_t;
+
+typedef enum mm_task_type {
+    MM_TASK_EMBEDDING = 1,
+    MM_TASK_TEXT_GENERATION = 2,
+} mm_task_type;
+
+/* What a task asks for. */
+typedef enum mm_task_kind {
+    MM_KIND_RUN = 0,     /* process items */
+    MM_KIND_PRELOAD = 1, /* task_data=None: complete when the model is loaded */
+    MM_KIND_RELEASE = 2, /* control: complete when the model is gone */
+    MM_KIND_SHUTDOWN = 3 /* control: complete when every model is gone */
+} mm_task_kind;
+
+typedef enum mm_task_status {
+    MM_TS_NEW = 0,
+    MM_TS_QUEUED,
+    MM_TS_RUNNING,
+    MM_TS_DONE,      /* success */
+    MM_TS_FAILED,    /* error: code and message set */
+    MM_TS_CANCELLED, /* caller cancelled before it ran */
+    MM_TS_DROPPED,   /* drop_model_queue: callers get RuntimeError(reason) */
+} mm_task_status;
+
+/* What a successful task produced. */
+typedef enum mm_result_kind {
+    MM_RESULT_NONE = 0,       /* preload / control */
+    MM_RESULT_EMBEDDINGS = 1, /* n_items x dim float32, row-major */
+    MM_RESULT_TEXTS = 2,      /* one string per item (or several, see n_per_item) */
+} mm_result_kind;
+
+/* ---- read access (backends, the extension) ---- */
+uint64_t mm_task_id(const mm_task_t *t);
+mm_task_type mm_task_get_type(const mm_task_t *t);
+mm_task_kind mm_task_get_kind(const mm_task_t *t);
+mm_task_status mm_task_get_status(const mm_task_t *t);
+/* Number of input items (texts). */
+size_t mm_task_n_items(const mm_task_t *t);
+/* Item i as UTF-8 bytes, NUL-terminated; *len receives its length (may be NULL). */
+const char *mm_task_item(const mm_task_t *t, size_t i, size_t *len);
+/* Total input bytes over all items. */
+size_t mm_task_total_bytes(const mm_task_t *t);
+/* The caller's kwargs as a JSON object text ("{}" when none); never NULL. */
+const char *mm_task_params_json(const mm_task_t *t);
+/* True when the input was one string, not a list (generation: generated_text). */
+int mm_task_single_input(const mm_task_t *t);
+const char *mm_task_model_name(const mm_task_t *t);
+
+/* ---- result writing (backends, inside run(), on the worker thread) ---- */
+
+/* Allocates the embeddings result: n_items rows of dim floats, zeroed.
+ * Returns the row-major buffer owned by the task, or NULL on out-of-memory. */
+float *mm_task_result_embeddings(mm_task_t *t, size_t dim);
+/* Sets output text number i (0 <= i < n_items * per_item) to a copy of s.
+ * The first call fixes per_item (num_return_sequences); 0 or MM_ENOMEM. */
+int mm_task_result_text(mm_task_t *t, size_t i, size_t per_item, const char *s, size_t len);
+/* Adds one result field "key": value (JSON text) merged into the result dict
+ * (e.g. "usage"); 0 or MM_ENOMEM. */
+int mm_task_result_extra(mm_task_t *t, const char *key, const char *json_value);
+/* Marks the task failed with code and message (printf-style).  A failed task
+ * stays failed; the engine completes it after run() returns. */
+void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- result reading (the extension, after completion) ---- */
+mm_result_kind mm_task_result_kind(const mm_task_t *t);
+const float *mm_task_result_vectors(const mm_task_t *t, size_t *n, size_t *dim);
+size_t mm_task_result_n_texts(const mm_task_t *t, size_t *per_item);
+const char *mm_task_result_text_at(const mm_task_t *t, size_t i, size_t *len);
+/* Extra fields as a JSON object text, or NULL when none. */
+const char *mm_task_result_extras(const mm_task_t *t);
+int mm_task_error_code(const mm_task_t *t);
+const char *mm_task_error_message(const mm_task_t *t);
+/* Device that ran the task ("cpu", "cuda:0"); NULL when none did. */
+const char *mm_task_device(const mm_task_t *t);
+/* Warning attached by the engine (config mismatch, CPU fallback), or NULL. */
+const char *mm_task_warning(const mm_task_t *t);
+
+#endif

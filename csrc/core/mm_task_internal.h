@@ -1,0 +1,67 @@
+/* mm_task_internal.h: the task struct, shared by the core's own files.
+ *
+ * Outside csrc/core a task is opaque (mm_task.h).  Ownership moves between
+ * the submitter, a model's queue, a worker's batch and a completion channel;
+ * the fields say which owner may touch them.
+ */
+#ifndef MM_TASK_INTERNAL_H
+#define MM_TASK_INTERNAL_H
+
+#include "mm_hash.h"
+#include "mm_task.h"
+
+struct mm_channel;
+struct mm_model;
+
+struct mm_task {
+    uint64_t id;
+    mm_task_type type;
+    mm_task_kind kind;
+    mm_task_status status; /* written by the current owner; terminal once */
+    int single_input;
+
+    /* Inputs: immutable after submit. */
+    size_t n_items;
+    size_t *item_off; /* offset of item i in blob */
+    size_t *item_len;
+    char *blob; /* all items, each NUL-terminated */
+    size_t total_bytes;
+    char *params_json;
+    char *model_name;
+
+    int64_t enqueue_ns;
+    struct mm_channel *channel; /* where it completes; holds a reference */
+
+    /* Queue links and id-hash handle: guarded by the engine mutex while the
+     * task sits in a queue or waiter list. */
+    struct mm_task *next, *prev;
+    struct mm_model *model;
+    UT_hash_handle hh;
+
+    /* Result: written by the worker running it (or the engine on error),
+     * read by the drainer after completion. */
+    mm_result_kind rkind;
+    float *vecs;
+    size_t dim;
+    char **texts;
+    size_t *text_lens;
+    size_t n_texts, per_item;
+    char *extras; /* JSON object text, or NULL */
+    int err_code;
+    char *err_msg;
+    char device[32];
+    char *warning;
+};
+
+/* Allocates a task with a copy of the inputs; NULL on out-of-memory. */
+mm_task_t *mm__task_new(uint64_t id, mm_task_type type, mm_task_kind kind, const char *model_name,
+                        const char *const *items, const size_t *lens, size_t n,
+                        const char *params_json);
+/* Sets the error (code and message copy) without changing status. */
+void mm__task_set_error(mm_task_t *t, int code, const char *msg);
+/* Appends one "key": value pair to the task's extras JSON object. */
+int mm__task_add_extra(mm_task_t *t, const char *key, const char *json_value);
+/* Frees the task and everything it owns (not its channel reference). */
+void mm__task_destroy(mm_task_t *t);
+
+#endif

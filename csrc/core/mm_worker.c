@@ -1,0 +1,189 @@
+/* mm_worker.c: the worker thread: load the backend on its device, then
+ * take batches from the model's queue until the model is released.
+ *
+ * A worker waits for any older instance of the same model name to finish
+ * unloading before it loads (release-then-reload never holds two copies).
+ * It pops as many queued tasks as fit the batch budget (items and backend
+ * cost units), so a burst of small requests becomes one forward pass, and
+ * runs the backend with no lock held.  A load failure fails everything the
+ * model holds with MODEL_LOAD_FAILED and retires the entry, so the next
+ * task starts over with a fresh one.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mm_alloc.h"
+#include "mm_engine_internal.h"
+#include "mm_err.h"
+#include "mm_log.h"
+#include "mm_time.h"
+
+#define MAX_BATCH_TASKS 1024
+
+static int older_instance_retiring(mm_engine_t *e, mm_model *m) {
+    for (mm_model *r = e->retiring; r; r = r->retire_next)
+        if (r->generation < m->generation && r->state != MM_MS_RELEASED &&
+            !strcmp(r->name, m->name))
+            return 1;
+    return 0;
+}
+
+static size_t task_cost(const mm_backend_vtable *vt, void *st, const mm_task_t *t) {
+    if (vt->cost)
+        return vt->cost(st, t);
+    return t->total_bytes / 4 + 2 * t->n_items;
+}
+
+/* Pops the next batch into out (capacity cap); engine->mu held. */
+static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, size_t cap) {
+    size_t n = 0, items = 0, cost = 0;
+    while (m->qhead && n < cap) {
+        mm_task_t *t = m->qhead;
+        size_t c = task_cost(m->vt, st, t);
+        if (n > 0 && ((m->batch_items && items + t->n_items > m->batch_items) ||
+                      (m->batch_tokens && cost + c > m->batch_tokens)))
+            break;
+        mm__queue_pop(e, m);
+        t->status = MM_TS_RUNNING;
+        out[n++] = t;
+        items += t->n_items;
+        cost += c;
+    }
+    return n;
+}
+
+static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err) {
+    if (m->state == MM_MS_FAILED)
+        return;
+    m->load_err = rc;
+    snprintf(m->errmsg, sizeof m->errmsg, "%s", err[0] ? err : mm_strerror(rc));
+    char msg[700];
+    snprintf(msg, sizeof msg, "could not load model \"%.150s\": %s", m->name, m->errmsg);
+    mm_log(MM_LOG_ERROR, "%s", msg);
+    /* The backend's own code (e.g. MODEL_NOT_FOUND, AUTH_REQUIRED) says more
+     * than a generic one; anything vague becomes MODEL_LOAD_FAILED. */
+    int code = (rc == MM_EINVAL || rc == MM_ENOMEM || rc == MM_EINTERNAL || rc == MM_EIO)
+                   ? MM_ELOAD
+                   : rc;
+    mm__model_fail_queue(e, m, MM_TS_FAILED, code, msg);
+    mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, code, msg);
+    mm__model_retire(e, m, MM_MS_FAILED);
+    m->state = MM_MS_FAILED;
+}
+
+static void on_loaded(mm_engine_t *e, mm_model *m, void *st) {
+    m->n_loaded++;
+    if (m->vt->info) {
+        mm_backend_info info;
+        memset(&info, 0, sizeof info);
+        if (m->vt->info(st, &info) == 0) {
+            m->memory_bytes += info.memory_bytes;
+            if (info.max_batch_items && (!m->batch_items || info.max_batch_items < m->batch_items))
+                m->batch_items = info.max_batch_items;
+            if (info.max_batch_tokens &&
+                (!m->batch_tokens || info.max_batch_tokens < m->batch_tokens))
+                m->batch_tokens = info.max_batch_tokens;
+        }
+    }
+    if (m->state == MM_MS_LOADING) {
+        m->state = MM_MS_READY;
+        m->ready_ns = mm_now_ns();
+        m->last_used_ns = m->ready_ns;
+        m->loaded_wall = mm_wall_s();
+        mm_log(MM_LOG_INFO, "model %s ready on %s", m->name, m->placement.devs[0].name);
+    } else if (m->ready_ns == 0) {
+        m->ready_ns = mm_now_ns(); /* released while loading: still drain */
+    }
+    pthread_cond_signal(&e->reaper_cv);
+}
+
+static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        mm_task_t *t = batch[i];
+        snprintf(t->device, sizeof t->device, "%s", w->dev.name);
+        m->items += t->n_items;
+        if (t->err_code) {
+            m->failed++;
+            mm__complete(e, t, MM_TS_FAILED, 0, NULL);
+        } else if (t->rkind == MM_RESULT_NONE) {
+            m->failed++;
+            mm__complete(e, t, MM_TS_FAILED, MM_EINTERNAL,
+                         "the backend returned no result for this task");
+        } else {
+            m->done++;
+            mm__complete(e, t, MM_TS_DONE, 0, NULL);
+        }
+    }
+    m->in_flight -= n;
+    m->batches++;
+    m->last_used_ns = mm_now_ns();
+    m->last_used_wall = mm_wall_s();
+    if (m->qlen == 0 && m->in_flight == 0)
+        pthread_cond_signal(&e->reaper_cv);
+}
+
+void *mm__worker_main(void *arg) {
+    mm_worker *w = arg;
+    mm_model *m = w->model;
+    mm_engine_t *e = m->engine;
+    mm_task_t **batch = mm_malloc(MAX_BATCH_TASKS * sizeof *batch);
+    void *st = NULL;
+    char err[512] = "";
+
+    pthread_mutex_lock(&e->mu);
+    while (older_instance_retiring(e, m) && m->state != MM_MS_FAILED)
+        pthread_cond_wait(&e->retire_cv, &e->mu);
+    int skip = m->state == MM_MS_FAILED || (m->state == MM_MS_DRAINING && m->qlen == 0);
+    pthread_mutex_unlock(&e->mu);
+
+    int rc = 0;
+    if (!batch) {
+        rc = MM_ENOMEM;
+        snprintf(err, sizeof err, "out of memory starting a worker");
+    } else if (!skip) {
+        rc = m->vt->load(&m->spec, &w->dev, &st, err, sizeof err);
+        if (rc == 0 && !st)
+            st = NULL; /* a backend may keep no state */
+    }
+
+    pthread_mutex_lock(&e->mu);
+    m->n_load_done++;
+    if (skip) {
+        /* nothing loaded */
+    } else if (rc < 0) {
+        on_load_failed(e, m, rc, err);
+    } else {
+        on_loaded(e, m, st);
+        if (m->n_load_done == m->n_workers && m->state != MM_MS_FAILED)
+            mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, 0, NULL);
+        for (;;) {
+            while (m->qlen == 0 && (m->state == MM_MS_READY || m->state == MM_MS_LOADING))
+                pthread_cond_wait(&m->work_cv, &e->mu);
+            if (m->state == MM_MS_FAILED || m->qlen == 0)
+                break;
+            size_t n = pop_batch(e, m, st, batch, MAX_BATCH_TASKS);
+            m->in_flight += n;
+            if (m->qlen)
+                pthread_cond_signal(&m->work_cv); /* more for another worker */
+            pthread_mutex_unlock(&e->mu);
+            m->vt->run(st, batch, n);
+            pthread_mutex_lock(&e->mu);
+            finish_batch(e, m, w, batch, n);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+
+    if (!skip && rc == 0)
+        m->vt->unload(st);
+    mm_free(batch);
+
+    pthread_mutex_lock(&e->mu);
+    m->n_exited++;
+    if (m->n_exited == m->n_workers) {
+        if (m->state != MM_MS_FAILED)
+            m->state = MM_MS_RELEASED;
+        pthread_cond_signal(&e->reaper_cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
