@@ -1,0 +1,792 @@
+/* embed.cpp: BERT-family encoders and the sentence-transformers pipeline,
+ * exported through the C ABI in mm_torch.h.
+ *
+ * One Encoder type runs all four architectures, because they are the same
+ * post-LayerNorm transformer and differ only in weight names, in how
+ * position ids are made (RoBERTa, XLM-R and MPNet count from pad_id + 1 over
+ * non-pad tokens) and in MPNet's relative position bias, which is added to
+ * the attention mask.  Q, K and V are fused into one matrix at load, so a
+ * layer is four GEMMs; attention is at::scaled_dot_product_attention with
+ * an additive mask.  Everything runs under c10::InferenceMode.
+ *
+ * The pipeline after the encoder follows modules.json: Pooling (modes in the
+ * file's order; legacy pooling_mode_* flags in sentence-transformers' fixed
+ * order), then Dense and Normalize steps.  A trailing Normalize is not run
+ * here unconditionally: the caller's `normalize` argument decides (-1 keeps
+ * the model's choice), so a task may ask for raw vectors.
+ *
+ * Weight sharing: loaded models live in a process-wide table keyed by
+ * (directory, device, dtype) holding weak references; each handle holds a
+ * strong one, so N CPU workers of a model share one copy and the last free
+ * drops it.  The table's mutex is held across a load, so two workers that
+ * load the same model at once load it once.
+ */
+#include "mm_torch.h"
+#include "mmt_common.h"
+#include "st_loader.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+
+namespace mmt {
+namespace {
+
+enum class Arch { Bert, Roberta, DistilBert, MPNet };
+enum class Act { Gelu, GeluTanh, Relu, Silu, Tanh, Identity, Sigmoid };
+
+Act parse_act(const std::string &s, const char *what) {
+    if (s == "gelu" || s == "gelu_python" || s == "torch.nn.modules.activation.GELU")
+        return Act::Gelu;
+    if (s == "gelu_new" || s == "gelu_pytorch_tanh" || s == "gelu_fast")
+        return Act::GeluTanh;
+    if (s == "relu" || s == "torch.nn.modules.activation.ReLU")
+        return Act::Relu;
+    if (s == "silu" || s == "swish" || s == "torch.nn.modules.activation.SiLU")
+        return Act::Silu;
+    if (s == "tanh" || s == "torch.nn.modules.activation.Tanh")
+        return Act::Tanh;
+    if (s == "sigmoid" || s == "torch.nn.modules.activation.Sigmoid")
+        return Act::Sigmoid;
+    if (s == "linear" || s == "identity" || s == "torch.nn.modules.linear.Identity")
+        return Act::Identity;
+    fail(MM_EUNSUPPORTED, "%s: unsupported activation %s", what, s.c_str());
+}
+
+at::Tensor act(Act a, const at::Tensor &x) {
+    switch (a) {
+    case Act::Gelu: return at::gelu(x);
+    case Act::GeluTanh: return at::gelu(x, "tanh");
+    case Act::Relu: return at::relu(x);
+    case Act::Silu: return at::silu(x);
+    case Act::Tanh: return at::tanh(x);
+    case Act::Sigmoid: return at::sigmoid(x);
+    case Act::Identity: return x;
+    }
+    return x;
+}
+
+struct Linear {
+    at::Tensor w, b;
+    at::Tensor operator()(const at::Tensor &x) const { return at::linear(x, w, b); }
+};
+
+struct Norm {
+    at::Tensor w, b;
+    double eps = 1e-12;
+    at::Tensor operator()(const at::Tensor &x) const {
+        return at::layer_norm(x, {w.size(0)}, w, b, eps);
+    }
+};
+
+struct Layer {
+    Linear qkv, out, up, down;
+    Norm ln_attn, ln_out;
+};
+
+struct Encoder {
+    Arch arch = Arch::Bert;
+    std::string arch_name;
+    int64_t hidden = 0, heads = 0, n_layers = 0, ffn = 0, max_pos = 0;
+    int64_t pad_id = 0, pos_offset = 0; /* positions start at pos_offset (pad+1 for RoBERTa) */
+    double eps = 1e-12;
+    Act hidden_act = Act::Gelu;
+    at::Tensor word, pos, type, rel_bias; /* rel_bias: MPNet [buckets, heads] */
+    Norm emb_ln;
+    std::vector<Layer> layers;
+
+    /* ids, mask, type_ids: [B, L] int64 on the device.  Returns [B, L, H]. */
+    at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask,
+                       const at::Tensor &type_ids) const {
+        const int64_t B = ids.size(0), L = ids.size(1), d = hidden / heads;
+        at::Tensor pos_ids;
+        if (arch == Arch::Roberta || arch == Arch::MPNet) {
+            at::Tensor m = ids.ne(pad_id).to(at::kLong);
+            pos_ids = at::cumsum(m, 1) * m + pad_id;
+        } else {
+            pos_ids = at::arange(L, ids.options()).unsqueeze(0).expand({B, L});
+        }
+        at::Tensor x = at::embedding(word, ids) + at::embedding(pos, pos_ids);
+        if (type.defined())
+            x = x + (type_ids.defined() ? at::embedding(type, type_ids) : type[0]);
+        x = emb_ln(x);
+
+        /* Additive attention mask [B, 1, 1, L]: 0 keeps a key, -inf drops it.
+         * The finite minimum (as transformers uses) keeps fully masked rows
+         * NaN-free. */
+        const double neg = x.scalar_type() == at::kFloat ? -3.4028234663852886e38
+                           : x.scalar_type() == at::kHalf ? -65504.0
+                                                          : -3.38953139e38;
+        at::Tensor bias = (1 - mask.to(x.scalar_type())).mul(neg).view({B, 1, 1, L});
+        if (arch == Arch::MPNet)
+            bias = bias + mpnet_bias(L, x);
+
+        for (const Layer &ly : layers) {
+            at::Tensor qkv = ly.qkv(x).view({B, L, 3, heads, d}).permute({2, 0, 3, 1, 4});
+            at::Tensor ctx = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias);
+            ctx = ctx.transpose(1, 2).reshape({B, L, hidden});
+            x = ly.ln_attn(ly.out(ctx) + x);
+            at::Tensor h = act(hidden_act, ly.up(x));
+            x = ly.ln_out(ly.down(h) + x);
+        }
+        return x;
+    }
+
+    /* MPNet relative position bias [1, heads, L, L] (transformers'
+     * relative_position_bucket with 32 buckets, max_distance 128). */
+    at::Tensor mpnet_bias(int64_t L, const at::Tensor &like) const {
+        const int64_t nb = 32 / 2, max_exact = nb / 2, max_distance = 128;
+        at::Tensor r = at::arange(L, at::TensorOptions().dtype(at::kLong));
+        at::Tensor rel = r.unsqueeze(0) - r.unsqueeze(1); /* memory - context */
+        at::Tensor n = -rel;
+        at::Tensor ret = n.lt(0).to(at::kLong) * nb;
+        n = n.abs();
+        at::Tensor is_small = n.lt(max_exact);
+        at::Tensor large =
+            max_exact + (at::log(n.to(at::kFloat) / (double)max_exact) /
+                         std::log((double)max_distance / (double)max_exact) *
+                         (double)(nb - max_exact))
+                            .to(at::kLong);
+        large = at::clamp_max(large, nb - 1);
+        ret = ret + at::where(is_small, n, large);
+        at::Tensor v = at::embedding(rel_bias, ret.to(like.device())); /* [L, L, heads] */
+        return v.permute({2, 0, 1}).unsqueeze(0).to(like.scalar_type());
+    }
+};
+
+enum class Pool { Cls, Max, Mean, MeanSqrt, WeightedMean, LastToken };
+
+struct Step {
+    bool is_dense = false; /* else Normalize */
+    Linear lin;
+    Act act = Act::Identity;
+};
+
+struct Model {
+    std::string key, dir;
+    at::Device device{at::kCPU};
+    at::ScalarType dtype = at::kFloat;
+    Weights weights;
+    Encoder enc;
+    std::vector<Pool> pools;
+    std::string pooling_name;
+    bool include_prompt = true;
+    std::vector<Step> steps; /* after pooling; a trailing Normalize is cut off */
+    bool normalize = false;  /* ...and recorded here */
+    int64_t dim = 0, max_seq_length = 0;
+    bool do_lower_case = false;
+    std::string prompts_json = "{}", default_prompt_name, device_name, dtype_name;
+    uint64_t memory_bytes = 0;
+
+    ~Model() {
+        /* Tensors go first, then the device's cache gives the memory back. */
+        bool cuda = device.is_cuda();
+        weights.tensors.clear();
+        enc = Encoder();
+        steps.clear();
+        if (cuda) {
+            try {
+                c10::getDeviceAllocator(at::kCUDA)->emptyCache();
+            } catch (...) {
+            }
+        }
+    }
+};
+
+/* ---- loading ---- */
+
+std::string module_kind(const std::string &type) {
+    size_t dot = type.rfind('.');
+    return dot == std::string::npos ? type : type.substr(dot + 1);
+}
+
+void load_encoder(Model &m, const std::string &dir) {
+    JsonPtr cfg = read_json(join_path(dir, "config.json"), true);
+    const json_t *c = cfg.get();
+    std::string mt = jstr(c, "model_type", "");
+    Encoder &e = m.enc;
+    e.arch_name = mt;
+    Weights &w = m.weights;
+    if (mt == "bert") {
+        e.arch = Arch::Bert;
+        w.prefixes = {"bert.", "model."};
+    } else if (mt == "roberta" || mt == "xlm-roberta" || mt == "camembert") {
+        e.arch = Arch::Roberta;
+        w.prefixes = {"roberta.", "model."};
+    } else if (mt == "distilbert") {
+        e.arch = Arch::DistilBert;
+        w.prefixes = {"distilbert.", "model."};
+    } else if (mt == "mpnet") {
+        e.arch = Arch::MPNet;
+        w.prefixes = {"mpnet.", "model."};
+    } else {
+        json_t *archs = jget(c, "architectures");
+        std::string a = json_is_array(archs) && json_array_size(archs) > 0 &&
+                                json_is_string(json_array_get(archs, 0))
+                            ? json_string_value(json_array_get(archs, 0))
+                            : "";
+        fail(MM_EARCH,
+             "unsupported architecture %s%s%s%s in %s: the native embedding backend runs BERT, "
+             "RoBERTa, XLM-RoBERTa, DistilBERT and MPNet",
+             mt.empty() ? "(no model_type)" : mt.c_str(), a.empty() ? "" : " (", a.c_str(),
+             a.empty() ? "" : ")", dir.c_str());
+    }
+    if (e.arch == Arch::DistilBert) {
+        e.hidden = jint(c, "dim", 768);
+        e.n_layers = jint(c, "n_layers", 6);
+        e.heads = jint(c, "n_heads", 12);
+        e.ffn = jint(c, "hidden_dim", 3072);
+        e.hidden_act = parse_act(jstr(c, "activation", "gelu"), "config.json activation");
+        e.eps = 1e-12;
+        e.pad_id = jint(c, "pad_token_id", 0);
+    } else {
+        e.hidden = jint(c, "hidden_size", 768);
+        e.n_layers = jint(c, "num_hidden_layers", 12);
+        e.heads = jint(c, "num_attention_heads", 12);
+        e.ffn = jint(c, "intermediate_size", 3072);
+        e.hidden_act = parse_act(jstr(c, "hidden_act", "gelu"), "config.json hidden_act");
+        e.eps = jnum(c, "layer_norm_eps", e.arch == Arch::MPNet ? 1e-5 : 1e-12);
+        e.pad_id = e.arch == Arch::MPNet ? 1 : jint(c, "pad_token_id", e.arch == Arch::Bert ? 0 : 1);
+        std::string pet = jstr(c, "position_embedding_type", "absolute");
+        if (pet != "absolute")
+            fail(MM_EARCH, "unsupported architecture %s with position_embedding_type %s in %s",
+                 mt.c_str(), pet.c_str(), dir.c_str());
+    }
+    if (e.hidden <= 0 || e.heads <= 0 || e.hidden % e.heads != 0 || e.n_layers <= 0)
+        fail(MM_EFORMAT, "%s/config.json: hidden size %lld is not a multiple of %lld heads",
+             dir.c_str(), (long long)e.hidden, (long long)e.heads);
+    e.max_pos = jint(c, "max_position_embeddings", 512);
+    e.pos_offset = (e.arch == Arch::Roberta || e.arch == Arch::MPNet) ? e.pad_id + 1 : 0;
+
+    load_weights_or_throw(dir, m.device, m.dtype, &w);
+    const int64_t H = e.hidden;
+    e.word = w.get("embeddings.word_embeddings.weight");
+    if (e.word.dim() != 2 || e.word.size(1) != H)
+        fail(MM_ELOAD, "embeddings.word_embeddings.weight in %s does not have width %lld",
+             dir.c_str(), (long long)H);
+    e.pos = w.get("embeddings.position_embeddings.weight");
+    e.max_pos = e.pos.size(0);
+    if (e.arch == Arch::Bert || e.arch == Arch::Roberta)
+        e.type = w.find("embeddings.token_type_embeddings.weight");
+    e.emb_ln = {w.get("embeddings.LayerNorm.weight", {H}), w.get("embeddings.LayerNorm.bias", {H}),
+                e.eps};
+    if (e.arch == Arch::MPNet)
+        e.rel_bias = w.get("encoder.relative_attention_bias.weight");
+
+    for (int64_t i = 0; i < e.n_layers; i++) {
+        Layer ly;
+        std::string p;
+        std::string q, k, v, o, ln1, up, down, ln2;
+        if (e.arch == Arch::DistilBert) {
+            p = "transformer.layer." + std::to_string(i) + ".";
+            q = p + "attention.q_lin";
+            k = p + "attention.k_lin";
+            v = p + "attention.v_lin";
+            o = p + "attention.out_lin";
+            ln1 = p + "sa_layer_norm";
+            up = p + "ffn.lin1";
+            down = p + "ffn.lin2";
+            ln2 = p + "output_layer_norm";
+        } else {
+            p = "encoder.layer." + std::to_string(i) + ".";
+            if (e.arch == Arch::MPNet) {
+                q = p + "attention.attn.q";
+                k = p + "attention.attn.k";
+                v = p + "attention.attn.v";
+                o = p + "attention.attn.o";
+                ln1 = p + "attention.LayerNorm";
+            } else {
+                q = p + "attention.self.query";
+                k = p + "attention.self.key";
+                v = p + "attention.self.value";
+                o = p + "attention.output.dense";
+                ln1 = p + "attention.output.LayerNorm";
+            }
+            up = p + "intermediate.dense";
+            down = p + "output.dense";
+            ln2 = p + "output.LayerNorm";
+        }
+        const int64_t F = e.ffn;
+        ly.qkv.w = at::cat({w.get(q + ".weight", {H, H}), w.get(k + ".weight", {H, H}),
+                            w.get(v + ".weight", {H, H})}, 0);
+        ly.qkv.b = at::cat({w.get(q + ".bias", {H}), w.get(k + ".bias", {H}),
+                            w.get(v + ".bias", {H})}, 0);
+        ly.out = {w.get(o + ".weight", {H, H}), w.get(o + ".bias", {H})};
+        ly.ln_attn = {w.get(ln1 + ".weight", {H}), w.get(ln1 + ".bias", {H}), e.eps};
+        ly.up = {w.get(up + ".weight", {F, H}), w.get(up + ".bias", {F})};
+        ly.down = {w.get(down + ".weight", {H, F}), w.get(down + ".bias", {H})};
+        ly.ln_out = {w.get(ln2 + ".weight", {H}), w.get(ln2 + ".bias", {H}), e.eps};
+        e.layers.push_back(std::move(ly));
+    }
+    /* Only what the graph references stays alive (the pooler, the separate
+     * Q/K/V copies and any LM head are dropped; mmapped ones unmap). */
+    w.tensors.clear();
+}
+
+void load_pooling(Model &m, const std::string &path) {
+    JsonPtr cfg = read_json(join_path(path, "config.json"), true);
+    const json_t *c = cfg.get();
+    auto add = [&](const std::string &s) {
+        static const std::pair<const char *, Pool> names[] = {
+            {"cls", Pool::Cls},       {"max", Pool::Max},
+            {"mean", Pool::Mean},     {"mean_sqrt_len_tokens", Pool::MeanSqrt},
+            {"weightedmean", Pool::WeightedMean}, {"lasttoken", Pool::LastToken}};
+        for (const auto &n : names) {
+            if (s == n.first) {
+                m.pools.push_back(n.second);
+                m.pooling_name += (m.pooling_name.empty() ? "" : "+") + s;
+                return;
+            }
+        }
+        fail(MM_EUNSUPPORTED, "%s/config.json: unsupported pooling mode %s", path.c_str(),
+             s.c_str());
+    };
+    json_t *pm = jget(c, "pooling_mode");
+    if (json_is_string(pm)) {
+        add(json_string_value(pm));
+    } else if (json_is_array(pm)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(pm, i, v) {
+            if (json_is_string(v))
+                add(json_string_value(v));
+        }
+    } else {
+        /* Legacy flags, in sentence-transformers' fixed order. */
+        if (jbool(c, "pooling_mode_cls_token", false)) add("cls");
+        if (jbool(c, "pooling_mode_max_tokens", false)) add("max");
+        if (jbool(c, "pooling_mode_mean_tokens", false)) add("mean");
+        if (jbool(c, "pooling_mode_mean_sqrt_len_tokens", false)) add("mean_sqrt_len_tokens");
+        if (jbool(c, "pooling_mode_weightedmean_tokens", false)) add("weightedmean");
+        if (jbool(c, "pooling_mode_lasttoken", false)) add("lasttoken");
+    }
+    if (m.pools.empty())
+        fail(MM_EUNSUPPORTED, "%s/config.json names no pooling mode", path.c_str());
+    m.include_prompt = jbool(c, "include_prompt", true);
+}
+
+Step load_dense(Model &m, const std::string &path, int64_t in_dim) {
+    JsonPtr cfg = read_json(join_path(path, "config.json"), true);
+    const json_t *c = cfg.get();
+    Step s;
+    s.is_dense = true;
+    s.act = parse_act(jstr(c, "activation_function", "torch.nn.modules.activation.Tanh"),
+                      (path + "/config.json activation_function").c_str());
+    int64_t in = jint(c, "in_features", in_dim), outf = jint(c, "out_features", -1);
+    if (in != in_dim || outf <= 0)
+        fail(MM_EFORMAT, "%s: Dense %lld -> %lld does not follow a %lld-wide input",
+             path.c_str(), (long long)in, (long long)outf, (long long)in_dim);
+    Weights w;
+    w.dir = path;
+    std::string f = join_path(path, "model.safetensors");
+    if (!file_exists(f)) {
+        if (file_exists(join_path(path, "pytorch_model.bin")))
+            fail(MM_EFORMAT, "%s has only pytorch_model.bin; the native backend reads safetensors",
+                 path.c_str());
+        fail(MM_ELOAD, "%s is missing", f.c_str());
+    }
+    load_safetensors_file(f, m.device, m.dtype, &w);
+    s.lin.w = w.get("linear.weight", {outf, in});
+    if (jbool(c, "bias", true))
+        s.lin.b = w.get("linear.bias", {outf});
+    m.memory_bytes += w.bytes;
+    return s;
+}
+
+void load_model(Model &m) {
+    const std::string &dir = m.dir;
+    JsonPtr modules = read_json(join_path(dir, "modules.json"), false);
+    std::string tdir = dir;
+    bool have_pooling = false;
+    std::vector<std::pair<std::string, std::string>> rest; /* kind, path */
+    if (modules) {
+        if (!json_is_array(modules.get()))
+            fail(MM_EFORMAT, "%s/modules.json is not a list", dir.c_str());
+        size_t i;
+        json_t *mod;
+        bool first = true;
+        json_array_foreach(modules.get(), i, mod) {
+            std::string kind = module_kind(jstr(mod, "type", ""));
+            std::string path = jstr(mod, "path", "");
+            if (path.find("..") != std::string::npos)
+                fail(MM_EFORMAT, "%s/modules.json: bad module path %s", dir.c_str(), path.c_str());
+            if (first) {
+                if (kind != "Transformer")
+                    fail(MM_EUNSUPPORTED, "%s/modules.json: first module %s is not a Transformer",
+                         dir.c_str(), kind.c_str());
+                tdir = join_path(dir, path);
+                first = false;
+                continue;
+            }
+            rest.emplace_back(kind, join_path(dir, path));
+        }
+    }
+    load_encoder(m, tdir);
+    for (const auto &layer : m.enc.layers)
+        for (const at::Tensor *t : {&layer.qkv.w, &layer.qkv.b, &layer.out.w, &layer.out.b,
+                                    &layer.up.w, &layer.up.b, &layer.down.w, &layer.down.b,
+                                    &layer.ln_attn.w, &layer.ln_out.w})
+            m.memory_bytes += (uint64_t)t->numel() * t->element_size();
+    m.memory_bytes += (uint64_t)m.enc.word.numel() * m.enc.word.element_size();
+
+    int64_t width = m.enc.hidden;
+    for (const auto &r : rest) {
+        const std::string &kind = r.first;
+        if (kind == "Pooling") {
+            if (have_pooling)
+                fail(MM_EUNSUPPORTED, "%s/modules.json has two Pooling modules", dir.c_str());
+            load_pooling(m, r.second);
+            have_pooling = true;
+            width = m.enc.hidden * (int64_t)m.pools.size();
+        } else if (kind == "Dense") {
+            if (!have_pooling)
+                fail(MM_EUNSUPPORTED, "%s: a Dense module before Pooling", dir.c_str());
+            Step s = load_dense(m, r.second, width);
+            width = s.lin.w.size(0);
+            m.steps.push_back(std::move(s));
+        } else if (kind == "Normalize") {
+            m.steps.push_back(Step());
+        } else {
+            fail(MM_EUNSUPPORTED,
+                 "%s/modules.json: the sentence-transformers module %s is not supported by the "
+                 "native backend",
+                 dir.c_str(), kind.c_str());
+        }
+    }
+    if (!have_pooling) {
+        m.pools = {Pool::Mean};
+        m.pooling_name = "mean";
+        width = m.enc.hidden;
+    }
+    if (!m.steps.empty() && !m.steps.back().is_dense) {
+        m.steps.pop_back();
+        m.normalize = true;
+    }
+    m.dim = width;
+
+    /* max_seq_length: sentence_bert_config.json, else the tokenizer's
+     * model_max_length, capped by the position table either way. */
+    const int64_t pos_cap = m.enc.max_pos - m.enc.pos_offset;
+    JsonPtr sb = read_json(join_path(tdir, "sentence_bert_config.json"), false);
+    int64_t msl = jint(sb.get(), "max_seq_length", -1);
+    m.do_lower_case = jbool(sb.get(), "do_lower_case", false);
+    if (msl <= 0) {
+        JsonPtr tc = read_json(join_path(tdir, "tokenizer_config.json"), false);
+        long long tml = jint(tc.get(), "model_max_length", -1);
+        if (tml > 0 && tml < 1000000)
+            msl = tml;
+    }
+    if (msl <= 0 || msl > pos_cap)
+        msl = pos_cap;
+    m.max_seq_length = msl;
+
+    JsonPtr stc = read_json(join_path(dir, "config_sentence_transformers.json"), false);
+    json_t *prompts = jget(stc.get(), "prompts");
+    if (json_is_object(prompts)) {
+        char *s = json_dumps(prompts, JSON_COMPACT);
+        if (s) {
+            m.prompts_json = s;
+            free(s);
+        }
+    }
+    m.default_prompt_name = jstr(stc.get(), "default_prompt_name", "");
+}
+
+/* ---- running ---- */
+
+at::Tensor pool(const Model &m, const at::Tensor &h_in, const at::Tensor &mask_in,
+                const at::Tensor &prompt_lens) {
+    /* Pool in float32 whatever the compute dtype, as sentence-transformers
+     * accumulates half precision in float32. */
+    at::Tensor h = h_in.to(at::kFloat);
+    const int64_t B = h.size(0), L = h.size(1), H = h.size(2);
+    at::Tensor mask = mask_in;
+    if (!m.include_prompt && prompt_lens.defined()) {
+        at::Tensor r = at::arange(L, mask.options()).unsqueeze(0);
+        mask = mask * r.ge(prompt_lens.unsqueeze(1)).to(mask.scalar_type());
+    }
+    at::Tensor mf = mask.to(at::kFloat).unsqueeze(-1); /* [B, L, 1] */
+    std::vector<at::Tensor> outs;
+    for (Pool p : m.pools) {
+        switch (p) {
+        case Pool::Cls: {
+            at::Tensor first = mask.to(at::kInt).argmax(1); /* first kept token */
+            outs.push_back(h.gather(1, first.view({B, 1, 1}).expand({B, 1, H})).squeeze(1));
+            break;
+        }
+        case Pool::Max:
+            outs.push_back(h.masked_fill(mf.eq(0), -INFINITY).amax(1));
+            break;
+        case Pool::Mean:
+        case Pool::MeanSqrt: {
+            at::Tensor sum = (h * mf).sum(1);
+            at::Tensor cnt = at::clamp_min(mf.sum(1), 1e-9);
+            outs.push_back(sum / (p == Pool::Mean ? cnt : cnt.sqrt()));
+            break;
+        }
+        case Pool::WeightedMean: {
+            at::Tensor wts = at::arange(1, L + 1, h.options()).view({1, L, 1}) * mf;
+            outs.push_back((h * wts).sum(1) / at::clamp_min(wts.sum(1), 1e-9));
+            break;
+        }
+        case Pool::LastToken: {
+            at::Tensor fm = mask.flip(1);
+            auto mx = fm.max(1);
+            at::Tensor idx = at::where(std::get<0>(mx).eq(0), at::full_like(std::get<1>(mx), L - 1),
+                                       std::get<1>(mx));
+            at::Tensor g = (L - idx - 1).view({B, 1, 1}).expand({B, 1, H});
+            outs.push_back((h * mf).gather(1, g).squeeze(1));
+            break;
+        }
+        }
+    }
+    return outs.size() == 1 ? outs[0] : at::cat(outs, 1);
+}
+
+at::Tensor l2norm(const at::Tensor &x) {
+    return x / at::clamp_min(x.norm(2, {1}, true), 1e-12);
+}
+
+at::Tensor run(const Model &m, const at::Tensor &ids, const at::Tensor &mask,
+               const at::Tensor &types, const at::Tensor &plens, int normalize) {
+    at::Tensor h = m.enc.forward(ids, mask, types);
+    at::Tensor v = pool(m, h, mask, plens);
+    for (const Step &s : m.steps) {
+        if (s.is_dense) {
+            /* Dense runs in the compute dtype, like the module would. */
+            v = act(s.act, s.lin(v.to(m.dtype))).to(at::kFloat);
+        } else {
+            v = l2norm(v);
+        }
+    }
+    if (normalize < 0 ? m.normalize : normalize > 0)
+        v = l2norm(v);
+    return v;
+}
+
+/* ---- the shared-model table ---- */
+
+std::mutex g_mu;
+std::map<std::string, std::weak_ptr<Model>> g_models; /* guarded by g_mu */
+
+} // namespace
+} // namespace mmt
+
+struct mm_torch_embedder {
+    std::shared_ptr<mmt::Model> model;
+};
+
+using namespace mmt;
+
+MMT_API int mm_torch_abi_version(void) { return MM_TORCH_ABI_VERSION; }
+
+MMT_API const char *mm_torch_version(void) { return TORCH_VERSION; }
+
+MMT_API void mm_torch_embedder_default_params(mm_torch_embedder_params *p) {
+    if (!p)
+        return;
+    p->device = "cpu";
+    p->dtype = "auto";
+    p->num_threads = 0;
+}
+
+MMT_API int mm_torch_set_num_threads(int n) {
+    if (n <= 0)
+        return MM_EINVAL;
+    char err[8];
+    return guard(err, sizeof err, [&] {
+        at::set_num_threads(n);
+        return 0;
+    });
+}
+
+static at::ScalarType parse_dtype_name(const std::string &s, bool cuda, std::string *name) {
+    if (s.empty() || s == "auto") {
+        *name = cuda ? "float16" : "float32";
+        return cuda ? at::kHalf : at::kFloat;
+    }
+    if (s == "float32" || s == "fp32" || s == "float") {
+        *name = "float32";
+        return at::kFloat;
+    }
+    if (s == "float16" || s == "fp16" || s == "half") {
+        *name = "float16";
+        return at::kHalf;
+    }
+    if (s == "bfloat16" || s == "bf16") {
+        *name = "bfloat16";
+        return at::kBFloat16;
+    }
+    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16)", s.c_str());
+}
+
+MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_params *p,
+                                   mm_torch_embedder_t **out, char *err, size_t errlen) {
+    if (out)
+        *out = nullptr;
+    return guard(err, errlen, [&] {
+        if (!dir || !*dir || !out)
+            fail(MM_EINVAL, "mm_torch_embedder_load: no model directory");
+        mm_torch_embedder_params def;
+        mm_torch_embedder_default_params(&def);
+        if (!p)
+            p = &def;
+        std::string dev = p->device && *p->device ? p->device : "cpu";
+        if (dev == "gpu")
+            dev = "cuda";
+        at::Device device(at::kCPU);
+        try {
+            device = at::Device(dev);
+        } catch (const c10::Error &) {
+            fail(MM_EINVAL, "unknown device %s", dev.c_str());
+        }
+        if (device.is_cuda()) {
+            if (!at::hasCUDA())
+                fail(MM_EDEVICE, "device %s asked for, but this libtorch has no usable CUDA",
+                     dev.c_str());
+            if (!device.has_index())
+                device = at::Device(at::kCUDA, 0);
+        } else if (!device.is_cpu()) {
+            fail(MM_EUNSUPPORTED, "device %s is not supported (cpu or cuda:N)", dev.c_str());
+        }
+        std::string dtype_name;
+        at::ScalarType dtype = parse_dtype_name(p->dtype ? p->dtype : "auto", device.is_cuda(),
+                                                &dtype_name);
+        if (!device.is_cuda() && dtype == at::kHalf)
+            fail(MM_EUNSUPPORTED, "float16 on the CPU is not supported; use float32 or bfloat16");
+        if (p->num_threads > 0)
+            at::set_num_threads(p->num_threads);
+
+        std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
+        std::shared_ptr<Model> model;
+        {
+            std::lock_guard<std::mutex> lk(g_mu);
+            auto it = g_models.find(key);
+            if (it != g_models.end())
+                model = it->second.lock();
+            if (!model) {
+                c10::InferenceMode im;
+                auto m = std::make_shared<Model>();
+                m->key = key;
+                m->dir = dir;
+                m->device = device;
+                m->dtype = dtype;
+                m->device_name = device.str();
+                m->dtype_name = dtype_name;
+                load_model(*m);
+                model = m;
+                g_models[key] = model;
+            }
+        }
+        auto *h = new mm_torch_embedder;
+        h->model = std::move(model);
+        *out = h;
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_embedder_info *info) {
+    if (!h || !info)
+        return MM_EINVAL;
+    const Model &m = *h->model;
+    memset(info, 0, sizeof *info);
+    info->dim = (size_t)m.dim;
+    info->hidden_size = (size_t)m.enc.hidden;
+    info->max_seq_length = (size_t)m.max_seq_length;
+    info->max_positions = (size_t)(m.enc.max_pos - m.enc.pos_offset);
+    info->normalize = m.normalize;
+    info->do_lower_case = m.do_lower_case;
+    info->include_prompt = m.include_prompt;
+    info->uses_type_ids = m.enc.type.defined();
+    info->pad_token_id = m.enc.pad_id;
+    info->arch = m.enc.arch_name.c_str();
+    info->pooling = m.pooling_name.c_str();
+    info->device = m.device_name.c_str();
+    info->dtype = m.dtype_name.c_str();
+    info->prompts_json = m.prompts_json.c_str();
+    info->default_prompt_name = m.default_prompt_name.c_str();
+    info->memory_bytes = m.memory_bytes;
+    return 0;
+}
+
+MMT_API int mm_torch_embed(mm_torch_embedder_t *h, const int64_t *ids, const int64_t *mask,
+                           const int64_t *type_ids, size_t batch, size_t seq_len,
+                           const int64_t *prompt_lens, int normalize, float *out,
+                           size_t out_dim, char *err, size_t errlen) {
+    return guard(err, errlen, [&] {
+        if (!h || !ids || !mask || !out)
+            fail(MM_EINVAL, "mm_torch_embed: NULL argument");
+        const Model &m = *h->model;
+        if (out_dim != (size_t)m.dim)
+            fail(MM_ENOBUFS, "output rows are %zu floats, the model makes %lld", out_dim,
+                 (long long)m.dim);
+        if (batch == 0)
+            return 0;
+        if (seq_len == 0 || seq_len > (size_t)(m.enc.max_pos - m.enc.pos_offset))
+            fail(MM_EINVAL, "sequence length %zu is outside 1..%lld", seq_len,
+                 (long long)(m.enc.max_pos - m.enc.pos_offset));
+        const int64_t vocab = m.enc.word.size(0);
+        for (size_t i = 0; i < batch * seq_len; i++)
+            if (ids[i] < 0 || ids[i] >= vocab)
+                fail(MM_EINVAL, "token id %lld is outside the vocabulary (%lld)",
+                     (long long)ids[i], (long long)vocab);
+        if (type_ids && m.enc.type.defined()) {
+            const int64_t nt = m.enc.type.size(0);
+            for (size_t i = 0; i < batch * seq_len; i++)
+                if (type_ids[i] < 0 || type_ids[i] >= nt)
+                    fail(MM_EINVAL, "token type id %lld is outside 0..%lld",
+                         (long long)type_ids[i], (long long)nt - 1);
+        }
+        c10::InferenceMode im;
+        const int64_t B = (int64_t)batch, L = (int64_t)seq_len;
+        auto lopt = at::TensorOptions().dtype(at::kLong);
+        at::Tensor tid = at::from_blob((void *)ids, {B, L}, lopt).to(m.device);
+        at::Tensor tmask = at::from_blob((void *)mask, {B, L}, lopt).to(m.device);
+        at::Tensor ttype;
+        if (type_ids && m.enc.type.defined())
+            ttype = at::from_blob((void *)type_ids, {B, L}, lopt).to(m.device);
+        at::Tensor tpl;
+        if (prompt_lens)
+            tpl = at::from_blob((void *)prompt_lens, {B}, lopt).to(m.device);
+        at::Tensor v = run(m, tid, tmask, ttype, tpl, normalize).to(at::kCPU, at::kFloat).contiguous();
+        memcpy(out, v.data_ptr<float>(), sizeof(float) * batch * out_dim);
+        return 0;
+    });
+}
+
+MMT_API void mm_torch_embedder_free(mm_torch_embedder_t *h) {
+    if (!h)
+        return;
+    char err[8];
+    guard(err, sizeof err, [&] {
+        std::shared_ptr<Model> m = std::move(h->model);
+        delete h;
+        std::lock_guard<std::mutex> lk(g_mu);
+        std::string key = m->key;
+        m.reset(); /* last reference: the Model destructor frees and empties the cache */
+        auto it = g_models.find(key);
+        if (it != g_models.end() && it->second.expired())
+            g_models.erase(it);
+        return 0;
+    });
+}
+
+MMT_API uint64_t mm_torch_device_memory_reserved(const char *device) {
+    uint64_t r = 0;
+    char err[8];
+    guard(err, sizeof err, [&] {
+        if (!device || strncmp(device, "cuda", 4) != 0 || !at::hasCUDA())
+            return 0;
+        at::Device d(device);
+        auto *a = c10::getDeviceAllocator(at::kCUDA);
+        auto st = a->getDeviceStats(d.has_index() ? d.index() : 0);
+        r = (uint64_t)st.reserved_bytes[0].current;
+        return 0;
+    });
+    return r;
+}
