@@ -94,6 +94,9 @@ class Faults:
     corrupt_count: the next N file bodies have one byte flipped.
     ignore_range_count: the next N Range requests get a 200 with everything.
     slow_chunk_s: sleep this long before each 64 KiB of every file body.
+    match: the body faults above (drop, corrupt, ignore-range, slow) apply
+        only to files whose repo path contains this string ("" = all); a
+        drop also skips bodies not longer than drop_after.
     refuse: close every new connection without answering (hub "down").
     """
 
@@ -106,6 +109,7 @@ class Faults:
     corrupt_count: int = 0
     ignore_range_count: int = 0
     slow_chunk_s: float = 0.0
+    match: str = ""
     refuse: bool = False
 
 
@@ -481,7 +485,8 @@ def _make_handler(hub: FakeHub):
         def _serve_body(self, f: HubFile, headers):
             start, end, status = 0, f.size, 200
             rng = self.headers.get("Range")
-            if rng and not hub._take("ignore_range_count"):
+            hit = hub.faults.match in f.path
+            if rng and not (hit and hub._take("ignore_range_count")):
                 m = _RANGE_RE.match(rng.strip())
                 if m:
                     start = int(m.group(1))
@@ -503,9 +508,11 @@ def _make_handler(hub: FakeHub):
             self.end_headers()
             if self.command == "HEAD":
                 return
-            drop = hub.faults.drop_after if hub._take("drop_count") else None
-            corrupt = hub._take("corrupt_count")
-            slow = hub.faults.slow_chunk_s
+            drop = None
+            if hit and end - start > hub.faults.drop_after and hub._take("drop_count"):
+                drop = hub.faults.drop_after
+            corrupt = hit and hub._take("corrupt_count")
+            slow = hub.faults.slow_chunk_s if hit else 0.0
             sent = 0
             for chunk in f.read(start, end):
                 if corrupt and chunk:
