@@ -1,0 +1,1095 @@
+/* gen_decode.cpp: decoding for mm_torch_gen (greedy, beam search, sampling)
+ * and its C ABI (mm_torch_gen.h).
+ *
+ * The contract is token-exact agreement with transformers' generate(), so
+ * this file reproduces its semantics rather than a textbook decoder:
+ *   - settings come from generation_config.json when the file exists, else
+ *     from config.json (what transformers 5 does), then its global defaults;
+ *     max_length defaults to 20 + 1 capped at max_position_embeddings;
+ *   - lengths count the decoder start token; logits processors run in
+ *     transformers' order (repetition penalty, no-repeat n-gram, min length,
+ *     min new tokens, forced BOS, forced EOS, then temperature, top-k, top-p
+ *     when sampling), on logits for greedy / sampling and on log-softmax for
+ *     beam search;
+ *   - beam search keeps (1 + n_eos) * num_beams candidates (at least 2x),
+ *     only EOS among the top num_beams finishes a hypothesis, its score is
+ *     sum_logprobs / (generated_len incl. EOS) ** length_penalty, and the
+ *     stopping rules (early_stopping true / false / "never") are transformers'
+ *     vectorised ones, including their float32 arithmetic (the -1e9 offsets
+ *     and divisions happen in float, as in torch);
+ *   - sampling draws with torch's own multinomial on a per-request CPU
+ *     generator seeded like torch.manual_seed(seed), one call over the
+ *     request's rows per step, so a seeded request reproduces a lone
+ *     transformers call with the same seed.
+ *
+ * Batching: all inputs of a call share one encoder pass and one decoder step
+ * per token.  Every row sits at the same decoder position, so the
+ * self-attention cache needs no padding; a request whose search is over
+ * (greedy: a row that emitted EOS) is dropped from the state at once.  Each
+ * request's logits processors, beam bookkeeping and random stream are its
+ * own, so results never depend on the other inputs of the call (up to the
+ * floating-point effect of batch shape on matrix kernels).
+ */
+#include "mm_torch_gen.h"
+
+#include "gen_model.h"
+#include "st_loader.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+
+namespace mmt {
+namespace gen {
+
+/* ---- shared model pieces (declared in gen_model.h) ---- */
+
+Act parse_act(const std::string &n) {
+    if (n == "relu")
+        return Act::Relu;
+    if (n == "gelu")
+        return Act::Gelu;
+    if (n == "gelu_new")
+        return Act::GeluNew;
+    if (n == "gelu_pytorch_tanh")
+        return Act::GeluTanh;
+    if (n == "gelu_fast")
+        return Act::GeluFast;
+    if (n == "silu" || n == "swish")
+        return Act::Silu;
+    if (n == "quick_gelu")
+        return Act::QuickGelu;
+    if (n == "tanh")
+        return Act::Tanh;
+    fail(MM_EUNSUPPORTED, "activation function \"%s\" is not supported", n.c_str());
+}
+
+at::Tensor apply_act(Act a, const at::Tensor &x) {
+    switch (a) {
+    case Act::Relu: return at::relu(x);
+    case Act::Gelu: return at::gelu(x);
+    case Act::GeluTanh: return at::gelu(x, "tanh");
+    case Act::GeluNew:
+        return 0.5 * x * (1.0 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * at::pow(x, 3.0))));
+    case Act::GeluFast:
+        return 0.5 * x * (1.0 + at::tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)));
+    case Act::Silu: return at::silu(x);
+    case Act::QuickGelu: return x * at::sigmoid(1.702 * x);
+    case Act::Tanh: return at::tanh(x);
+    }
+    return x;
+}
+
+void reorder_rows(DecState &st, const at::Tensor &idx) {
+    for (size_t l = 0; l < st.self_k.size(); l++) {
+        st.self_k[l] = st.self_k[l].index_select(0, idx);
+        st.self_v[l] = st.self_v[l].index_select(0, idx);
+    }
+}
+
+void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
+    if ((int64_t)gidx.size() == st.groups())
+        return;
+    at::Device dev = st.cross_k.empty() ? at::Device(at::kCPU) : st.cross_k[0].device();
+    auto lopts = at::TensorOptions().dtype(at::kLong);
+    at::Tensor g = at::tensor(gidx, lopts).to(dev);
+    std::vector<int64_t> rows;
+    rows.reserve(gidx.size() * st.group);
+    for (int64_t x : gidx)
+        for (int64_t j = 0; j < st.group; j++)
+            rows.push_back(x * st.group + j);
+    at::Tensor r = at::tensor(rows, lopts).to(dev);
+    int64_t G = st.groups();
+    for (size_t l = 0; l < st.cross_k.size(); l++) {
+        st.cross_k[l] = st.cross_k[l].index_select(0, g);
+        st.cross_v[l] = st.cross_v[l].index_select(0, g);
+    }
+    /* a per-group bias follows its groups; a broadcast one ([1, ...]) stays */
+    if (st.cross_bias.defined() && G > 1 && st.cross_bias.size(0) == G)
+        st.cross_bias = st.cross_bias.index_select(0, g);
+    reorder_rows(st, r);
+}
+
+void Seq2Seq::start(DecState &st, const at::Tensor &enc, const at::Tensor &mask, bool padded,
+                    int64_t group, int64_t cap) const {
+    int64_t G = enc.size(0), L = info_.dec_layers;
+    st.group = group;
+    st.len = 0;
+    st.cap = cap;
+    st.cross_k.assign(L, at::Tensor());
+    st.cross_v.assign(L, at::Tensor());
+    for (int64_t l = 0; l < L; l++)
+        cross_kv(l, enc, &st.cross_k[l], &st.cross_v[l]);
+    st.cross_bias = cross_bias(mask, padded);
+    auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+    st.self_k.clear();
+    st.self_v.clear();
+    for (int64_t l = 0; l < L; l++) {
+        st.self_k.push_back(at::empty({G * group, info_.heads, cap, info_.head_dim}, opts));
+        st.self_v.push_back(at::empty({G * group, info_.heads, cap, info_.head_dim}, opts));
+    }
+}
+
+void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const at::Tensor &v,
+                           at::Tensor *kk, at::Tensor *vv) {
+    int64_t t = st.len;
+    if (t >= st.self_k[l].size(2)) { /* grow (only when cap was an underestimate) */
+        int64_t ncap = std::max<int64_t>(2 * st.self_k[l].size(2), t + 1);
+        auto grow = [&](at::Tensor &c) {
+            at::Tensor n = at::empty({c.size(0), c.size(1), ncap, c.size(3)}, c.options());
+            n.narrow(2, 0, t).copy_(c.narrow(2, 0, t));
+            c = n;
+        };
+        grow(st.self_k[l]);
+        grow(st.self_v[l]);
+    }
+    st.self_k[l].narrow(2, t, 1).copy_(k);
+    st.self_v[l].narrow(2, t, 1).copy_(v);
+    *kk = st.self_k[l].narrow(2, 0, t + 1);
+    *vv = st.self_v[l].narrow(2, 0, t + 1);
+}
+
+at::Tensor Seq2Seq::cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
+                                 const at::Tensor &bias, double scale) {
+    int64_t N = q.size(0), H = q.size(1), hd = q.size(3), G = st.cross_k[l].size(0);
+    int64_t g = st.group;
+    /* [N, H, 1, hd] -> [G, group, H, hd] -> [G, H, group, hd] */
+    at::Tensor qq = q.view({G, g, H, hd}).transpose(1, 2);
+    std::optional<at::Tensor> am;
+    if (bias.defined())
+        am = bias;
+    at::Tensor a = at::scaled_dot_product_attention(qq, st.cross_k[l], st.cross_v[l], am, 0.0,
+                                                    false, scale);
+    return a.transpose(1, 2).reshape({N, H * hd});
+}
+
+} // namespace gen
+} // namespace mmt
+
+using namespace mmt;
+using namespace mmt::gen;
+
+/* ---- the handle ---- */
+
+namespace {
+
+struct Model {
+    std::string key, dir, arch, device_name, dtype_name;
+    at::Device device{at::kCPU};
+    at::ScalarType dtype = at::kFloat;
+    Weights weights;
+    std::unique_ptr<Seq2Seq> net;
+    std::vector<int64_t> eos;        /* generation eos ids (may be several) */
+    int64_t decoder_start = 0, pad = 0, bos = -1;
+    int64_t max_input_length = 0, hard_input_limit = 0, max_length_limit = 0;
+    mm_torch_gen_params defaults{};
+};
+
+std::mutex g_mu;
+std::map<std::string, std::weak_ptr<Model>> g_models; /* guarded by g_mu */
+
+} // namespace
+
+struct mm_torch_gen {
+    std::shared_ptr<Model> model;
+};
+
+namespace {
+
+at::ScalarType parse_dtype(const std::string &s0, bool cuda, const std::string &arch,
+                           std::string *name) {
+    std::string s = s0.empty() ? "auto" : s0;
+    if (s == "auto")
+        s = !cuda ? "float32" : (arch == "t5" ? "bfloat16" : "float16");
+    if (s == "float32" || s == "fp32") {
+        *name = "float32";
+        return at::kFloat;
+    }
+    if (s == "float16" || s == "fp16" || s == "half") {
+        *name = "float16";
+        return at::kHalf;
+    }
+    if (s == "bfloat16" || s == "bf16") {
+        *name = "bfloat16";
+        return at::kBFloat16;
+    }
+    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16)", s.c_str());
+}
+
+/* Token ids: an int, or a list of ints (eos_token_id may be either). */
+std::vector<int64_t> ids_of(const json_t *v) {
+    std::vector<int64_t> out;
+    if (json_is_integer(v)) {
+        out.push_back(json_integer_value(v));
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (json_is_integer(e))
+                out.push_back(json_integer_value(e));
+        }
+    }
+    return out;
+}
+
+const json_t *pick(const json_t *src, const char *key) {
+    const json_t *v = jget(src, key);
+    return (v && !json_is_null(v)) ? v : nullptr;
+}
+
+/* Architecture from config.json: model_type first, architectures[0] else. */
+std::string arch_of(const json_t *cfg) {
+    std::string mt = jstr(cfg, "model_type", "");
+    std::string a0;
+    json_t *archs = jget(cfg, "architectures");
+    if (json_is_array(archs) && json_array_size(archs) > 0 &&
+        json_is_string(json_array_get(archs, 0)))
+        a0 = json_string_value(json_array_get(archs, 0));
+    if (mt == "t5" || mt == "mt5")
+        return "t5";
+    if (mt == "bart")
+        return "bart";
+    if (mt.empty() && (a0.compare(0, 2, "T5") == 0 || a0.compare(0, 3, "MT5") == 0))
+        return "t5";
+    if (mt.empty() && a0.compare(0, 4, "Bart") == 0)
+        return "bart";
+    std::string what = !mt.empty() ? mt : (!a0.empty() ? a0 : std::string("(none given)"));
+    if (!a0.empty() && !mt.empty())
+        what = a0 + " (model_type " + mt + ")";
+    fail(MM_EARCH, "architecture %s is not supported for text generation (T5 or BART "
+                   "encoder-decoder models)", what.c_str());
+}
+
+void global_defaults(mm_torch_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->max_length = 21; /* transformers: 20 new tokens after the decoder start */
+    p->max_new_tokens = -1;
+    p->min_length = 0;
+    p->min_new_tokens = -1;
+    p->num_beams = 1;
+    p->length_penalty = 1.0;
+    p->early_stopping = MM_GEN_EARLY_FALSE;
+    p->no_repeat_ngram_size = 0;
+    p->repetition_penalty = 1.0;
+    p->forced_bos_token_id = -1;
+    p->forced_eos_token_id = -1;
+    p->do_sample = 0;
+    p->temperature = 1.0;
+    p->top_k = 50;
+    p->top_p = 1.0;
+    p->seed = -1;
+    p->num_return_sequences = 1;
+}
+
+void load_model(Model &m) {
+    JsonPtr cfg = read_json(join_path(m.dir, "config.json"), true);
+    JsonPtr gcj = read_json(join_path(m.dir, "generation_config.json"), false);
+    m.arch = arch_of(cfg.get());
+    int rc = 0;
+    std::string err;
+    rc = load_weights(m.dir, m.device, m.dtype, &m.weights, &err);
+    if (rc != 0)
+        throw Error(rc, err);
+    if (m.arch == "t5")
+        m.net = make_t5(cfg.get(), m.weights, m.device, m.dtype);
+    else
+        m.net = make_bart(cfg.get(), m.weights, m.device, m.dtype);
+    const ModelInfo &mi = m.net->info();
+
+    /* transformers 5: generation_config.json when present, else the
+     * generation fields of config.json. */
+    const json_t *gc = gcj ? gcj.get() : cfg.get();
+    auto tok = [&](const char *k) -> const json_t * {
+        const json_t *v = pick(gc, k);
+        return v ? v : pick(cfg.get(), k);
+    };
+    m.eos = ids_of(tok("eos_token_id"));
+    m.bos = tok("bos_token_id") ? ids_of(tok("bos_token_id")).at(0) : -1;
+    if (tok("decoder_start_token_id"))
+        m.decoder_start = ids_of(tok("decoder_start_token_id")).at(0);
+    else if (m.bos >= 0)
+        m.decoder_start = m.bos;
+    else
+        fail(MM_ELOAD, "%s: neither decoder_start_token_id nor bos_token_id is set",
+             m.dir.c_str());
+    if (tok("pad_token_id"))
+        m.pad = ids_of(tok("pad_token_id")).at(0);
+    else
+        m.pad = m.eos.empty() ? 0 : m.eos[0];
+
+    mm_torch_gen_params &d = m.defaults;
+    global_defaults(&d);
+    int64_t maxpos = jint(cfg.get(), "max_position_embeddings", 0);
+    if (pick(gc, "max_length"))
+        d.max_length = jint(gc, "max_length", 20);
+    else if (maxpos > 0)
+        d.max_length = std::min<int64_t>(d.max_length, maxpos);
+    if (pick(gc, "max_new_tokens"))
+        d.max_new_tokens = jint(gc, "max_new_tokens", -1);
+    d.min_length = jint(gc, "min_length", 0);
+    if (pick(gc, "min_new_tokens"))
+        d.min_new_tokens = jint(gc, "min_new_tokens", -1);
+    d.num_beams = jint(gc, "num_beams", 1);
+    d.length_penalty = jnum(gc, "length_penalty", 1.0);
+    const json_t *es = pick(gc, "early_stopping");
+    if (json_is_boolean(es))
+        d.early_stopping = json_is_true(es) ? MM_GEN_EARLY_TRUE : MM_GEN_EARLY_FALSE;
+    else if (json_is_string(es) && strcmp(json_string_value(es), "never") == 0)
+        d.early_stopping = MM_GEN_EARLY_NEVER;
+    d.no_repeat_ngram_size = jint(gc, "no_repeat_ngram_size", 0);
+    d.repetition_penalty = jnum(gc, "repetition_penalty", 1.0);
+    if (pick(gc, "forced_bos_token_id"))
+        d.forced_bos_token_id = ids_of(pick(gc, "forced_bos_token_id")).at(0);
+    if (pick(gc, "forced_eos_token_id"))
+        d.forced_eos_token_id = ids_of(pick(gc, "forced_eos_token_id")).at(0);
+    d.do_sample = jbool(gc, "do_sample", false) ? 1 : 0;
+    d.temperature = jnum(gc, "temperature", 1.0);
+    if (pick(gc, "top_k"))
+        d.top_k = jint(gc, "top_k", 50);
+    d.top_p = jnum(gc, "top_p", 1.0);
+    d.num_return_sequences = jint(gc, "num_return_sequences", 1);
+
+    if (mi.max_source_positions > 0) {
+        m.hard_input_limit = mi.max_source_positions;
+        m.max_input_length = mi.max_source_positions;
+    } else {
+        m.max_input_length = mi.n_positions > 0 ? mi.n_positions : 512;
+    }
+    /* The decoder feeds positions 0 .. max_length - 2. */
+    m.max_length_limit = mi.max_target_positions > 0 ? mi.max_target_positions + 1
+                                                     : std::max<int64_t>(m.max_input_length, 512) + 1;
+}
+
+/* ---- parameters ---- */
+
+struct Resolved {
+    int64_t max_length, min_length, min_new_tokens, nb, nrs, ngram, top_k, seed;
+    int64_t forced_bos, forced_eos;
+    double lp, rep, temp, top_p;
+    int early;
+    bool sample;
+};
+
+void check_params(const Model &m, const mm_torch_gen_params *p, Resolved *r) {
+    std::string bad;
+    auto add = [&](const std::string &s) { bad += (bad.empty() ? "" : "; ") + s; };
+    char buf[256];
+    r->max_length = p->max_new_tokens >= 0 ? p->max_new_tokens + 1 : p->max_length;
+    r->min_length = p->min_new_tokens >= 0 ? p->min_new_tokens + 1 : p->min_length;
+    r->min_new_tokens = p->min_new_tokens;
+    r->nb = p->num_beams;
+    r->nrs = p->num_return_sequences;
+    r->ngram = p->no_repeat_ngram_size;
+    r->top_k = p->top_k;
+    r->seed = p->seed;
+    r->forced_bos = p->forced_bos_token_id;
+    r->forced_eos = p->forced_eos_token_id;
+    r->lp = p->length_penalty;
+    r->rep = p->repetition_penalty;
+    r->temp = p->temperature;
+    r->top_p = p->top_p;
+    r->early = p->early_stopping;
+    r->sample = p->do_sample != 0;
+    int64_t V = m.net->info().vocab_size;
+    if (p->max_new_tokens < -1)
+        add("max_new_tokens must be >= 0");
+    else if (p->max_new_tokens == 0)
+        add("max_new_tokens must be at least 1");
+    if (r->max_length < 2) {
+        snprintf(buf, sizeof buf, "max_length (%lld) must be at least 2 (it counts the decoder "
+                                  "start token)", (long long)r->max_length);
+        add(buf);
+    } else if (r->max_length > m.max_length_limit) {
+        snprintf(buf, sizeof buf, "%s (%lld) exceeds the model's limit of %lld new tokens",
+                 p->max_new_tokens >= 0 ? "max_new_tokens" : "max_length",
+                 (long long)(p->max_new_tokens >= 0 ? p->max_new_tokens : r->max_length),
+                 (long long)(m.max_length_limit - 1));
+        add(buf);
+    }
+    if (p->min_length < 0)
+        add("min_length must be >= 0");
+    if (p->min_new_tokens < -1)
+        add("min_new_tokens must be >= 0");
+    if (r->max_length >= 2 && r->min_length > r->max_length) {
+        snprintf(buf, sizeof buf, "min_length (%lld) is larger than max_length (%lld)",
+                 (long long)r->min_length, (long long)r->max_length);
+        add(buf);
+    }
+    if (r->nb < 1)
+        add("num_beams must be at least 1");
+    if (r->nrs < 1)
+        add("num_return_sequences must be at least 1");
+    else if (r->nb >= 1 && r->nb > 1 && r->nrs > r->nb)
+        add("num_return_sequences must not exceed num_beams");
+    else if (r->nb == 1 && !r->sample && r->nrs > 1)
+        add("num_return_sequences > 1 needs num_beams > 1 or do_sample");
+    if (r->early < 0 || r->early > 2)
+        add("early_stopping must be true, false or \"never\"");
+    if (r->ngram < 0)
+        add("no_repeat_ngram_size must be >= 0");
+    if (!(r->rep > 0) || !std::isfinite(r->rep))
+        add("repetition_penalty must be > 0");
+    if (!std::isfinite(r->lp))
+        add("length_penalty must be finite");
+    if (r->forced_bos < -1 || r->forced_bos >= V)
+        add("forced_bos_token_id is out of the vocabulary");
+    if (r->forced_eos < -1 || r->forced_eos >= V)
+        add("forced_eos_token_id is out of the vocabulary");
+    if (r->sample) {
+        if (!(r->temp > 0) || !std::isfinite(r->temp))
+            add("temperature must be > 0 when sampling");
+        if (r->top_k < 0)
+            add("top_k must be >= 0");
+        if (!(r->top_p >= 0 && r->top_p <= 1))
+            add("top_p must be within [0, 1]");
+    }
+    if (!bad.empty())
+        fail(MM_EINVAL, "invalid generation parameters: %s", bad.c_str());
+}
+
+/* ---- logits processing ---- */
+
+/* Applies the processors of transformers' _get_logits_processor, in order,
+ * to scores [R, V] (row r continues *rows[r].seq). */
+void process(const Resolved &P, const Model &m, at::Tensor &scores,
+             const std::vector<const std::vector<int64_t> *> &rows, int64_t cur_len,
+             int64_t min_keep) {
+    int64_t R = scores.size(0), V = scores.size(1);
+    scores = scores.contiguous();
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    auto lopts = at::TensorOptions().dtype(at::kLong);
+    if (P.rep != 1.0) {
+        std::vector<int64_t> ri, ti;
+        for (int64_t r = 0; r < R; r++) {
+            std::set<int64_t> seen(rows[r]->begin(), rows[r]->end());
+            for (int64_t t : seen)
+                if (t >= 0 && t < V) {
+                    ri.push_back(r);
+                    ti.push_back(t);
+                }
+        }
+        if (!ri.empty()) {
+            std::vector<int64_t> lin(ri.size());
+            for (size_t i = 0; i < ri.size(); i++)
+                lin[i] = ri[i] * V + ti[i];
+            at::Tensor li = at::tensor(lin, lopts).to(scores.device());
+            at::Tensor flat = scores.view({-1});
+            at::Tensor s = flat.index_select(0, li);
+            s = at::where(s < 0, s * P.rep, s / P.rep);
+            flat.index_copy_(0, li, s);
+        }
+    }
+    if (P.ngram > 0 && cur_len >= P.ngram) {
+        int64_t n = P.ngram;
+        std::vector<int64_t> ri, ti;
+        for (int64_t r = 0; r < R; r++) {
+            const std::vector<int64_t> &s = *rows[r];
+            int64_t L = (int64_t)s.size();
+            /* every complete n-gram whose first n-1 tokens equal the last n-1 */
+            for (int64_t i = 0; i + n <= L; i++) {
+                bool eq = true;
+                for (int64_t j = 0; j < n - 1 && eq; j++)
+                    eq = s[i + j] == s[L - (n - 1) + j];
+                if (eq && s[i + n - 1] >= 0 && s[i + n - 1] < V) {
+                    ri.push_back(r);
+                    ti.push_back(s[i + n - 1]);
+                }
+            }
+        }
+        if (!ri.empty()) {
+            std::vector<int64_t> lin(ri.size());
+            for (size_t i = 0; i < ri.size(); i++)
+                lin[i] = ri[i] * V + ti[i];
+            scores.view({-1}).index_fill_(0, at::tensor(lin, lopts).to(scores.device()), NEG_INF);
+        }
+    }
+    bool mask_eos = (P.min_length > 0 && cur_len < P.min_length) ||
+                    (P.min_new_tokens > 0 && cur_len - 1 < P.min_new_tokens);
+    if (mask_eos)
+        for (int64_t e : m.eos)
+            if (e >= 0 && e < V)
+                scores.select(1, e).fill_(NEG_INF);
+    if (P.forced_bos >= 0 && cur_len == 1) {
+        scores.fill_(NEG_INF);
+        scores.select(1, P.forced_bos).fill_(0.0);
+    }
+    if (P.forced_eos >= 0 && cur_len == P.max_length - 1) {
+        scores.fill_(NEG_INF);
+        scores.select(1, P.forced_eos).fill_(0.0);
+    }
+    if (P.sample) {
+        if (P.temp != 1.0)
+            scores = scores / P.temp;
+        if (P.top_k != 0) {
+            int64_t k = std::min<int64_t>(std::max<int64_t>(P.top_k, min_keep), V);
+            at::Tensor kth = std::get<0>(at::topk(scores, k)).narrow(1, k - 1, 1);
+            scores = scores.masked_fill(scores < kth, NEG_INF);
+        }
+        if (P.top_p < 1.0) {
+            auto sorted = at::sort(scores, -1, false);
+            at::Tensor sl = std::get<0>(sorted), si = std::get<1>(sorted);
+            at::Tensor cum = sl.softmax(-1).cumsum(-1);
+            at::Tensor rm = cum <= (1 - P.top_p);
+            rm.narrow(1, V - min_keep, min_keep).fill_(false);
+            at::Tensor ind = rm.scatter(1, si, rm);
+            scores = scores.masked_fill(ind, NEG_INF);
+        }
+    }
+}
+
+/* ---- the decoding loops ---- */
+
+struct Output {
+    std::vector<std::vector<int64_t>> seqs; /* per input * nrs, start token included */
+    std::vector<float> scores;
+};
+
+at::Generator make_gen(int64_t seed) {
+    uint64_t s;
+    if (seed >= 0) {
+        s = (uint64_t)seed;
+    } else {
+        std::random_device rd;
+        s = ((uint64_t)rd() << 32) ^ rd();
+    }
+    return at::make_generator<at::CPUGeneratorImpl>(s);
+}
+
+bool is_eos(const Model &m, int64_t t) {
+    return std::find(m.eos.begin(), m.eos.end(), t) != m.eos.end();
+}
+
+/* Greedy and sampling: one row per (input, return sequence). */
+void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, Output *out) {
+    const at::Device dev = m.device;
+    int64_t nrs = P.sample ? P.nrs : 1;
+    size_t R0 = n_in * (size_t)nrs;
+    std::vector<std::vector<int64_t>> seq(R0, std::vector<int64_t>{m.decoder_start});
+    std::vector<char> fin(R0, 0);
+    std::vector<int64_t> active(R0); /* state row -> output row */
+    for (size_t i = 0; i < R0; i++)
+        active[i] = (int64_t)i;
+    std::vector<at::Generator> gens;
+    if (P.sample)
+        for (size_t i = 0; i < n_in; i++)
+            gens.push_back(make_gen(P.seed));
+    int64_t cur_len = 1;
+    auto lopts = at::TensorOptions().dtype(at::kLong);
+    while (!active.empty()) {
+        std::vector<int64_t> last(active.size());
+        std::vector<const std::vector<int64_t> *> rows(active.size());
+        for (size_t i = 0; i < active.size(); i++) {
+            int64_t r = active[i];
+            /* a finished row kept for its request's random stream feeds pad */
+            last[i] = fin[r] ? m.pad : seq[r].back();
+            rows[i] = &seq[r];
+        }
+        at::Tensor logits = m.net->step(st, at::tensor(last, lopts).to(dev));
+        process(P, m, logits, rows, cur_len, 1);
+        std::vector<int64_t> next(active.size());
+        if (P.sample) {
+            at::Tensor probs = at::softmax(logits, -1).to(at::kCPU);
+            size_t i = 0;
+            while (i < active.size()) {
+                size_t req = (size_t)(active[i] / nrs), j = i;
+                while (j < active.size() && (size_t)(active[j] / nrs) == req)
+                    j++;
+                at::Tensor s = at::multinomial(probs.narrow(0, (int64_t)i, (int64_t)(j - i)), 1,
+                                               false, gens[req]);
+                auto acc = s.accessor<int64_t, 2>();
+                for (size_t k = i; k < j; k++)
+                    next[k] = acc[(int64_t)(k - i)][0];
+                i = j;
+            }
+        } else {
+            at::Tensor a = at::argmax(logits, -1).to(at::kCPU);
+            auto acc = a.accessor<int64_t, 1>();
+            for (size_t i = 0; i < active.size(); i++)
+                next[i] = acc[(int64_t)i];
+        }
+        cur_len++;
+        bool at_max = cur_len >= P.max_length;
+        for (size_t i = 0; i < active.size(); i++) {
+            int64_t r = active[i];
+            if (fin[r])
+                continue;
+            seq[r].push_back(next[i]);
+            if (is_eos(m, next[i]) || at_max)
+                fin[r] = 1;
+        }
+        /* drop a request's rows once all of them are finished */
+        std::vector<int64_t> keep, nact;
+        for (size_t i = 0; i < active.size();) {
+            size_t req = (size_t)(active[i] / nrs), j = i;
+            bool all = true;
+            while (j < active.size() && (size_t)(active[j] / nrs) == req) {
+                all = all && fin[active[j]];
+                j++;
+            }
+            if (!all && !at_max)
+                for (size_t k = i; k < j; k++) {
+                    keep.push_back((int64_t)k);
+                    nact.push_back(active[k]);
+                }
+            i = j;
+        }
+        if (nact.size() != active.size() && !nact.empty())
+            keep_groups(st, keep);
+        active.swap(nact);
+    }
+    out->seqs = std::move(seq);
+    out->scores.assign(R0, 0.0f);
+}
+
+struct Beam {
+    std::vector<std::vector<int64_t>> run_seq; /* nb running hypotheses */
+    std::vector<float> run_score;
+    std::vector<std::vector<int64_t>> fin_seq; /* nb finished slots, best first */
+    std::vector<float> fin_score;
+    std::vector<char> fin_flag;
+    bool unsatisfied = true;
+    bool done = false;
+};
+
+/* Beam search (and beam sampling), transformers' vectorised algorithm per
+ * request.  Group g of the state holds the nb running beams of request
+ * groups_req[g]. */
+void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Output *out) {
+    const at::Device dev = m.device;
+    const int64_t nb = P.nb, V = m.net->info().vocab_size;
+    const int64_t n_eos = (int64_t)m.eos.size();
+    const int64_t K = std::max<int64_t>(2, 1 + n_eos) * nb;
+    const float NEG = -1.0e9f;
+    std::vector<Beam> beams(n_in);
+    for (Beam &b : beams) {
+        b.run_seq.assign(nb, std::vector<int64_t>{m.decoder_start});
+        b.run_score.assign(nb, NEG);
+        b.run_score[0] = 0.0f;
+        b.fin_seq.assign(nb, std::vector<int64_t>{m.decoder_start});
+        b.fin_score.assign(nb, NEG);
+        b.fin_flag.assign(nb, 0);
+    }
+    std::vector<at::Generator> gens;
+    if (P.sample)
+        for (size_t i = 0; i < n_in; i++)
+            gens.push_back(make_gen(P.seed));
+    std::vector<int64_t> groups(n_in);
+    for (size_t i = 0; i < n_in; i++)
+        groups[i] = (int64_t)i;
+    const int64_t prompt_len = 1;
+    int64_t cur_len = 1;
+    auto lopts = at::TensorOptions().dtype(at::kLong);
+    auto fopts = at::TensorOptions().dtype(at::kFloat);
+    while (!groups.empty()) {
+        int64_t G = (int64_t)groups.size();
+        std::vector<int64_t> last((size_t)(G * nb));
+        std::vector<const std::vector<int64_t> *> rows((size_t)(G * nb));
+        std::vector<float> rs((size_t)(G * nb));
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t j = 0; j < nb; j++) {
+                Beam &b = beams[(size_t)groups[(size_t)g]];
+                last[(size_t)(g * nb + j)] = b.run_seq[(size_t)j].back();
+                rows[(size_t)(g * nb + j)] = &b.run_seq[(size_t)j];
+                rs[(size_t)(g * nb + j)] = b.run_score[(size_t)j];
+            }
+        at::Tensor logits = m.net->step(st, at::tensor(last, lopts).to(dev));
+        at::Tensor lp = at::log_softmax(logits, -1);
+        process(P, m, lp, rows, cur_len, n_eos + 1);
+        lp = lp.view({G, nb, V}) + at::tensor(rs, fopts).to(dev).view({G, nb, 1});
+        lp = lp.reshape({G, nb * V});
+        at::Tensor top_v, top_i;
+        if (P.sample) {
+            at::Tensor probs = at::softmax(lp, -1).to(at::kCPU);
+            at::Tensor lpc = lp.to(at::kCPU);
+            std::vector<at::Tensor> vs, is;
+            for (int64_t g = 0; g < G; g++) {
+                at::Tensor idx = at::multinomial(probs.narrow(0, g, 1), K, false,
+                                                 gens[(size_t)groups[(size_t)g]]);
+                at::Tensor val = at::gather(lpc.narrow(0, g, 1), 1, idx);
+                auto srt = val.sort(-1, true);
+                vs.push_back(std::get<0>(srt));
+                is.push_back(idx.gather(-1, std::get<1>(srt)));
+            }
+            top_v = at::cat(vs, 0);
+            top_i = at::cat(is, 0);
+        } else {
+            auto tk = at::topk(lp, K);
+            top_v = std::get<0>(tk).to(at::kCPU);
+            top_i = std::get<1>(tk).to(at::kCPU);
+        }
+        auto tv = top_v.accessor<float, 2>();
+        auto ti = top_i.accessor<int64_t, 2>();
+
+        const bool at_max = cur_len + 1 >= P.max_length;
+        /* transformers: (cur_len + 1 - decoder_prompt_len) ** length_penalty,
+         * a Python float, then float32 division */
+        const float div = (float)std::pow((double)(cur_len + 1 - prompt_len), P.lp);
+        std::vector<int64_t> reorder((size_t)(G * nb));
+        std::vector<int64_t> keep;
+        for (int64_t g = 0; g < G; g++) {
+            Beam &b = beams[(size_t)groups[(size_t)g]];
+            std::vector<float> val(K);
+            std::vector<int64_t> src(K), tok(K);
+            std::vector<char> hit(K);
+            bool all_hit = true;
+            for (int64_t c = 0; c < K; c++) {
+                val[c] = tv[g][c];
+                src[c] = ti[g][c] / V;
+                tok[c] = ti[g][c] % V;
+                hit[c] = at_max || is_eos(m, tok[c]);
+                all_hit = all_hit && hit[c];
+            }
+            /* e. next running beams: best nb candidates that did not stop */
+            std::vector<float> rv(K);
+            for (int64_t c = 0; c < K; c++)
+                rv[c] = val[c] + (hit[c] ? NEG : 0.0f);
+            std::vector<int64_t> order(K);
+            for (int64_t c = 0; c < K; c++)
+                order[c] = c;
+            std::stable_sort(order.begin(), order.end(),
+                             [&](int64_t a, int64_t c) { return rv[a] > rv[c]; });
+            /* f. finished hypotheses: merge the old slots with the new ones */
+            bool all_fin = std::all_of(b.fin_flag.begin(), b.fin_flag.end(),
+                                       [](char x) { return x != 0; });
+            bool full = all_fin && P.early == MM_GEN_EARLY_TRUE;
+            std::vector<float> ms(b.fin_score);
+            std::vector<char> mf(b.fin_flag);
+            std::vector<int64_t> morig(nb, -1); /* -1: old slot */
+            for (int64_t c = 0; c < K; c++) {
+                bool just = hit[c] && c < nb;
+                float s = val[c] / div;
+                if (full)
+                    s += NEG;
+                if (!b.unsatisfied)
+                    s += NEG;
+                if (!just)
+                    s += NEG;
+                ms.push_back(s);
+                mf.push_back(just ? 1 : 0);
+                morig.push_back(c);
+            }
+            std::vector<int64_t> mo(ms.size());
+            for (size_t i = 0; i < mo.size(); i++)
+                mo[i] = (int64_t)i;
+            std::stable_sort(mo.begin(), mo.end(),
+                             [&](int64_t a, int64_t c) { return ms[a] > ms[c]; });
+            std::vector<std::vector<int64_t>> nfs(nb);
+            std::vector<float> nfsc(nb);
+            std::vector<char> nff(nb);
+            for (int64_t j = 0; j < nb; j++) {
+                int64_t k = mo[j];
+                if (morig[k] < 0) {
+                    nfs[j] = b.fin_seq[k];
+                } else {
+                    int64_t c = morig[k];
+                    nfs[j] = b.run_seq[src[c]];
+                    nfs[j].push_back(tok[c]);
+                }
+                nfsc[j] = ms[k];
+                nff[j] = mf[k];
+            }
+            /* running beams for the next step */
+            std::vector<std::vector<int64_t>> nrs(nb);
+            std::vector<float> nrsc(nb);
+            for (int64_t j = 0; j < nb; j++) {
+                int64_t c = order[j];
+                nrs[j] = b.run_seq[src[c]];
+                nrs[j].push_back(tok[c]);
+                nrsc[j] = rv[c];
+                reorder[(size_t)(g * nb + j)] = g * nb + src[c];
+            }
+            b.run_seq.swap(nrs);
+            b.run_score.swap(nrsc);
+            b.fin_seq.swap(nfs);
+            b.fin_score.swap(nfsc);
+            b.fin_flag.swap(nff);
+            /* g. stopping rules, after cur_len + 1 */
+            int64_t new_len = cur_len + 1;
+            all_fin = std::all_of(b.fin_flag.begin(), b.fin_flag.end(),
+                                  [](char x) { return x != 0; });
+            if (b.unsatisfied) {
+                int64_t hyp = (P.early == MM_GEN_EARLY_NEVER && P.lp > 0.0)
+                                  ? P.max_length - prompt_len
+                                  : new_len - prompt_len;
+                float best = b.run_score[0] / (float)std::pow((double)hyp, P.lp);
+                if (all_fin) {
+                    float worst = *std::min_element(b.fin_score.begin(), b.fin_score.end());
+                    b.unsatisfied = best > worst;
+                }
+            }
+            b.done = !b.unsatisfied || (all_fin && P.early == MM_GEN_EARLY_TRUE) || all_hit;
+            if (!b.done)
+                keep.push_back(g);
+        }
+        cur_len++;
+        if (keep.empty())
+            break;
+        reorder_rows(st, at::tensor(reorder, lopts).to(dev));
+        if ((int64_t)keep.size() != G) {
+            keep_groups(st, keep);
+            std::vector<int64_t> ng;
+            for (int64_t g : keep)
+                ng.push_back(groups[(size_t)g]);
+            groups.swap(ng);
+        }
+    }
+    out->seqs.clear();
+    out->scores.clear();
+    for (size_t i = 0; i < n_in; i++)
+        for (int64_t j = 0; j < P.nrs; j++) {
+            out->seqs.push_back(beams[i].fin_seq[(size_t)j]);
+            out->scores.push_back(beams[i].fin_score[(size_t)j]);
+        }
+}
+
+void generate(const Model &m, const Resolved &P, const int64_t *const *ids, const size_t *lens,
+              size_t n, Output *out) {
+    const ModelInfo &mi = m.net->info();
+    size_t S = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!ids[i] || lens[i] == 0)
+            fail(MM_EINVAL, "input %zu is empty", i);
+        if (m.hard_input_limit > 0 && (int64_t)lens[i] > m.hard_input_limit)
+            fail(MM_EINVAL, "input %zu has %zu tokens, the model takes at most %lld", i, lens[i],
+                 (long long)m.hard_input_limit);
+        for (size_t j = 0; j < lens[i]; j++)
+            if (ids[i][j] < 0 || ids[i][j] >= mi.vocab_size)
+                fail(MM_EINVAL, "input %zu holds token id %lld, outside the vocabulary (%lld)", i,
+                     (long long)ids[i][j], (long long)mi.vocab_size);
+        S = std::max(S, lens[i]);
+    }
+    std::vector<int64_t> flat(n * S, m.pad);
+    std::vector<uint8_t> msk(n * S, 0);
+    bool padded = false;
+    for (size_t i = 0; i < n; i++) {
+        std::copy(ids[i], ids[i] + lens[i], flat.begin() + (ptrdiff_t)(i * S));
+        std::fill(msk.begin() + (ptrdiff_t)(i * S), msk.begin() + (ptrdiff_t)(i * S + lens[i]), 1);
+        padded = padded || lens[i] < S;
+    }
+    at::Tensor tid = at::tensor(flat, at::TensorOptions().dtype(at::kLong))
+                         .view({(int64_t)n, (int64_t)S})
+                         .to(m.device);
+    at::Tensor tm = at::tensor(std::vector<int64_t>(msk.begin(), msk.end()),
+                               at::TensorOptions().dtype(at::kLong))
+                        .view({(int64_t)n, (int64_t)S})
+                        .to(at::kBool)
+                        .to(m.device);
+    at::Tensor enc = m.net->encode(tid, tm, padded);
+    DecState st;
+    int64_t cap = P.max_length;
+    if (P.nb > 1) {
+        m.net->start(st, enc, tm, padded, P.nb, cap);
+        run_beams(m, P, st, n, out);
+    } else {
+        int64_t nrs = P.sample ? P.nrs : 1;
+        if (nrs > 1) {
+            enc = enc.repeat_interleave(nrs, 0);
+            tm = tm.repeat_interleave(nrs, 0);
+        }
+        m.net->start(st, enc, tm, padded, 1, cap);
+        run_rows(m, P, st, n, out);
+    }
+}
+
+} // namespace
+
+/* ---- C ABI ---- */
+
+MMT_API int mm_torch_gen_abi_version(void) { return MM_TORCH_GEN_ABI_VERSION; }
+
+MMT_API void mm_torch_gen_default_load_params(mm_torch_gen_load_params *p) {
+    if (!p)
+        return;
+    p->device = "cpu";
+    p->dtype = "auto";
+    p->num_threads = 0;
+}
+
+MMT_API int mm_torch_gen_load(const char *dir, const mm_torch_gen_load_params *p,
+                              mm_torch_gen_t **out, char *err, size_t errlen) {
+    if (out)
+        *out = nullptr;
+    return guard(err, errlen, [&] {
+        if (!dir || !*dir || !out)
+            fail(MM_EINVAL, "mm_torch_gen_load: no model directory");
+        mm_torch_gen_load_params def;
+        mm_torch_gen_default_load_params(&def);
+        if (!p)
+            p = &def;
+        std::string dev = p->device && *p->device ? p->device : "cpu";
+        if (dev == "gpu")
+            dev = "cuda";
+        at::Device device(at::kCPU);
+        try {
+            device = at::Device(dev);
+        } catch (const c10::Error &) {
+            fail(MM_EINVAL, "unknown device %s", dev.c_str());
+        }
+        if (device.is_cuda()) {
+            if (!at::hasCUDA())
+                fail(MM_EDEVICE, "device %s asked for, but this libtorch has no usable CUDA",
+                     dev.c_str());
+            if (!device.has_index())
+                device = at::Device(at::kCUDA, 0);
+        } else if (!device.is_cpu()) {
+            fail(MM_EUNSUPPORTED, "device %s is not supported (cpu or cuda:N)", dev.c_str());
+        }
+        /* The architecture decides the "auto" dtype; read it first. */
+        JsonPtr cfg = read_json(join_path(dir, "config.json"), true);
+        std::string arch = arch_of(cfg.get());
+        std::string dtype_name;
+        at::ScalarType dtype =
+            parse_dtype(p->dtype ? p->dtype : "auto", device.is_cuda(), arch, &dtype_name);
+        if (!device.is_cuda() && dtype == at::kHalf)
+            fail(MM_EUNSUPPORTED, "float16 on the CPU is not supported; use float32 or bfloat16");
+        if (p->num_threads > 0)
+            at::set_num_threads(p->num_threads);
+        std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
+        std::shared_ptr<Model> model;
+        {
+            std::lock_guard<std::mutex> lk(g_mu);
+            auto it = g_models.find(key);
+            if (it != g_models.end())
+                model = it->second.lock();
+            if (!model) {
+                c10::InferenceMode im;
+                auto mm = std::make_shared<Model>();
+                mm->key = key;
+                mm->dir = dir;
+                mm->device = device;
+                mm->dtype = dtype;
+                mm->device_name = device.str();
+                mm->dtype_name = dtype_name;
+                load_model(*mm);
+                model = mm;
+                g_models[key] = model;
+            }
+        }
+        auto *h = new mm_torch_gen;
+        h->model = std::move(model);
+        *out = h;
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_gen_info_get(const mm_torch_gen_t *h, mm_torch_gen_info *info) {
+    if (!h || !info)
+        return MM_EINVAL;
+    const Model &m = *h->model;
+    memset(info, 0, sizeof *info);
+    info->arch = m.arch.c_str();
+    info->device = m.device_name.c_str();
+    info->dtype = m.dtype_name.c_str();
+    info->vocab_size = m.net->info().vocab_size;
+    info->decoder_start_token_id = m.decoder_start;
+    info->eos_token_id = m.eos.empty() ? -1 : m.eos[0];
+    info->pad_token_id = m.pad;
+    info->bos_token_id = m.bos;
+    info->max_input_length = m.max_input_length;
+    info->hard_input_limit = m.hard_input_limit;
+    info->max_length_limit = m.max_length_limit;
+    info->memory_bytes = m.weights.bytes;
+    return 0;
+}
+
+MMT_API void mm_torch_gen_default_params(const mm_torch_gen_t *h, mm_torch_gen_params *p) {
+    if (!p)
+        return;
+    if (h)
+        *p = h->model->defaults;
+    else
+        global_defaults(p);
+}
+
+MMT_API int mm_torch_gen_check_params(const mm_torch_gen_t *h, const mm_torch_gen_params *p,
+                                      char *err, size_t errlen) {
+    return guard(err, errlen, [&] {
+        if (!h || !p)
+            fail(MM_EINVAL, "mm_torch_gen_check_params: no model or no params");
+        Resolved r;
+        check_params(*h->model, p, &r);
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const size_t *lens,
+                             size_t n_inputs, const mm_torch_gen_params *p,
+                             mm_torch_gen_result **out, char *err, size_t errlen) {
+    if (out)
+        *out = nullptr;
+    return guard(err, errlen, [&] {
+        if (!h || !out || (n_inputs > 0 && (!ids || !lens)))
+            fail(MM_EINVAL, "mm_torch_gen_run: missing handle, inputs or output");
+        if (n_inputs == 0)
+            fail(MM_EINVAL, "mm_torch_gen_run: no inputs");
+        const Model &m = *h->model;
+        mm_torch_gen_params def;
+        if (!p) {
+            def = m.defaults;
+            p = &def;
+        }
+        Resolved r;
+        check_params(m, p, &r);
+        Output o;
+        {
+            c10::InferenceMode im;
+            generate(m, r, ids, lens, n_inputs, &o);
+        }
+        size_t total = 0;
+        for (const auto &s : o.seqs)
+            total += s.size() - 1;
+        /* one block: header, offsets, scores, ids */
+        size_t nseq = o.seqs.size();
+        size_t bytes = sizeof(mm_torch_gen_result) + (nseq + 1) * sizeof(size_t) +
+                       nseq * sizeof(float) + 8 + total * sizeof(int64_t);
+        char *blk = (char *)std::malloc(bytes);
+        if (!blk)
+            throw std::bad_alloc();
+        auto *res = (mm_torch_gen_result *)blk;
+        size_t *offs = (size_t *)(blk + sizeof(mm_torch_gen_result));
+        float *sc = (float *)(offs + nseq + 1);
+        uintptr_t a = (uintptr_t)(sc + nseq);
+        a = (a + 7) & ~(uintptr_t)7;
+        int64_t *idsout = (int64_t *)a;
+        size_t k = 0;
+        for (size_t i = 0; i < nseq; i++) {
+            offs[i] = k;
+            sc[i] = o.scores[i];
+            const auto &s = o.seqs[i];
+            for (size_t j = 1; j < s.size(); j++)
+                idsout[k++] = s[j];
+        }
+        offs[nseq] = k;
+        res->n_sequences = nseq;
+        res->num_return_sequences = (size_t)r.nrs;
+        res->ids = idsout;
+        res->offsets = offs;
+        res->scores = sc;
+        *out = res;
+        return 0;
+    });
+}
+
+MMT_API void mm_torch_gen_result_free(mm_torch_gen_result *r) { std::free(r); }
+
+MMT_API void mm_torch_gen_free(mm_torch_gen_t *h) {
+    if (!h)
+        return;
+    std::shared_ptr<Model> m = std::move(h->model);
+    delete h;
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (m && m.use_count() == 1) {
+        auto it = g_models.find(m->key);
+        if (it != g_models.end() && it->second.lock() == m)
+            g_models.erase(it);
+    }
+}

@@ -1,0 +1,131 @@
+/* gen_model.h: the encoder-decoder models behind mm_torch_gen (T5, BART).
+ *
+ * A Seq2Seq model is immutable once loaded: weights plus the few config
+ * numbers its forward needs.  All per-request state lives in a DecState the
+ * decoding loop owns, so one model may serve any number of threads at once.
+ *
+ * The decoder state is laid out for batched decoding of many requests that
+ * advance in lockstep (every row is at the same decoder position):
+ *   - rows: the hypotheses being extended, grouped `group` at a time; all
+ *     rows of a group read the same encoder entry (the beams of one request,
+ *     or a single greedy / sampled row);
+ *   - self-attention keys and values per layer, [rows, heads, cap, head_dim],
+ *     filled up to `len` positions (a preallocated cache, no concatenation);
+ *   - cross-attention keys and values per layer, [groups, heads, src, hd],
+ *     computed once from the encoder output.  The rows of a group attend as
+ *     `group` queries of one attention call, so beams never copy them.
+ * Reordering rows (beam search) and dropping finished groups are index
+ * selects on these tensors (reorder_rows / keep_groups below).
+ */
+#ifndef MMT_GEN_MODEL_H
+#define MMT_GEN_MODEL_H
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mmt_common.h"
+
+namespace mmt {
+struct Weights;
+
+namespace gen {
+
+/* What the decoding loop needs to know about a loaded model. */
+struct ModelInfo {
+    std::string arch;          /* "t5", "bart" */
+    int64_t vocab_size = 0;    /* width of the logits */
+    int64_t d_model = 0;
+    int64_t dec_layers = 0;
+    int64_t heads = 0;
+    int64_t head_dim = 0;
+    int64_t max_source_positions = 0; /* hard input limit; 0 = none (T5) */
+    int64_t max_target_positions = 0; /* hard decoder limit; 0 = none (T5) */
+    int64_t n_positions = 0;   /* advisory input limit (T5 n_positions) */
+};
+
+struct DecState {
+    int64_t group = 1; /* rows per encoder entry */
+    int64_t len = 0;   /* decoder positions already cached */
+    int64_t cap = 0;   /* positions allocated in the self-attention cache */
+    std::vector<at::Tensor> self_k, self_v;   /* per layer [rows, H, cap, hd] */
+    std::vector<at::Tensor> cross_k, cross_v; /* per layer [groups, H, S, hd] */
+    /* Added to cross-attention scores, per group or broadcast ([1 or groups,
+     * ...]); a bool mask, a float bias, or undefined (no padding, no bias). */
+    at::Tensor cross_bias;
+    int64_t rows() const { return self_k.empty() ? 0 : self_k[0].size(0); }
+    int64_t groups() const { return cross_k.empty() ? 0 : cross_k[0].size(0); }
+};
+
+/* Keeps rows `idx` (int64 on the model's device) of the self-attention
+ * cache, in that order: beam reordering within groups. */
+void reorder_rows(DecState &st, const at::Tensor &idx);
+/* Keeps groups `gidx` (host list, ascending) and their rows. */
+void keep_groups(DecState &st, const std::vector<int64_t> &gidx);
+
+class Seq2Seq {
+  public:
+    virtual ~Seq2Seq() = default;
+    const ModelInfo &info() const { return info_; }
+    at::Device device() const { return device_; }
+    at::ScalarType dtype() const { return dtype_; }
+
+    /* ids: [B, S] int64, mask: [B, S] bool (true = real token), on the
+     * model's device.  `padded` says whether any mask entry is false.
+     * Returns the encoder's last hidden state [B, S, d_model]. */
+    virtual at::Tensor encode(const at::Tensor &ids, const at::Tensor &mask,
+                              bool padded) const = 0;
+
+    /* Fills st's cross-attention keys and values from enc [G, S, D] (one
+     * entry per group), allocates an empty self-attention cache of
+     * cap positions for G * group rows and sets st.len = 0. */
+    void start(DecState &st, const at::Tensor &enc, const at::Tensor &mask, bool padded,
+               int64_t group, int64_t cap) const;
+
+    /* Feeds one token per row (tokens: [rows] int64 on the device) at
+     * position st.len, appends to the cache, returns float32 logits
+     * [rows, vocab]. */
+    virtual at::Tensor step(DecState &st, const at::Tensor &tokens) const = 0;
+
+  protected:
+    /* The cross-attention bias/mask for an encoder mask [G, S]. */
+    virtual at::Tensor cross_bias(const at::Tensor &mask, bool padded) const = 0;
+    /* Cross-attention K and V of decoder layer l for enc. */
+    virtual void cross_kv(int64_t l, const at::Tensor &enc, at::Tensor *k,
+                          at::Tensor *v) const = 0;
+    /* Writes k, v ([rows, H, 1, hd]) at position st.len of layer l's cache
+     * and returns the filled views [rows, H, len+1, hd]. */
+    static void cache_append(DecState &st, int64_t l, const at::Tensor &k, const at::Tensor &v,
+                             at::Tensor *kk, at::Tensor *vv);
+    /* Attention of each group's rows over its encoder entry.  q: [rows, H,
+     * 1, hd]; bias is added to the scores (may be undefined); scale as sdpa.
+     * Returns [rows, H * hd]. */
+    static at::Tensor cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
+                                   const at::Tensor &bias, double scale);
+
+    ModelInfo info_;
+    at::Device device_{at::kCPU};
+    at::ScalarType dtype_ = at::kFloat;
+};
+
+/* Builds the model named by cfg (config.json) from w.  Throws mmt::Error:
+ * MM_EARCH for an encoder-decoder this file does not implement,
+ * MM_EUNSUPPORTED for an unsupported setting (named), MM_ELOAD for a
+ * missing tensor. */
+std::unique_ptr<Seq2Seq> make_t5(const json_t *cfg, const Weights &w, at::Device dev,
+                                 at::ScalarType dtype);
+std::unique_ptr<Seq2Seq> make_bart(const json_t *cfg, const Weights &w, at::Device dev,
+                                   at::ScalarType dtype);
+
+/* The activation named in a Hugging Face config ("relu", "gelu",
+ * "gelu_new", ...), applied to x.  Throws MM_EUNSUPPORTED for others. */
+enum class Act { Relu, Gelu, GeluNew, GeluTanh, GeluFast, Silu, QuickGelu, Tanh };
+Act parse_act(const std::string &name);
+at::Tensor apply_act(Act a, const at::Tensor &x);
+
+} // namespace gen
+} // namespace mmt
+
+#endif

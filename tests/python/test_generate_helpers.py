@@ -1,0 +1,247 @@
+"""ctypes bindings to libmm_torch.so's generation ABI (csrc/torch/mm_torch_gen.h)
+and the tiny seeded models the generation tests share.
+
+The library is looked for in $MM_TORCH_LIB, then pymodelmgr/ (where
+`make build` / `python3 setup.py build_ext --inplace` copies it), then
+build/*/pymodelmgr/.  Tests skip when it is missing or was built without the
+generation entry points.
+"""
+import ctypes
+import glob
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")  # libtorch must be loaded before the shim
+transformers = pytest.importorskip("transformers")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+EARLY = {False: 0, True: 1, "never": 2}
+
+
+class LoadParams(ctypes.Structure):
+    _fields_ = [("device", ctypes.c_char_p), ("dtype", ctypes.c_char_p),
+                ("num_threads", ctypes.c_int)]
+
+
+class Info(ctypes.Structure):
+    _fields_ = [("arch", ctypes.c_char_p), ("device", ctypes.c_char_p),
+                ("dtype", ctypes.c_char_p), ("vocab_size", ctypes.c_int64),
+                ("decoder_start_token_id", ctypes.c_int64), ("eos_token_id", ctypes.c_int64),
+                ("pad_token_id", ctypes.c_int64), ("bos_token_id", ctypes.c_int64),
+                ("max_input_length", ctypes.c_int64), ("hard_input_limit", ctypes.c_int64),
+                ("max_length_limit", ctypes.c_int64), ("memory_bytes", ctypes.c_uint64)]
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("max_length", ctypes.c_int64), ("max_new_tokens", ctypes.c_int64),
+                ("min_length", ctypes.c_int64), ("min_new_tokens", ctypes.c_int64),
+                ("num_beams", ctypes.c_int64), ("length_penalty", ctypes.c_double),
+                ("early_stopping", ctypes.c_int), ("no_repeat_ngram_size", ctypes.c_int64),
+                ("repetition_penalty", ctypes.c_double),
+                ("forced_bos_token_id", ctypes.c_int64),
+                ("forced_eos_token_id", ctypes.c_int64), ("do_sample", ctypes.c_int),
+                ("temperature", ctypes.c_double), ("top_k", ctypes.c_int64),
+                ("top_p", ctypes.c_double), ("seed", ctypes.c_int64),
+                ("num_return_sequences", ctypes.c_int64)]
+
+
+class Result(ctypes.Structure):
+    _fields_ = [("n_sequences", ctypes.c_size_t), ("num_return_sequences", ctypes.c_size_t),
+                ("ids", ctypes.POINTER(ctypes.c_int64)),
+                ("offsets", ctypes.POINTER(ctypes.c_size_t)),
+                ("scores", ctypes.POINTER(ctypes.c_float))]
+
+
+def find_lib():
+    cands = []
+    if os.environ.get("MM_TORCH_LIB"):
+        cands.append(os.environ["MM_TORCH_LIB"])
+    cands.append(os.path.join(ROOT, "pymodelmgr", "libmm_torch.so"))
+    cands += sorted(glob.glob(os.path.join(ROOT, "build", "*", "pymodelmgr", "libmm_torch.so")),
+                    key=lambda p: -os.path.getmtime(p))
+    for c in cands:
+        if os.path.exists(c):
+            return c
+    return None
+
+
+_LIB = None
+
+
+def lib():
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    path = find_lib()
+    if path is None:
+        pytest.skip("libmm_torch.so not built (make build)")
+    L = ctypes.CDLL(path)
+    if not hasattr(L, "mm_torch_gen_run"):
+        pytest.skip(f"{path} has no generation entry points")
+    L.mm_torch_gen_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(LoadParams),
+                                    ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
+                                    ctypes.c_size_t]
+    L.mm_torch_gen_info_get.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
+    L.mm_torch_gen_default_params.argtypes = [ctypes.c_void_p, ctypes.POINTER(Params)]
+    L.mm_torch_gen_default_params.restype = None
+    L.mm_torch_gen_check_params.argtypes = [ctypes.c_void_p, ctypes.POINTER(Params),
+                                            ctypes.c_char_p, ctypes.c_size_t]
+    L.mm_torch_gen_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int64)),
+                                   ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t,
+                                   ctypes.POINTER(Params), ctypes.POINTER(ctypes.POINTER(Result)),
+                                   ctypes.c_char_p, ctypes.c_size_t]
+    L.mm_torch_gen_result_free.argtypes = [ctypes.POINTER(Result)]
+    L.mm_torch_gen_result_free.restype = None
+    L.mm_torch_gen_free.argtypes = [ctypes.c_void_p]
+    L.mm_torch_gen_free.restype = None
+    L.mm_err_name_for_tests = None
+    _LIB = L
+    return L
+
+
+ERR_NAMES = {-1: "INVALID_ARGUMENT", -4: "MODEL_LOAD_FAILED", -14: "UNSUPPORTED_ARCHITECTURE",
+             -22: "PARSE_ERROR", -23: "UNSUPPORTED", -25: "INTERNAL_ERROR"}
+
+
+class GenError(Exception):
+    def __init__(self, code, msg):
+        super().__init__(f"{ERR_NAMES.get(code, code)}: {msg}")
+        self.code = code
+        self.name = ERR_NAMES.get(code, str(code))
+        self.msg = msg
+
+
+class Generator:
+    """One loaded model behind the C ABI."""
+
+    def __init__(self, path, device="cpu", dtype="auto"):
+        self.L = lib()
+        p = LoadParams(device.encode(), dtype.encode(), 0)
+        h = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(1024)
+        rc = self.L.mm_torch_gen_load(path.encode(), ctypes.byref(p), ctypes.byref(h), err, 1024)
+        if rc != 0:
+            raise GenError(rc, err.value.decode())
+        self.h = h
+
+    def close(self):
+        if self.h:
+            self.L.mm_torch_gen_free(self.h)
+            self.h = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def info(self):
+        i = Info()
+        assert self.L.mm_torch_gen_info_get(self.h, ctypes.byref(i)) == 0
+        return i
+
+    def params(self, **kw):
+        p = Params()
+        self.L.mm_torch_gen_default_params(self.h, ctypes.byref(p))
+        for k, v in kw.items():
+            if k == "early_stopping":
+                v = EARLY[v]
+            elif v is None:
+                v = -1
+            elif isinstance(v, bool):
+                v = int(v)
+            setattr(p, k, v)
+        return p
+
+    def generate(self, inputs, **kw):
+        """inputs: list of id lists.  Returns a list (per input) of lists
+        (per return sequence) of generated ids (decoder start excluded)."""
+        p = self.params(**kw)
+        n = len(inputs)
+        arrs = [(ctypes.c_int64 * max(1, len(x)))(*x) for x in inputs]
+        ptrs = (ctypes.POINTER(ctypes.c_int64) * max(1, n))(
+            *[ctypes.cast(a, ctypes.POINTER(ctypes.c_int64)) for a in arrs])
+        lens = (ctypes.c_size_t * max(1, n))(*[len(x) for x in inputs])
+        res = ctypes.POINTER(Result)()
+        err = ctypes.create_string_buffer(1024)
+        rc = self.L.mm_torch_gen_run(self.h, ptrs, lens, n, ctypes.byref(p), ctypes.byref(res),
+                                     err, 1024)
+        if rc != 0:
+            raise GenError(rc, err.value.decode())
+        r = res.contents
+        out, k = [], 0
+        nrs = r.num_return_sequences
+        for i in range(n):
+            row = []
+            for _ in range(nrs):
+                a, b = r.offsets[k], r.offsets[k + 1]
+                row.append([r.ids[j] for j in range(a, b)])
+                k += 1
+            out.append(row)
+        self.L.mm_torch_gen_result_free(res)
+        return out
+
+
+# ---- tiny models ----
+
+def make_t5(path, gated, vocab=256, seed=0):
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                   feed_forward_proj="gated-gelu" if gated else "relu",
+                   tie_word_embeddings=not gated, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1)
+    m = T5ForConditionalGeneration(cfg).eval()
+    if gated:  # v1.1: an lm_head of its own
+        with torch.no_grad():
+            m.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 32))
+        m.config.tie_word_embeddings = False
+    m.save_pretrained(path)
+    return m
+
+
+def make_bart(path, vocab=256, seed=0, max_pos=64):
+    from transformers import BartConfig, BartForConditionalGeneration
+    torch.manual_seed(seed)
+    cfg = BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
+                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                     decoder_ffn_dim=64, max_position_embeddings=max_pos, forced_bos_token_id=0,
+                     init_std=0.2)
+    m = BartForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        m.final_logits_bias.normal_(0, 0.5)
+    m.save_pretrained(path)
+    return m
+
+
+def prompts(n, vocab, kind, seed=1, lo=1, hi=40):
+    """n id lists of varied length shaped like the tokenizer's output:
+    T5 ends with </s>=1; BART is <s>=0 ... </s>=2."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rnd.randint(lo, hi)
+        body = [rnd.randrange(3, vocab) for _ in range(k)]
+        out.append(body + [1] if kind == "t5" else [0] + body + [2])
+    return out
+
+
+def strip(seq, eos, pad):
+    """A transformers output row minus the decoder start token and trailing
+    padding (everything after the first EOS)."""
+    seq = list(seq)[1:]
+    if eos in seq:
+        seq = seq[: seq.index(eos) + 1]
+    return seq
+
+
+def hf_generate(model, ids, **kw):
+    out = model.generate(torch.tensor([ids]), **kw)
+    eos = model.generation_config.eos_token_id
+    pad = model.generation_config.pad_token_id
+    return [strip(r.tolist(), eos, pad) for r in out]
