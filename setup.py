@@ -8,7 +8,8 @@ the torch already in the environment.
 
 Environment knobs: PYMODELMGR_SANITIZE=address|thread for a sanitizer build,
 PYMODELMGR_BUILD_TORCH=0 to skip the shim, PYMODELMGR_BUILD_TYPE (default
-RelWithDebInfo), PYMODELMGR_JOBS (default: all cores).
+RelWithDebInfo), PYMODELMGR_JOBS (default: all cores), PYMODELMGR_BUILD_DIR
+(default build/py).
 """
 import os
 import shutil
@@ -40,7 +41,7 @@ def _torch_prefix():
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         root = os.path.dirname(os.path.abspath(__file__))
-        build_dir = os.path.join(root, "build", "py")
+        build_dir = os.environ.get("PYMODELMGR_BUILD_DIR") or os.path.join(root, "build", "py")
         out_path = self.get_ext_fullpath(ext.name)
         out_dir = os.path.dirname(os.path.abspath(out_path))
         os.makedirs(out_dir, exist_ok=True)

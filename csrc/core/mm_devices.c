@@ -32,6 +32,8 @@ typedef int (*nvml_str_fn)(void *, char *, unsigned int);
 static int parse_fake(const char *spec, mm_gpu_list *list) {
     list->n = 0;
     list->simulated = 1;
+    if (!strcmp(spec, "none"))
+        return 0; /* a simulated machine with no GPU */
     const char *p = spec;
     while (*p) {
         while (*p == ' ' || *p == ',')
@@ -160,6 +162,31 @@ int mm_devices_discover(const char *fake, mm_gpu_list *list) {
     return 0;
 }
 
+int mm_devices_restrict(mm_gpu_list *list, const char *allowed) {
+    int keep[MM_MAX_GPUS] = {0};
+    const char *p = allowed;
+    while (*p) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        if (!*p)
+            break;
+        char *end;
+        long idx = strtol(p, &end, 10);
+        if (end == p || idx < 0)
+            return MM_EINVAL;
+        for (int i = 0; i < list->n; i++)
+            if (list->gpus[i].index == idx)
+                keep[i] = 1;
+        p = end;
+    }
+    int n = 0;
+    for (int i = 0; i < list->n; i++)
+        if (keep[i])
+            list->gpus[n++] = list->gpus[i];
+    list->n = n;
+    return 0;
+}
+
 static int parse_cuda_index(const char *request, int *idx) {
     if (strncmp(request, "cuda:", 5) != 0)
         return 0;
@@ -196,10 +223,22 @@ static void set_gpu(mm_device *d, int index) {
     d->cpu_threads = 1;
 }
 
+/* Cores online, read once: sysconf reads /sys on every call, and placement
+ * runs on every submit. */
+static long online_cores(void) {
+    static _Atomic long cached;
+    long c = cached;
+    if (c <= 0) {
+        c = sysconf(_SC_NPROCESSORS_ONLN);
+        if (c < 1)
+            c = 1;
+        cached = c;
+    }
+    return c;
+}
+
 static void place_cpu(int num_workers, int cpu_threads, mm_placement *out) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    if (cores < 1)
-        cores = 1;
+    long cores = online_cores();
     int per = cpu_threads > 0 ? cpu_threads : (int)(cores / num_workers);
     if (per < 1)
         per = 1;

@@ -5,7 +5,8 @@
  * through NVML creates no CUDA context.  CUDA_VISIBLE_DEVICES is respected
  * (indices or GPU-UUID prefixes).  For tests, a simulated list replaces
  * discovery: the engine's fake_gpus parameter or PYMODELMGR_FAKE_GPUS, a
- * comma list of free-memory sizes in MiB ("24000,16000").
+ * comma list of free-memory sizes in MiB ("24000,16000"), or "none" for a
+ * machine without GPUs.
  */
 #ifndef MM_DEVICES_H
 #define MM_DEVICES_H
@@ -35,6 +36,10 @@ typedef struct mm_gpu_list {
  * PYMODELMGR_FAKE_GPUS and then NVML.  Blocks briefly (driver query).
  * 0, or MM_EINVAL for a malformed fake list. */
 int mm_devices_discover(const char *fake, mm_gpu_list *list);
+
+/* Keeps only the GPUs whose ordinal is in allowed ("0,2"); an allowed
+ * ordinal that is not visible is ignored.  0, or MM_EINVAL when malformed. */
+int mm_devices_restrict(mm_gpu_list *list, const char *allowed);
 
 /* A placement: which device each worker runs on. */
 typedef struct mm_placement {

@@ -35,6 +35,7 @@ void mm_engine_default_params(mm_engine_params *p) {
     p->cpu_threads = 0;
     p->cache_dir = "data/models";
     p->fake_gpus = NULL;
+    p->allowed_gpus = NULL;
     p->backend_options_json = "{}";
 }
 
@@ -70,6 +71,7 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     e->params.backend_options_json =
         mm_strdup(p->backend_options_json ? p->backend_options_json : "{}");
     e->params.fake_gpus = NULL;
+    e->params.allowed_gpus = NULL;
     if (!e->params.cache_dir || !e->params.backend_options_json) {
         mm_free((char *)e->params.cache_dir);
         mm_free((char *)e->params.backend_options_json);
@@ -77,6 +79,8 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
         return MM_ENOMEM;
     }
     int rc = mm_devices_discover(p->fake_gpus, &e->gpus);
+    if (rc == 0 && p->allowed_gpus)
+        rc = mm_devices_restrict(&e->gpus, p->allowed_gpus);
     if (rc < 0) {
         mm_free((char *)e->params.cache_dir);
         mm_free((char *)e->params.backend_options_json);
@@ -401,6 +405,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         return MM_ENOMEM;
     }
     t->single_input = a->single_input;
+    t->user_flags = a->user_flags;
     if (vt->check && a->kind == MM_KIND_RUN) {
         mm_model_spec spec = {a->model_name, a->type, a->revision ? a->revision : "main",
                               e->params.cache_dir, e->params.backend_options_json, pl.n_workers};
@@ -444,14 +449,14 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
                 snprintf(err, errlen, "out of memory creating the model entry");
             return rc;
         }
-        if (pl.fell_back_to_cpu)
+        if (pl.fell_back_to_cpu) {
             mm_log(MM_LOG_WARNING,
                    "model %s: device=\"%s\" asked but no GPU is visible; running %d worker(s) on "
                    "the CPU",
                    m->name, m->device_request, m->n_workers);
+            t->warning = mm_strdup("no GPU is visible: this model runs on the CPU");
+        }
     }
-    if (m->placement.fell_back_to_cpu && !t->warning)
-        t->warning = mm_strdup("no GPU is visible: this model runs on the CPU");
     if (a->has_keep_alive && m->keep_alive_ms != a->keep_alive_ms) {
         m->keep_alive_ms = a->keep_alive_ms;
         pthread_cond_signal(&e->reaper_cv);
@@ -501,11 +506,35 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
     m->qtail = t;
     m->qlen++;
     m->submitted++;
-    pthread_cond_signal(&m->work_cv);
-    if (was_empty && e->params.queue_timeout_ms > 0)
-        pthread_cond_signal(&e->reaper_cv);
+    /* Wake one worker on the empty -> non-empty edge only: a worker that
+     * takes a batch and leaves work behind wakes the next one, so a burst
+     * of submits costs one wake-up instead of one per task. */
+    if (was_empty && a->defer_wake) {
+        m->kick_pending = 1;
+        e->kicks_pending = 1;
+    } else if (was_empty) {
+        pthread_cond_signal(&m->work_cv);
+        if (e->params.queue_timeout_ms > 0)
+            pthread_cond_signal(&e->reaper_cv);
+    }
     pthread_mutex_unlock(&e->mu);
     return 0;
+}
+
+void mm_engine_kick(mm_engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    if (e->kicks_pending) {
+        e->kicks_pending = 0;
+        for (mm_model *m = e->models; m; m = m->hh.next) {
+            if (m->kick_pending) {
+                m->kick_pending = 0;
+                pthread_cond_signal(&m->work_cv);
+            }
+        }
+        if (e->params.queue_timeout_ms > 0)
+            pthread_cond_signal(&e->reaper_cv);
+    }
+    pthread_mutex_unlock(&e->mu);
 }
 
 int mm_engine_cancel(mm_engine_t *e, uint64_t id) {

@@ -30,6 +30,7 @@ typedef struct mm_engine_params {
     int cpu_threads;               /* intra-op threads per CPU worker; 0: cores / workers */
     const char *cache_dir;         /* model cache root (copied) */
     const char *fake_gpus;         /* simulated GPU list, or NULL (see mm_devices.h) */
+    const char *allowed_gpus;      /* "0,2": GPUs that "gpu" may use; NULL: all visible */
     const char *backend_options_json; /* passed to backends as spec->options_json (copied) */
 } mm_engine_params;
 
@@ -61,6 +62,10 @@ typedef struct mm_submit_args {
     size_t n_items;
     int single_input;
     const char *params_json; /* NULL or "{...}" */
+    unsigned user_flags;     /* opaque to the core, read back with mm_task_user_flags */
+    int defer_wake;          /* don't wake a worker now: the caller calls mm_engine_kick()
+                                once after a burst of submits (an event-loop iteration), so
+                                the burst becomes one batch and costs one wake-up */
 } mm_submit_args;
 
 /* Submits a task.  On success returns 0 and *id; the task completes later
@@ -69,6 +74,10 @@ typedef struct mm_submit_args {
  * nothing. */
 int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, uint64_t *id,
                      char *err, size_t errlen);
+
+/* Wakes the workers of every model that received deferred submits.  Cheap
+ * when there is nothing to do. */
+void mm_engine_kick(mm_engine_t *e);
 
 /* Cancels a task that has not started: it leaves its queue and completes
  * as CANCELLED.  Returns 1 when it was removed, 0 when it had already

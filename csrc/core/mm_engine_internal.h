@@ -64,6 +64,7 @@ typedef struct mm_model {
     int64_t last_used_ns, ready_ns;
     double last_used_wall, loaded_wall;
     size_t in_flight;
+    int kick_pending; /* deferred submits wait for mm_engine_kick */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
     uint64_t memory_bytes;
     size_t batch_items, batch_tokens; /* effective budgets */
@@ -80,6 +81,7 @@ struct mm_engine {
     mm_task_t *queued_by_id;  /* every queued task, for cancel; guarded by mu */
     mm_task_t *shutdown_waiters; /* guarded by mu */
     int shutting_down;        /* guarded by mu */
+    int kicks_pending;        /* some model has kick_pending; guarded by mu */
     int stop_reaper;          /* guarded by mu */
     uint64_t next_id;         /* guarded by mu */
     uint64_t next_generation; /* guarded by mu */

@@ -122,6 +122,8 @@ static const char *const GEN_KW[] = {"max_length",     "max_new_tokens",       "
                                      NULL};
 
 static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t errlen) {
+    if (!strcmp(json, "{}"))
+        return 0;
     json_error_t je;
     json_t *obj = json_loads(json, 0, &je);
     if (!obj || !json_is_object(obj)) {
@@ -139,8 +141,8 @@ static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t
             if (!strcmp(*k, key))
                 ok = 1;
         if (!ok) {
-            snprintf(err, errlen, "unknown parameter \"%.60s\" for a %s task", key,
-                     o->type == MM_TASK_EMBEDDING ? "embedding" : "text_generation");
+            snprintf(err, errlen, "unknown parameter \"%.60s\" for %s task", key,
+                     o->type == MM_TASK_EMBEDDING ? "an embedding" : "a text_generation");
             rc = MM_EINVAL;
             break;
         }

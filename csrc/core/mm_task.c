@@ -84,6 +84,7 @@ size_t mm_task_total_bytes(const mm_task_t *t) { return t->total_bytes; }
 const char *mm_task_params_json(const mm_task_t *t) { return t->params_json; }
 int mm_task_single_input(const mm_task_t *t) { return t->single_input; }
 const char *mm_task_model_name(const mm_task_t *t) { return t->model_name; }
+unsigned mm_task_user_flags(const mm_task_t *t) { return t->user_flags; }
 
 const char *mm_task_item(const mm_task_t *t, size_t i, size_t *len) {
     if (i >= t->n_items)

@@ -66,6 +66,8 @@ const char *mm_task_params_json(const mm_task_t *t);
 /* True when the input was one string, not a list (generation: generated_text). */
 int mm_task_single_input(const mm_task_t *t);
 const char *mm_task_model_name(const mm_task_t *t);
+/* Opaque flags the submitter attached (mm_submit_args.user_flags). */
+unsigned mm_task_user_flags(const mm_task_t *t);
 
 /* ---- result writing (backends, inside run(), on the worker thread) ---- */
 

@@ -19,6 +19,7 @@ struct mm_task {
     mm_task_kind kind;
     mm_task_status status; /* written by the current owner; terminal once */
     int single_input;
+    unsigned user_flags;
 
     /* Inputs: immutable after submit. */
     size_t n_items;

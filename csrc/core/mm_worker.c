@@ -90,6 +90,7 @@ static void on_loaded(mm_engine_t *e, mm_model *m, void *st) {
         m->ready_ns = mm_now_ns();
         m->last_used_ns = m->ready_ns;
         m->loaded_wall = mm_wall_s();
+        m->last_used_wall = m->loaded_wall;
         mm_log(MM_LOG_INFO, "model %s ready on %s", m->name, m->placement.devs[0].name);
     } else if (m->ready_ns == 0) {
         m->ready_ns = mm_now_ns(); /* released while loading: still drain */

@@ -1,0 +1,89 @@
+"""Round-trip overhead of ModelManager.task() on a zero-latency synthetic model,
+side by side with the same work through asyncio.to_thread and a
+ThreadPoolExecutor, in one run.
+
+Reports tasks per second under asyncio.gather (N concurrent one-text tasks) and
+p50/p99 latency of a lone request.  The "work" is the same everywhere: a
+deterministic hash embedding of one short text (our synthetic backend in C;
+a Python function of similar cost for the thread-pool paths).
+
+    python benchmarks/bench_overhead.py [--n 20000] [--lone 2000]
+"""
+import argparse
+import asyncio
+import concurrent.futures
+import hashlib
+import statistics
+import time
+
+from pymodelmgr import ModelManager, ModelManagerSettings
+
+MODEL = "synthetic/embedding?dim=16"
+
+
+def py_embed(text: str):
+    h = hashlib.blake2b(text.encode(), digest_size=64).digest()
+    return [b / 255.0 for b in h[:16]]
+
+
+async def ours_throughput(mm, n):
+    t0 = time.perf_counter()
+    rs = await asyncio.gather(*(mm.task([f"text {i}"], "embedding", MODEL, device="cpu") for i in range(n)))
+    dt = time.perf_counter() - t0
+    assert all(r.success for r in rs)
+    return n / dt
+
+
+async def to_thread_throughput(n):
+    t0 = time.perf_counter()
+    await asyncio.gather(*(asyncio.to_thread(py_embed, f"text {i}") for i in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def executor_throughput(n, pool):
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop.run_in_executor(pool, py_embed, f"text {i}") for i in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def lone_latency(call, n):
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await call(i)
+        lat.append(time.perf_counter() - t0)
+    lat.sort()
+    return statistics.median(lat) * 1e6, lat[int(len(lat) * 0.99)] * 1e6
+
+
+async def main(n, lone):
+    settings = ModelManagerSettings()
+    async with ModelManager(settings) as mm:
+        await mm.task(None, "embedding", MODEL, device="cpu", keep_alive=-1)
+        await ours_throughput(mm, 1000)  # warm up
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+        loop = asyncio.get_running_loop()
+        rows = []
+        ours = await ours_throughput(mm, n)
+        th = await to_thread_throughput(n)
+        ex = await executor_throughput(n, pool)
+        rows.append(("gather throughput (tasks/s)", ours, th, ex))
+        o50, o99 = await lone_latency(lambda i: mm.task([f"t{i}"], "embedding", MODEL, device="cpu"), lone)
+        t50, t99 = await lone_latency(lambda i: asyncio.to_thread(py_embed, f"t{i}"), lone)
+        e50, e99 = await lone_latency(lambda i: loop.run_in_executor(pool, py_embed, f"t{i}"), lone)
+        rows.append(("lone p50 latency (us)", o50, t50, e50))
+        rows.append(("lone p99 latency (us)", o99, t99, e99))
+        pool.shutdown()
+    print(f"{'metric':32} {'pymodelmgr':>12} {'to_thread':>12} {'executor':>12} {'ratio vs to_thread':>20}")
+    for name, a, b, c in rows:
+        ratio = a / b if "throughput" in name else b / a
+        print(f"{name:32} {a:12.1f} {b:12.1f} {c:12.1f} {ratio:19.2f}x")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--lone", type=int, default=2000)
+    args = ap.parse_args()
+    asyncio.run(main(args.n, args.lone))

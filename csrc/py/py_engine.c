@@ -1,0 +1,480 @@
+/* py_engine.c: the _core.Engine type, a thin handle on mm_engine_t.
+ *
+ * submit() copies the inputs into C memory (UTF-8) and returns at once: a
+ * task id, or a (code_name, message) tuple for an immediate error, which
+ * is cheaper than raising on the hot path.  Every call here returns
+ * without waiting for model work; only close() blocks (joining threads),
+ * and it releases the GIL while it does.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "mm_alloc.h"
+#include "mm_err.h"
+#include "mmpy.h"
+
+typedef struct mmpy_engine {
+    PyObject_HEAD
+    mm_engine_t *e;
+    PyTypeObject *channel_type; /* strong reference */
+} mmpy_engine;
+
+#define STACK_ITEMS 64
+
+static mm_channel_t *get_channel(mmpy_engine *self, PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, self->channel_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a pymodelmgr._core.Channel");
+        return NULL;
+    }
+    mm_channel_t *ch = ((mmpy_channel *)obj)->ch;
+    if (!ch)
+        PyErr_SetString(PyExc_ValueError, "channel is closed");
+    return ch;
+}
+
+static int check_open(mmpy_engine *self) {
+    if (!self->e) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *err_tuple(int code, const char *msg) {
+    return Py_BuildValue("(ss)", mm_err_name(code), msg);
+}
+
+/* submit(channel, model_name, task_type, task_data, device, num_workers,
+ *        keep_alive_minutes, revision, params_json, flags) -> int | (code, message)
+ * flags bit MMPY_FLAG_DEFER_WAKE: the caller will call kick() after the burst. */
+static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "submit() takes 10 arguments");
+        return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    mm_channel_t *ch = get_channel(self, args[0]);
+    if (!ch)
+        return NULL;
+    if (!PyUnicode_Check(args[1]))
+        return err_tuple(MM_EINVAL, "model_name must be a string");
+    const char *model = PyUnicode_AsUTF8(args[1]);
+    if (!model) {
+        PyErr_Clear();
+        return err_tuple(MM_EINVAL, "model_name is not valid Unicode");
+    }
+    if (!PyUnicode_Check(args[2]))
+        return err_tuple(MM_EINVAL, "task_type must be a string: \"embedding\" or "
+                                    "\"text_generation\"");
+    mm_task_type type;
+    const char *tt = PyUnicode_AsUTF8(args[2]);
+    if (!tt || mm_task_type_parse(tt, &type) < 0) {
+        PyErr_Clear();
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "unknown task_type \"%.60s\": use \"embedding\" or \"text_generation\"",
+                 tt ? tt : "?");
+        return err_tuple(MM_EINVAL, msg);
+    }
+    if (!PyUnicode_Check(args[4]))
+        return err_tuple(MM_EINVAL, "device must be a string: \"gpu\", \"cpu\" or \"cuda:N\"");
+    const char *device = PyUnicode_AsUTF8(args[4]);
+    if (!device) {
+        PyErr_Clear();
+        return err_tuple(MM_EINVAL, "device is not valid Unicode");
+    }
+    if (!PyLong_Check(args[5]) || PyBool_Check(args[5]))
+        return err_tuple(MM_EINVAL, "num_workers must be an integer >= 1");
+    long nw = PyLong_AsLong(args[5]);
+    if (nw == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        nw = -1;
+    }
+    if (nw < 1)
+        return err_tuple(MM_EINVAL, "num_workers must be an integer >= 1");
+
+    mm_submit_args a;
+    memset(&a, 0, sizeof a);
+    a.model_name = model;
+    a.type = type;
+    a.device = device;
+    a.num_workers = nw > 1000000 ? 1000000 : (int)nw;
+    if (args[6] != Py_None) {
+        double minutes = PyFloat_AsDouble(args[6]);
+        if (minutes == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return err_tuple(MM_EINVAL, "keep_alive must be a number of minutes or None");
+        }
+        if (isnan(minutes))
+            return err_tuple(MM_EINVAL, "keep_alive must be a number of minutes, not NaN");
+        a.has_keep_alive = 1;
+        a.keep_alive_ms = minutes < 0 || isinf(minutes) ? -1 : (int64_t)(minutes * 60000.0);
+    }
+    if (args[7] != Py_None) {
+        if (!PyUnicode_Check(args[7]))
+            return err_tuple(MM_EINVAL, "revision must be a string");
+        a.revision = PyUnicode_AsUTF8(args[7]);
+        if (!a.revision) {
+            PyErr_Clear();
+            return err_tuple(MM_EINVAL, "revision is not valid Unicode");
+        }
+    }
+    if (args[8] != Py_None) {
+        a.params_json = PyUnicode_AsUTF8(args[8]);
+        if (!a.params_json)
+            return NULL;
+    }
+    a.user_flags = (unsigned)PyLong_AsUnsignedLong(args[9]);
+    if (PyErr_Occurred())
+        return NULL;
+    a.defer_wake = (a.user_flags & MMPY_FLAG_DEFER_WAKE) != 0;
+
+    PyObject *data = args[3];
+    const char *stack_items[STACK_ITEMS];
+    size_t stack_lens[STACK_ITEMS];
+    const char **items = stack_items;
+    size_t *lens = stack_lens;
+    PyObject *result = NULL;
+    char msg[600];
+    if (data == Py_None) {
+        a.kind = MM_KIND_PRELOAD;
+    } else if (PyUnicode_Check(data)) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(data, &len);
+        if (!s) {
+            PyErr_Clear();
+            return err_tuple(MM_EINVAL, "task_data is not valid Unicode (it contains a lone "
+                                        "surrogate)");
+        }
+        items[0] = s;
+        lens[0] = (size_t)len;
+        a.items = items;
+        a.item_lens = lens;
+        a.n_items = 1;
+        a.single_input = 1;
+    } else if (PyList_Check(data) || PyTuple_Check(data)) {
+        PyObject *seq = data;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        if (n == 0)
+            return err_tuple(MM_EINVAL, "task_data is an empty list: give at least one text");
+        if (n > STACK_ITEMS) {
+            items = mm_malloc((size_t)n * sizeof *items);
+            lens = mm_malloc((size_t)n * sizeof *lens);
+            if (!items || !lens) {
+                result = PyErr_NoMemory();
+                goto out;
+            }
+        }
+        PyObject **elems = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!PyUnicode_Check(elems[i])) {
+                snprintf(msg, sizeof msg, "task_data[%zd] is %.60s, expected str", i,
+                         Py_TYPE(elems[i])->tp_name);
+                result = err_tuple(MM_EINVAL, msg);
+                goto out;
+            }
+            Py_ssize_t len;
+            items[i] = PyUnicode_AsUTF8AndSize(elems[i], &len);
+            if (!items[i]) {
+                PyErr_Clear();
+                snprintf(msg, sizeof msg,
+                         "task_data[%zd] is not valid Unicode (it contains a lone surrogate)", i);
+                result = err_tuple(MM_EINVAL, msg);
+                goto out;
+            }
+            lens[i] = (size_t)len;
+        }
+        a.items = items;
+        a.item_lens = lens;
+        a.n_items = (size_t)n;
+    } else {
+        snprintf(msg, sizeof msg,
+                 "task_data must be a string, a list of strings, or None to pre-load; got %.60s",
+                 Py_TYPE(data)->tp_name);
+        return err_tuple(MM_EINVAL, msg);
+    }
+    a.kind = data == Py_None ? MM_KIND_PRELOAD : MM_KIND_RUN;
+    uint64_t id;
+    int rc = mm_engine_submit(self->e, ch, &a, &id, msg, sizeof msg);
+    result = rc < 0 ? err_tuple(rc, msg[0] ? msg : mm_strerror(rc))
+                    : PyLong_FromUnsignedLongLong(id);
+out:
+    if (items != stack_items)
+        mm_free((void *)items);
+    if (lens != stack_lens)
+        mm_free(lens);
+    return result;
+}
+
+static PyObject *engine_kick(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (self->e)
+        mm_engine_kick(self->e);
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_cancel(mmpy_engine *self, PyObject *arg) {
+    if (check_open(self) < 0)
+        return NULL;
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(mm_engine_cancel(self->e, id));
+}
+
+static PyObject *engine_release(mmpy_engine *self, PyObject *args) {
+    PyObject *cho;
+    const char *name;
+    if (check_open(self) < 0 || !PyArg_ParseTuple(args, "Os:release", &cho, &name))
+        return NULL;
+    mm_channel_t *ch = get_channel(self, cho);
+    if (!ch)
+        return NULL;
+    uint64_t id;
+    int rc = mm_engine_release(self->e, ch, name, &id);
+    if (rc < 0)
+        return PyErr_NoMemory();
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyObject *engine_drop(mmpy_engine *self, PyObject *args) {
+    const char *name, *reason;
+    if (check_open(self) < 0 || !PyArg_ParseTuple(args, "ss:drop", &name, &reason))
+        return NULL;
+    uint64_t *ids;
+    size_t n;
+    int rc = mm_engine_drop(self->e, name, reason, &ids, &n);
+    if (rc == MM_ENOTFOUND)
+        Py_RETURN_NONE;
+    if (rc < 0)
+        return PyErr_NoMemory();
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(ids[i]);
+        if (!v) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+    }
+    mm_free(ids);
+    return out;
+}
+
+static PyObject *engine_shutdown(mmpy_engine *self, PyObject *args) {
+    PyObject *cho;
+    int cancel;
+    if (check_open(self) < 0 || !PyArg_ParseTuple(args, "Op:shutdown", &cho, &cancel))
+        return NULL;
+    mm_channel_t *ch = get_channel(self, cho);
+    if (!ch)
+        return NULL;
+    uint64_t id;
+    if (mm_engine_shutdown(self->e, ch, cancel, &id) < 0)
+        return PyErr_NoMemory();
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyObject *status_dict(const mm_model_status *s) {
+    PyObject *devices = PyList_New(s->n_devices);
+    if (!devices)
+        return NULL;
+    for (int i = 0; i < s->n_devices; i++) {
+        PyObject *d = PyUnicode_FromString(s->devices[i]);
+        if (!d) {
+            Py_DECREF(devices);
+            return NULL;
+        }
+        PyList_SET_ITEM(devices, i, d);
+    }
+    PyObject *keep = s->keep_alive_ms < 0 ? Py_NewRef(Py_None)
+                                          : PyFloat_FromDouble(s->keep_alive_ms / 60000.0);
+    PyObject *until = s->seconds_until_release < 0 ? Py_NewRef(Py_None)
+                                                   : PyFloat_FromDouble(s->seconds_until_release);
+    PyObject *last = s->last_used > 0 ? PyFloat_FromDouble(s->last_used) : Py_NewRef(Py_None);
+    PyObject *loaded = s->loaded_at > 0 ? PyFloat_FromDouble(s->loaded_at) : Py_NewRef(Py_None);
+    PyObject *error = s->error[0] ? PyUnicode_FromString(s->error) : Py_NewRef(Py_None);
+    if (!keep || !until || !last || !loaded || !error) {
+        Py_XDECREF(keep);
+        Py_XDECREF(until);
+        Py_XDECREF(last);
+        Py_XDECREF(loaded);
+        Py_XDECREF(error);
+        Py_DECREF(devices);
+        return NULL;
+    }
+    return Py_BuildValue(
+        "{s:s,s:s,s:s,s:s,s:N,s:i,s:i,s:n,s:n,s:N,s:N,s:N,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
+        "s:K,s:s,s:N}",
+        "model_name", s->model_name, "task_type", mm_task_type_name(s->task_type), "state",
+        s->state, "device", s->device_request, "devices", devices, "workers", s->workers,
+        "workers_loaded", s->workers_loaded, "queue_depth", (Py_ssize_t)s->queue_depth,
+        "in_flight", (Py_ssize_t)s->in_flight, "keep_alive_minutes", keep,
+        "seconds_until_release", until, "last_used", last, "loaded_at", loaded, "submitted",
+        (unsigned long long)s->submitted, "done", (unsigned long long)s->done, "failed",
+        (unsigned long long)s->failed, "dropped", (unsigned long long)s->dropped, "timed_out",
+        (unsigned long long)s->timed_out, "cancelled", (unsigned long long)s->cancelled,
+        "batches", (unsigned long long)s->batches, "items", (unsigned long long)s->items,
+        "memory_bytes", (unsigned long long)s->memory_bytes, "backend", s->backend, "error",
+        error);
+}
+
+static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    mm_model_status *arr;
+    size_t n;
+    if (mm_engine_status(self->e, &arr, &n) < 0)
+        return PyErr_NoMemory();
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        PyObject *d = status_dict(&arr[i]);
+        if (!d) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
+    }
+    mm_free(arr);
+    return out;
+}
+
+static PyObject *engine_stats(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    mm_engine_stats s;
+    mm_engine_stats_get(self->e, &s);
+    unsigned long long pushed, freed;
+    mm_channel_global_counts(&pushed, &freed);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "created",
+                         (unsigned long long)s.created, "completed",
+                         (unsigned long long)s.completed, "double_completions",
+                         (unsigned long long)s.double_completions, "live_models",
+                         (unsigned long long)s.live_models, "retiring_models",
+                         (unsigned long long)s.retiring_models, "channel_pushed", pushed,
+                         "channel_freed", freed);
+}
+
+static void engine_close_impl(mmpy_engine *self) {
+    mm_engine_t *e = self->e;
+    self->e = NULL;
+    if (e) {
+        Py_BEGIN_ALLOW_THREADS
+        mm_engine_free(e);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static PyObject *engine_close(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    engine_close_impl(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"max_queue_size",   "queue_timeout_ms", "default_keep_alive_ms",
+                             "max_batch_items",  "max_batch_tokens", "cpu_threads",
+                             "cache_dir",        "fake_gpus",        "backend_options_json",
+                             "allowed_gpus",     NULL};
+    mm_engine_params p;
+    mm_engine_default_params(&p);
+    Py_ssize_t mqs = 0, mbi = (Py_ssize_t)p.max_batch_items, mbt = (Py_ssize_t)p.max_batch_tokens;
+    long long qt = p.queue_timeout_ms, ka = p.default_keep_alive_ms;
+    int threads = 0;
+    const char *cache_dir = p.cache_dir, *fake = NULL, *opts = "{}", *allowed = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|nLLnnizzzz:Engine", kwlist, &mqs, &qt, &ka, &mbi,
+                                     &mbt, &threads, &cache_dir, &fake, &opts, &allowed))
+        return NULL;
+    if (mqs < 0 || mbi < 0 || mbt < 0 || threads < 0) {
+        PyErr_SetString(PyExc_ValueError, "engine limits must not be negative");
+        return NULL;
+    }
+    p.max_queue_size = (size_t)mqs;
+    p.queue_timeout_ms = qt;
+    p.default_keep_alive_ms = ka;
+    p.max_batch_items = (size_t)mbi;
+    p.max_batch_tokens = (size_t)mbt;
+    p.cpu_threads = threads;
+    p.cache_dir = cache_dir ? cache_dir : "data/models";
+    p.fake_gpus = fake;
+    p.backend_options_json = opts ? opts : "{}";
+    p.allowed_gpus = allowed;
+    PyObject *mod = PyType_GetModule(type);
+    mmpy_state *st = mod ? PyModule_GetState(mod) : NULL;
+    if (!st)
+        return NULL;
+    mmpy_engine *self = (mmpy_engine *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->channel_type = (PyTypeObject *)Py_NewRef(st->channel_type);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mm_engine_new(&p, &self->e);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_DECREF(self);
+        if (rc == MM_EINVAL)
+            PyErr_Format(PyExc_ValueError,
+                         "fake_gpus must be a comma list of free MiB per GPU (got \"%s\"), "
+                         "allowed_gpus a comma list of ordinals (got \"%s\")",
+                         fake ? fake : "", allowed ? allowed : "");
+        else
+            PyErr_Format(PyExc_RuntimeError, "cannot start the engine: %s", mm_strerror(rc));
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void engine_dealloc(mmpy_engine *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    engine_close_impl(self);
+    Py_CLEAR(self->channel_type);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef engine_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
+     "submit(channel, model_name, task_type, task_data, device, num_workers, keep_alive, "
+     "revision, params_json, flags) -> int | (code, message)"},
+    {"kick", (PyCFunction)engine_kick, METH_NOARGS,
+     "kick(): wakes workers for tasks submitted with the defer-wake flag."},
+    {"cancel", (PyCFunction)engine_cancel, METH_O,
+     "cancel(task_id) -> bool: removes a task that has not started."},
+    {"release", (PyCFunction)engine_release, METH_VARARGS,
+     "release(channel, model_name) -> control task id"},
+    {"drop", (PyCFunction)engine_drop, METH_VARARGS,
+     "drop(model_name, reason) -> list of dropped task ids, or None when no such model"},
+    {"shutdown", (PyCFunction)engine_shutdown, METH_VARARGS,
+     "shutdown(channel, cancel_pending) -> control task id"},
+    {"status", (PyCFunction)engine_status, METH_NOARGS, "status() -> list of model dicts"},
+    {"stats", (PyCFunction)engine_stats, METH_NOARGS, "stats() -> task accounting dict"},
+    {"close", (PyCFunction)engine_close, METH_NOARGS,
+     "close(): stops everything, joins threads, frees memory (blocks, GIL released)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot engine_slots[] = {
+    {Py_tp_doc, "Engine(**limits)\n\nThe C engine behind ModelManager (internal)."},
+    {Py_tp_new, engine_new},
+    {Py_tp_dealloc, engine_dealloc},
+    {Py_tp_methods, engine_methods},
+    {0, NULL},
+};
+
+static PyType_Spec engine_spec = {
+    .name = "pymodelmgr._core.Engine",
+    .basicsize = sizeof(mmpy_engine),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = engine_slots,
+};
+
+int mmpy_engine_init_type(PyObject *module, mmpy_state *st) {
+    st->engine_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &engine_spec, NULL);
+    if (!st->engine_type)
+        return -1;
+    return PyModule_AddType(module, st->engine_type);
+}

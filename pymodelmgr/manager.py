@@ -1,0 +1,331 @@
+"""ModelManager: the one awaitable entry point, ``task()``, and its lifecycle calls.
+
+The work happens in the C engine (``pymodelmgr._core``): this class validates
+nothing it can leave to C, submits, and awaits a future.  Completions arrive
+through one eventfd per event loop (``loop.add_reader``); one callback drains
+every finished task at once and resolves the futures, so there is no thread
+hop per task and no polling.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from typing import Any, Dict, Optional
+
+from . import _core
+from .result import ErrorInfo, Result
+from .settings import ModelManagerSettings
+
+__all__ = ["ModelManager"]
+
+logger = logging.getLogger("pymodelmgr")
+
+_FLAG_NUMPY = 1
+_FLAG_DEFER_WAKE = 2
+
+
+class _LoopState:
+    """Per event loop: the completion channel, and whether a worker kick is scheduled.
+
+    The first task() of a loop iteration wakes a worker and schedules a kick; the others
+    of that iteration submit with the defer-wake flag, so a gather burst reaches the workers
+    as one batch with one more wake-up instead of one per task."""
+
+    __slots__ = ("channel", "kick_scheduled", "_engine")
+
+    def __init__(self, channel, engine):
+        self.channel = channel
+        self.kick_scheduled = False
+        self._engine = engine
+
+    def kick(self) -> None:
+        self.kick_scheduled = False
+        self._engine.kick()
+
+
+def _numpy_embeddings(raw):
+    import numpy as np
+
+    buf, n, dim = raw
+    return np.frombuffer(buf, dtype=np.float32).reshape(n, dim)
+
+
+class ModelManager:
+    """Loads Hugging Face models on first use, queues work per model, runs it on worker
+    threads, and releases idle models.
+
+    Use it as an async context manager, or call :meth:`close` when done::
+
+        async with ModelManager() as mm:
+            result = await mm.task(["hello"], "embedding", "sentence-transformers/all-MiniLM-L6-v2")
+
+    Args:
+        settings: a :class:`~pymodelmgr.ModelManagerSettings`, a dict of its fields, or None
+            for the defaults.
+    """
+
+    def __init__(self, settings: Optional[ModelManagerSettings | Dict[str, Any]] = None):
+        if settings is None:
+            settings = ModelManagerSettings()
+        elif isinstance(settings, dict):
+            settings = ModelManagerSettings(**settings)
+        elif not isinstance(settings, ModelManagerSettings):
+            raise TypeError("settings must be a ModelManagerSettings, a dict, or None")
+        self.settings = settings
+        wp = settings.worker_pool
+        allowed = None
+        if wp.devices != ["auto"]:
+            allowed = ",".join(d.split(":", 1)[1] for d in wp.devices)
+        options = {
+            "dtype": settings.dtype,
+            "embedding_cache": settings.embedding_cache.model_dump(),
+        }
+        self._engine = _core.Engine(
+            max_queue_size=wp.max_queue_size,
+            queue_timeout_ms=int(wp.queue_timeout * 1000),
+            default_keep_alive_ms=-1 if wp.model_idle_timeout < 0 else int(wp.model_idle_timeout * 1000),
+            max_batch_items=wp.max_batch_items,
+            max_batch_tokens=wp.max_batch_tokens,
+            cpu_threads=settings.cpu_threads,
+            cache_dir=settings.cache_dir,
+            fake_gpus=settings.fake_gpus,
+            backend_options_json=json.dumps(options),
+            allowed_gpus=allowed,
+        )
+        self._futures: Dict[int, asyncio.Future] = {}
+        self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._closed = False
+
+    # ---- the event-loop bridge -------------------------------------------------
+
+    def _loop_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        st = self._loops.get(loop)
+        if st is None:
+            for old_loop in [lp for lp in self._loops if lp.is_closed()]:
+                self._loops.pop(old_loop).channel.close()
+            ch = _core.Channel()
+            loop.add_reader(ch.fileno(), self._drain, ch)
+            st = self._loops[loop] = _LoopState(ch, self._engine)
+        return st
+
+    def _channel(self, loop: asyncio.AbstractEventLoop):
+        return self._loop_state(loop).channel
+
+    def _drain(self, ch) -> None:
+        futures = self._futures
+        for tid, status, payload in ch.drain():
+            fut = futures.pop(tid, None)
+            if fut is None or fut.done():
+                continue
+            if status == 0:
+                raw = payload.pop("_embeddings_raw", None)
+                if raw is not None:
+                    payload["embeddings"] = _numpy_embeddings(raw)
+                fut.set_result(Result(True, payload, None))
+            elif status == 1:
+                fut.set_result(Result(False, {}, ErrorInfo(payload[0], payload[1], None)))
+            elif status == 2:
+                fut.set_exception(RuntimeError(f"Task dropped: {payload}"))
+            else:
+                fut.cancel()
+        for level, msg in _core.take_logs():
+            logger.log(level, msg)
+
+    async def _await_id(self, loop, tid: int) -> Result:
+        fut = loop.create_future()
+        self._futures[tid] = fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(tid, None)
+            self._engine.cancel(tid)
+            raise
+
+    # ---- the public API ---------------------------------------------------------
+
+    async def task(self, task_data: Any, task_type: str, model_name: str,
+                   num_workers: Optional[int] = 1, device: str = "gpu",
+                   keep_alive: Optional[float] = None, **kwargs: Any) -> Result:
+        """Runs one task on a model, loading the model first if needed.
+
+        Args:
+            task_data: a list of texts (or one text); ``None`` pre-loads the model and
+                returns ``{"preloaded": True, "model_name", "workers", "device",
+                "keep_alive_minutes"}``.
+            task_type: ``"embedding"`` or ``"text_generation"``.
+            model_name: a Hugging Face repo id, a local model directory, or a
+                ``"synthetic/..."`` test model.
+            num_workers: workers to create when the model is not loaded yet (capped at the GPU
+                count on ``device="gpu"``, exact on ``"cpu"``); None takes
+                ``settings.worker_pool.num_workers``.
+            device: ``"gpu"`` (the GPUs with the most free memory; the CPU when there is
+                none), ``"cpu"``, or ``"cuda:N"``.
+            keep_alive: minutes of inactivity before the model is released (floats allowed);
+                None keeps the model's current value (the settings default for a new model);
+                0 releases as soon as the queue is empty; negative never releases.
+            **kwargs: task parameters: for embeddings ``normalize``, ``prompt_name``,
+                ``prompt``, ``truncate``, ``dimensions``, ``output="numpy"``; for text
+                generation ``max_length``, ``num_beams`` and the other ``generate()``
+                settings; ``revision`` (a branch, tag or commit) for any model.
+
+        A model that is already loaded serves the task with its existing configuration,
+        even if this call asks for another device or worker count; the result's
+        ``data["warnings"]`` says so.  Use :meth:`release_model` to change it.
+
+        Returns:
+            A :class:`~pymodelmgr.Result`: ``data["embeddings"]`` (a list of float lists, or a
+            float32 array with ``output="numpy"``), ``data["generated_text"]`` for a string
+            input or ``data["generated_texts"]`` for a list; ``data["device"]`` says which
+            device ran it.  Errors come back as ``result.error`` with a stable code.
+
+        Raises:
+            RuntimeError: the task was dropped by :meth:`drop_model_queue` (the message
+                carries the reason).
+        """
+        if self._closed:
+            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        if not self.settings.enabled:
+            return Result.error("MODEL_MANAGER_DISABLED",
+                                "the model manager is disabled (settings.enabled is False)")
+        loop = asyncio.get_running_loop()
+        st = self._loops.get(loop) or self._loop_state(loop)
+        revision = None
+        # The first task of a loop iteration wakes a worker at once (a lone request
+        # waits for nothing); the rest of the iteration's burst defers to one kick.
+        flags = _FLAG_DEFER_WAKE if st.kick_scheduled else 0
+        params = None
+        if kwargs:
+            revision = kwargs.pop("revision", None)
+            output = kwargs.pop("output", None)
+            if output == "numpy":
+                flags |= _FLAG_NUMPY
+            elif output not in (None, "list"):
+                return Result.error("INVALID_ARGUMENT",
+                                    f'output must be "list" or "numpy", got {output!r}')
+            if kwargs:
+                try:
+                    params = json.dumps(kwargs, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    return Result.error("INVALID_ARGUMENT",
+                                        f"task parameters must be JSON values: {exc}")
+        if num_workers is None:
+            num_workers = self.settings.worker_pool.num_workers
+        if keep_alive is not None and (keep_alive.__class__ is bool or not isinstance(keep_alive, (int, float))):
+            return Result.error("INVALID_ARGUMENT",
+                                f"keep_alive must be a number of minutes or None, got {keep_alive!r}")
+        r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
+                                num_workers, keep_alive, revision, params, flags)
+        if r.__class__ is tuple:
+            return Result(False, {}, ErrorInfo(r[0], r[1], None))
+        if not st.kick_scheduled:
+            st.kick_scheduled = True
+            loop.call_soon(st.kick)
+        fut = loop.create_future()
+        self._futures[r] = fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(r, None)
+            self._engine.cancel(r)
+            raise
+
+    async def release_model(self, model_name: str) -> Result:
+        """Releases a model now: its queued tasks finish first, then its workers stop and
+        its memory is freed; the registry entry is removed, so the next task creates the
+        model afresh with that task's configuration.
+
+        Returns:
+            ``data = {"model_name", "released"}``; ``released`` is False when the model was
+            not loaded.
+        """
+        if not isinstance(model_name, str) or not model_name:
+            return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
+        if self._closed:
+            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        loop = asyncio.get_running_loop()
+        tid = self._engine.release(self._channel(loop), model_name)
+        res = await self._await_id(loop, tid)
+        if res.success:
+            res.data.setdefault("released", False)
+            logger.info("release_model(%s): released=%s", model_name, res.data["released"])
+        return res
+
+    async def drop_model_queue(self, model_name: str, reason: str = "Manual drop") -> Result:
+        """Drops every queued task of a model; their callers get ``RuntimeError`` carrying
+        ``reason``.  Running tasks finish; workers and the model stay loaded.
+
+        Returns:
+            ``data = {"dropped", "futures_cancelled", "model_name", "reason"}``.
+        """
+        if not isinstance(model_name, str) or not model_name:
+            return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
+        if not isinstance(reason, str):
+            return Result.error("INVALID_ARGUMENT", "reason must be a string")
+        ids = self._engine.drop(model_name, reason) or []
+        cancelled = 0
+        for tid in ids:
+            fut = self._futures.pop(tid, None)
+            if fut is not None and not fut.done():
+                exc = RuntimeError(f"Task dropped: {reason}")
+                if fut.get_loop() is asyncio.get_running_loop():
+                    fut.set_exception(exc)
+                else:
+                    fut.get_loop().call_soon_threadsafe(
+                        lambda f=fut, e=exc: f.done() or f.set_exception(e))
+                cancelled += 1
+        logger.info("drop_model_queue(%s): dropped %d task(s): %s", model_name, len(ids), reason)
+        return Result.success(data={"dropped": len(ids), "futures_cancelled": cancelled,
+                                    "model_name": model_name, "reason": reason})
+
+    async def status(self) -> Result:
+        """Reports every model: ``data["models"]`` is a list of dicts with ``model_name``,
+        ``task_type``, ``state`` (loading, ready, draining, released, failed), ``devices``,
+        ``workers``, ``queue_depth``, ``in_flight``, ``keep_alive_minutes`` (None when pinned),
+        ``seconds_until_release`` (None when not counting down), ``last_used`` (epoch
+        seconds), and the counters ``submitted``, ``done``, ``failed``, ``dropped``,
+        ``timed_out``, ``cancelled``, ``batches``, ``items``; ``data["tasks"]`` has the
+        engine's task accounting."""
+        if self._closed:
+            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        return Result.success(data={"models": self._engine.status(),
+                                    "tasks": self._engine.stats()})
+
+    async def close(self, cancel_pending: bool = False) -> None:
+        """Shuts down: with ``cancel_pending`` queued tasks fail with ``SHUTTING_DOWN``,
+        otherwise they finish first; then every model is released, every thread joined and
+        all memory freed.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        tid = self._engine.shutdown(self._channel(loop), bool(cancel_pending))
+        fut = loop.create_future()
+        self._futures[tid] = fut
+        await fut
+        self._engine.close()
+        for lp, st in list(self._loops.items()):
+            ch = st.channel
+            if not lp.is_closed():
+                try:
+                    lp.remove_reader(ch.fileno())
+                except (ValueError, RuntimeError):
+                    pass
+            if lp is loop:
+                self._drain(ch)
+            ch.close()
+        self._loops.clear()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_result(Result.error("SHUTTING_DOWN", "the model manager was closed"))
+        self._futures.clear()
+
+    async def __aenter__(self) -> "ModelManager":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.close(cancel_pending=exc_type is not None)
+
+    def __repr__(self) -> str:
+        return f"<ModelManager closed={self._closed}>"

@@ -1,0 +1,104 @@
+"""Settings for the model manager (pydantic v2).
+
+The shape follows the framework's ``modules/core/model_manager/settings.py``
+so existing configuration files load unchanged; the extra fields below
+tune batching, threads and the model cache.
+"""
+from __future__ import annotations
+
+from typing import List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["WorkerPoolConfig", "EmbeddingCacheConfig", "ModelManagerSettings"]
+
+
+class WorkerPoolConfig(BaseModel):
+    """Workers, queues and batching.
+
+    Attributes:
+        enabled: accepted for compatibility; workers are always created on demand.
+        num_workers: workers per model when ``task()`` is called with ``num_workers=None``.
+        devices: GPUs that ``device="gpu"`` may use: ``["auto"]`` for every visible GPU, or
+            a list such as ``["cuda:0", "cuda:2"]``.
+        queue_timeout: seconds a task may wait in the queue of a loaded model before it fails
+            with ``QUEUE_TIMEOUT`` (time spent loading the model does not count); 0 disables.
+        model_idle_timeout: default keep-alive in seconds for models whose first task gave no
+            ``keep_alive`` (300 = 5 minutes); negative keeps models loaded forever.
+        load_balancing: workers pull from one shared queue per model, so an idle worker always
+            takes the next batch; ``"round_robin"`` is the only (and the effective) policy.
+        max_queue_size: queued tasks per model before ``task()`` returns ``QUEUE_FULL`` at
+            once; 0 means unbounded.
+        max_batch_items: texts one worker takes into one batch.
+        max_batch_tokens: tokens (padded) one worker takes into one batch.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    num_workers: int = Field(default=2, ge=1, le=256)
+    devices: List[str] = Field(default_factory=lambda: ["auto"])
+    queue_timeout: float = Field(default=30, ge=0)
+    model_idle_timeout: float = 300
+    load_balancing: Literal["round_robin"] = "round_robin"
+    max_queue_size: int = Field(default=100_000, ge=0)
+    max_batch_items: int = Field(default=256, ge=1)
+    max_batch_tokens: int = Field(default=16384, ge=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: List[str]) -> List[str]:
+        if not v:
+            raise ValueError('devices must not be empty: use ["auto"]')
+        for d in v:
+            if d == "auto":
+                continue
+            if not (d.startswith("cuda:") and d[5:].isdigit()):
+                raise ValueError(f'devices entries are "auto" or "cuda:N", got {d!r}')
+        if "auto" in v and len(v) > 1:
+            raise ValueError('"auto" cannot be combined with explicit devices')
+        return v
+
+
+class EmbeddingCacheConfig(BaseModel):
+    """The embedding cache (used by native embedding models).
+
+    Attributes:
+        enabled: cache vectors by model, options and text.
+        max_cache_size: entries kept (least recently used are evicted).
+        ttl_seconds: entries expire after this many seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_cache_size: int = Field(default=10000, ge=0)
+    ttl_seconds: float = Field(default=3600, gt=0)
+
+
+class ModelManagerSettings(BaseModel):
+    """All settings of a :class:`~pymodelmgr.ModelManager`.
+
+    Attributes:
+        enabled: when False every ``task()`` returns ``MODEL_MANAGER_DISABLED``.
+        worker_pool: see :class:`WorkerPoolConfig`.
+        embedding_cache: see :class:`EmbeddingCacheConfig`.
+        cache_dir: where downloaded models live (relative to the working directory), laid out
+            like the Hugging Face cache so both can share it.
+        cpu_threads: intra-op threads per CPU worker; 0 divides the cores among the workers.
+        dtype: weights on GPU: ``"auto"`` (fp16 for encoders, bf16/fp32 for T5), ``"float32"``,
+            ``"float16"`` or ``"bfloat16"``; the CPU always uses float32.
+        fake_gpus: a simulated GPU list for tests, free MiB per GPU (``"24000,16000"``), or
+            ``"none"`` for a machine without GPUs; also read from ``PYMODELMGR_FAKE_GPUS``.
+            Leave None in production.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    worker_pool: WorkerPoolConfig = Field(default_factory=WorkerPoolConfig)
+    embedding_cache: EmbeddingCacheConfig = Field(default_factory=EmbeddingCacheConfig)
+    cache_dir: str = "data/models"
+    cpu_threads: int = Field(default=0, ge=0)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    fake_gpus: Optional[str] = None

@@ -1,0 +1,45 @@
+"""Shared fixtures for the Python tests.
+
+``mm`` is a ModelManager on a simulated machine without GPUs (so tests behave
+the same everywhere) that is closed after the test; ``make_mm`` builds one with
+custom settings.  Every manager made through these fixtures is checked at the
+end: every task it created completed exactly once.
+"""
+import pytest
+
+from pymodelmgr import ModelManager, ModelManagerSettings
+
+
+def _settings(**overrides):
+    wp = overrides.pop("worker_pool", {})
+    base = {"fake_gpus": "none", "worker_pool": wp}
+    base.update(overrides)
+    return ModelManagerSettings(**base)
+
+
+async def _close_and_check(manager):
+    engine = manager._engine
+    stats_before = None if manager._closed else engine.stats()
+    await manager.close()
+    if stats_before is not None:
+        assert stats_before["double_completions"] == 0
+
+
+@pytest.fixture
+async def make_mm():
+    made = []
+
+    def factory(**overrides):
+        m = ModelManager(_settings(**overrides))
+        made.append(m)
+        return m
+
+    yield factory
+    for m in made:
+        await _close_and_check(m)
+
+
+@pytest.fixture
+async def mm(make_mm):
+    return make_mm()
+
