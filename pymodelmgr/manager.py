@@ -94,6 +94,7 @@ class ModelManager:
             backend_options_json=json.dumps(options),
             allowed_gpus=allowed,
         )
+        self._aliases = dict(settings.model_aliases)
         self._futures: Dict[int, asyncio.Future] = {}
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
@@ -215,6 +216,8 @@ class ModelManager:
         if keep_alive is not None and (keep_alive.__class__ is bool or not isinstance(keep_alive, (int, float))):
             return Result.error("INVALID_ARGUMENT",
                                 f"keep_alive must be a number of minutes or None, got {keep_alive!r}")
+        if self._aliases and model_name.__class__ is str:
+            model_name = self._aliases.get(model_name, model_name)
         r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
                                 num_workers, keep_alive, revision, params, flags)
         if r.__class__ is tuple:
@@ -244,6 +247,7 @@ class ModelManager:
             return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
         if self._closed:
             return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        model_name = self._aliases.get(model_name, model_name)
         loop = asyncio.get_running_loop()
         tid = self._engine.release(self._channel(loop), model_name)
         res = await self._await_id(loop, tid)
@@ -263,6 +267,7 @@ class ModelManager:
             return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
         if not isinstance(reason, str):
             return Result.error("INVALID_ARGUMENT", "reason must be a string")
+        model_name = self._aliases.get(model_name, model_name)
         ids = self._engine.drop(model_name, reason) or []
         cancelled = 0
         for tid in ids:

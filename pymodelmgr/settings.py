@@ -6,7 +6,7 @@ tune batching, threads and the model cache.
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -91,6 +91,10 @@ class ModelManagerSettings(BaseModel):
         fake_gpus: a simulated GPU list for tests, free MiB per GPU (``"24000,16000"``), or
             ``"none"`` for a machine without GPUs; also read from ``PYMODELMGR_FAKE_GPUS``.
             Leave None in production.
+        model_aliases: model names to serve from another source, e.g.
+            ``{"sentence-transformers/all-MiniLM-L6-v2": "/srv/models/minilm"}`` for an
+            air-gapped machine, or a ``"synthetic/..."`` model in an app's tests.  Applies to
+            ``task()``, ``release_model()`` and ``drop_model_queue()``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -102,3 +106,4 @@ class ModelManagerSettings(BaseModel):
     cpu_threads: int = Field(default=0, ge=0)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fake_gpus: Optional[str] = None
+    model_aliases: Dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""Command line: ``python -m pymodelmgr <command>``.
+
+Commands:
+    demo                  semantic search over a small bundled corpus: pre-load, concurrent
+                          batches as SPEC.md recommends, status, release.  Uses the real
+                          all-MiniLM-L6-v2 when the native backend and the model are available
+                          (``--model``), and the synthetic model otherwise (``--synthetic``).
+    download REPO_ID      fetch a model into the cache (progress on stderr).
+    import-model DIR --as REPO_ID
+                          put a local model folder into the cache under a repo id, so
+                          ``task(..., model_name=REPO_ID)`` finds it offline.
+    cache                 list the models in the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import sys
+import time
+
+CORPUS = [
+    "The cat sat on the warm windowsill all afternoon.",
+    "Dogs are loyal companions and love long walks.",
+    "A kitten chased a ball of yarn across the floor.",
+    "The stock market fell sharply after the announcement.",
+    "Investors worry about rising interest rates.",
+    "The central bank kept its key rate unchanged.",
+    "Heavy rain is expected across the north tomorrow.",
+    "A sunny weekend is forecast for the coast.",
+    "Snow closed several mountain passes overnight.",
+    "The team won the championship in extra time.",
+    "The striker scored twice in the second half.",
+    "Fans celebrated in the streets after the final whistle.",
+    "Bake the bread at 220 degrees for thirty minutes.",
+    "Whisk the eggs with sugar until pale and fluffy.",
+    "Simmer the tomato sauce slowly with garlic and basil.",
+    "The new phone has a faster chip and a brighter screen.",
+    "The laptop's battery lasts a full working day.",
+    "Engineers released a patch for the security flaw.",
+    "The museum opened an exhibition of impressionist paintings.",
+    "The orchestra performed a symphony by Beethoven.",
+]
+
+QUERIES = ["pets at home", "economy and finance", "what will the weather be", "cooking a meal",
+           "new gadgets", "football match"]
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) *
+                                               math.sqrt(sum(y * y for y in b)) or 1.0)
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+async def _demo(model: str, device: str) -> int:
+    from . import ModelManager, ModelManagerSettings
+
+    out = sys.stdout
+    print(f"pymodelmgr demo: semantic search with {model} on {device}", file=out)
+    async with ModelManager(ModelManagerSettings()) as mm:
+        t0 = time.perf_counter()
+        pre = await mm.task(None, "embedding", model, num_workers=2, device=device, keep_alive=5)
+        if not pre.success:
+            print(f"pre-load failed: {pre.error}", file=out)
+            return 1
+        print(f"pre-loaded in {time.perf_counter() - t0:.2f}s: workers={pre.data['workers']} "
+              f"devices={pre.data['devices']}", file=out)
+
+        # Flood the queue with concurrent batches (SPEC.md: High-Throughput Batch Processing).
+        batch_size = 4
+        batches = [CORPUS[i:i + batch_size] for i in range(0, len(CORPUS), batch_size)]
+        done = 0
+
+        async def one(batch):
+            nonlocal done
+            r = await mm.task(batch, "embedding", model, num_workers=2, device=device)
+            done += 1
+            print("\r  embedding corpus " + _bar(done, len(batches)), end="", file=sys.stderr,
+                  flush=True)
+            return r
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(b) for b in batches))
+        print(file=sys.stderr)
+        if not all(r.success for r in results):
+            print("embedding failed: " + "; ".join(str(r.error) for r in results if not r.success),
+                  file=out)
+            return 1
+        vectors = [v for r in results for v in r.data["embeddings"]]
+        print(f"embedded {len(vectors)} documents ({len(vectors[0])}-d) in "
+              f"{(time.perf_counter() - t0) * 1000:.1f} ms", file=out)
+
+        q = await mm.task(QUERIES, "embedding", model, device=device)
+        for query, qv in zip(QUERIES, q.data["embeddings"]):
+            best = max(range(len(CORPUS)), key=lambda i: _cosine(qv, vectors[i]))
+            print(f"  {query!r:32} -> {CORPUS[best]} ({_cosine(qv, vectors[best]):.3f})", file=out)
+
+        st = (await mm.status()).data["models"][0]
+        print(f"status: state={st['state']} workers={st['workers']} done={st['done']} "
+              f"batches={st['batches']} keep_alive={st['keep_alive_minutes']} min", file=out)
+        rel = await mm.release_model(model)
+        print(f"released: {rel.data.get('released')}", file=out)
+    return 0
+
+
+def _native_model_available() -> bool:
+    try:
+        from . import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "native_available") and bool(_core.native_available())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pymodelmgr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="semantic search demo")
+    d.add_argument("--model", default=None, help=f"embedding model (default {MINILM} when "
+                   "the native backend is available, else a synthetic model)")
+    d.add_argument("--synthetic", action="store_true", help="use the synthetic model")
+    d.add_argument("--device", default="cpu")
+    dl = sub.add_parser("download", help="download a model into the cache")
+    dl.add_argument("repo_id")
+    dl.add_argument("--revision", default="main")
+    dl.add_argument("--cache-dir", default=None)
+    im = sub.add_parser("import-model", help="import a local model folder into the cache")
+    im.add_argument("src_dir")
+    im.add_argument("--as", dest="repo_id", required=True)
+    im.add_argument("--cache-dir", default=None)
+    cl = sub.add_parser("cache", help="list cached models")
+    cl.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.cmd == "demo":
+        model = args.model
+        if args.synthetic or (model is None and not _native_model_available()):
+            model = "synthetic/embedding?dim=384&item_us=50"
+        return asyncio.run(_demo(model or MINILM, args.device))
+    from . import hub
+
+    if args.cmd == "download":
+        path = hub.download(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+        print(path)
+    elif args.cmd == "import-model":
+        path = hub.import_model(args.src_dir, args.repo_id, cache_dir=args.cache_dir)
+        print(path)
+    elif args.cmd == "cache":
+        for m in hub.list_cache(args.cache_dir):
+            print(m)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
