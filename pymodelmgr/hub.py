@@ -45,7 +45,7 @@ from typing import Callable, Dict, List, Optional, Union
 from . import _core
 
 __all__ = ["HubError", "Snapshot", "CachedModel", "download", "snapshot", "default_cache_dir",
-           "list_cache", "import_model"]
+           "list_cache", "import_model", "cli_main"]
 
 log = logging.getLogger("pymodelmgr")
 
@@ -130,6 +130,17 @@ class _ProgressBar:
                      time.monotonic() - self.start)
 
 
+def _flush_logs() -> None:
+    """Hands the C layers' buffered log lines to the ``pymodelmgr`` logger
+    now (the engine does it when its event loop drains; a download called
+    outside the engine would otherwise show its lines late)."""
+    take = getattr(_core, "take_logs", None)
+    if take is None:
+        return
+    for level, msg in take():
+        log.log(level, "%s", msg)
+
+
 def snapshot(repo_id: str, revision: str = "main", cache_dir: Optional[str] = None, *,
              progress: ProgressArg = True, endpoint: Optional[str] = None, token: Optional[str] = None,
              offline: Optional[bool] = None, refresh: bool = False, **options) -> Snapshot:
@@ -155,12 +166,18 @@ def snapshot(repo_id: str, revision: str = "main", cache_dir: Optional[str] = No
     ``loop.run_in_executor``.  Raises :class:`HubError`.
     """
     bar = None
-    cb = None
+    user_cb = None
     if callable(progress):
-        cb = progress
+        user_cb = progress
     elif progress:
         bar = _ProgressBar(repo_id)
-        cb = bar
+        user_cb = bar
+
+    def cb(p: Dict) -> None:
+        _flush_logs()
+        if user_cb is not None:
+            user_cb(p)
+
     ok = False
     try:
         r = _core.hub_snapshot(repo_id, revision or "main", cache_dir=cache_dir, endpoint=endpoint,
@@ -169,6 +186,7 @@ def snapshot(repo_id: str, revision: str = "main", cache_dir: Optional[str] = No
     finally:
         if bar is not None:
             bar.close(ok)
+        _flush_logs()
     if r["stale"]:
         log.warning("the hub could not be reached; using the cached copy of %s (commit %s)", repo_id,
                     r["commit"][:12])
@@ -297,3 +315,50 @@ def import_model(src_dir: str, repo_id: str, cache_dir: Optional[str] = None, re
         f.write(commit)
     os.replace(tmp, ref)
     return snap
+
+
+# ---- command line ----------------------------------------------------------------
+
+def cli_main(argv: Optional[List[str]] = None) -> int:
+    """``download``, ``cache`` and ``import-model`` sub-commands, for
+    ``python -m pymodelmgr`` to delegate to (``return hub.cli_main(argv)``).
+    Results go to stdout, progress and errors to stderr; returns the exit
+    status."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pymodelmgr")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("download", help="fetch a model into the cache without loading it")
+    d.add_argument("model")
+    d.add_argument("--revision", default="main")
+    d.add_argument("--cache-dir", default=None)
+    d.add_argument("--refresh", action="store_true", help="ask the hub where the branch points now")
+    c = sub.add_parser("cache", help="list cached models and their sizes")
+    c.add_argument("--cache-dir", default=None)
+    i = sub.add_parser("import-model", help="import a local model folder into the cache as a repo id")
+    i.add_argument("src_dir")
+    i.add_argument("--as", dest="repo_id", required=True)
+    i.add_argument("--revision", default="main")
+    i.add_argument("--cache-dir", default=None)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "download":
+            r = snapshot(args.model, args.revision, args.cache_dir, progress=True, refresh=args.refresh)
+            print(r.path)
+        elif args.cmd == "cache":
+            models = list_cache(args.cache_dir)
+            root = args.cache_dir or default_cache_dir()
+            if not models:
+                print("no models cached in %s" % root)
+            for m in models:
+                refs = ", ".join("%s=%s" % (k, v[:12]) for k, v in sorted(m.refs.items()))
+                print("%-50s %10s  %s" % (m.repo_id, _fmt_bytes(m.size_bytes), refs))
+        else:
+            print(import_model(args.src_dir, args.repo_id, args.cache_dir, args.revision))
+    except HubError as e:
+        print("error: %s: %s" % (getattr(e, "code", "ERROR"), e), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    return 0

@@ -517,3 +517,18 @@ def test_default_params_from_environment(hub_env, monkeypatch):
     d = hub._core.hub_default_params()
     assert d["endpoint"] == hub_env.hub.url and d["offline"]
     assert d["cache_dir"] == os.path.join(hub_env.hf_home, "hub")
+
+
+def test_cli_download_cache_and_import(hub_env, minilm_dir, capsys):
+    assert hub.cli_main(["download", MINILM_REPO]) == 0
+    out, err = capsys.readouterr()
+    path = out.strip()
+    assert os.path.isfile(os.path.join(path, "model.safetensors"))
+    assert hub.cli_main(["import-model", minilm_dir, "--as", "acme/imported"]) == 0
+    capsys.readouterr()
+    assert hub.cli_main(["cache"]) == 0
+    out, _ = capsys.readouterr()
+    assert MINILM_REPO in out and "acme/imported" in out and "MB" in out
+    assert hub.cli_main(["download", "acme/../x"]) == 1
+    _, err = capsys.readouterr()
+    assert "INVALID_ARGUMENT" in err
