@@ -968,26 +968,9 @@ static int local_model(const char *model, mm_hub_result *out, char *err, size_t 
     return 0;
 }
 
-static int download(hub_call *c, const char *rev, mm_hub_result *out, const char *cached_commit) {
+static int download(hub_call *c, const char *rev, mm_hub_result *out) {
     listing l = {0};
     int rc = fetch_listing(c, rev, &l);
-    if (rc == MM_ENETWORK && cached_commit) {
-        char snap[MM_HUB_PATH_MAX + 64];
-        snprintf(snap, sizeof snap, "%s/snapshots/%s", c->repo_dir, cached_commit);
-        if (mm__hub_snapshot_complete(snap, NULL, 0) == 0) {
-            mm_log(MM_LOG_WARNING, "hub: %s; serving the cached copy of %s at %s (commit %.12s)", c->err,
-                   c->repo_id, rev, cached_commit);
-            out->stale = 1;
-            fill_from_snapshot(c->repo_dir, cached_commit, out);
-            if (c->err && c->errlen)
-                c->err[0] = 0;
-            return 0;
-        }
-    }
-    if (rc == MM_ENETWORK && c->err && c->errlen) {
-        size_t used = strlen(c->err);
-        snprintf(c->err + used, c->errlen - used, "; model '%s' is not cached at revision '%s'", c->repo_id, rev);
-    }
     if (rc)
         goto done;
     if (mm__hub_is_commit(rev) && strcasecmp(rev, l.commit) != 0) {
@@ -1144,8 +1127,23 @@ int mm_hub_snapshot(const mm_hub_params *p, const char *model, const char *revis
     c.curl = curl_easy_init();
     if (!c.curl)
         return mm__hub_fail(err, errlen, MM_ENOMEM, "out of memory (curl handle)");
-    rc = download(&c, rev, out, cached ? commit : NULL);
+    rc = download(&c, rev, out);
     curl_easy_cleanup(c.curl);
+    if (rc == MM_ENETWORK && cached) {
+        /* The hub is unreachable (or kept failing) but this revision is
+         * cached: serve it, and say so. */
+        mm_log(MM_LOG_WARNING, "hub: %s; serving the cached copy of %s at %s (commit %.12s)", err ? err : "",
+               model, rev, commit);
+        memset(out, 0, sizeof *out);
+        fill_from_snapshot(c.repo_dir, commit, out);
+        out->stale = 1;
+        if (err && errlen)
+            err[0] = 0;
+        rc = 0;
+    } else if (rc == MM_ENETWORK && err && errlen) {
+        size_t used = strlen(err);
+        snprintf(err + used, errlen - used, "; model '%s' is not cached at revision '%s'", model, rev);
+    }
     out->n_requests = c.n_requests;
     out->bytes_downloaded = c.bytes_downloaded;
     if (rc == 0)

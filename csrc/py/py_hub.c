@@ -36,7 +36,9 @@ typedef struct py_progress {
 static int progress_cb(const mm_hub_progress *pr, void *ud) {
     py_progress *pp = ud;
     int64_t now = mm_now_ns();
-    int boundary = !pr->file[0] || (pr->file_total && pr->file_done == pr->file_total);
+    /* Always deliver a finished file and the final report; throttle the rest. */
+    int final = !pr->file[0] && pr->model_total && pr->model_done == pr->model_total;
+    int boundary = final || (pr->file[0] && pr->file_total && pr->file_done == pr->file_total);
     if (!boundary && now - pp->last_ns < 100000000)
         return 0;
     pp->last_ns = now;

@@ -532,3 +532,13 @@ def test_cli_download_cache_and_import(hub_env, minilm_dir, capsys):
     assert hub.cli_main(["download", "acme/../x"]) == 1
     _, err = capsys.readouterr()
     assert "INVALID_ARGUMENT" in err
+
+
+def test_hub_failing_mid_download_serves_the_cached_revision(hub_env):
+    fh = hub_env.hub
+    old = fh.add_files(TINY, tiny_model_files(seed=1))
+    assert snap(TINY).commit == old
+    fh.add_files(TINY, tiny_model_files(seed=2))  # main moves on
+    fh.faults.fail_status, fh.faults.fail_count, fh.faults.fail_scope = 503, 1000, "cdn"
+    r = snap(TINY, refresh=True, max_retries=1)
+    assert r.stale and r.commit == old
