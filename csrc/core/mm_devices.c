@@ -152,12 +152,39 @@ static void discover_nvml(mm_gpu_list *list) {
     dlclose(lib);
 }
 
+/* A simulated list stands for the machine's physical GPUs, so
+ * CUDA_VISIBLE_DEVICES applies to it as to real ones (simulated UUIDs are
+ * "GPU-sim-<n>"). */
+static void apply_visible_to_simulated(mm_gpu_list *list) {
+    void *handles[MM_MAX_GPUS];
+    static _Thread_local char uuids[MM_MAX_GPUS][96];
+    for (int i = 0; i < list->n; i++) {
+        handles[i] = &list->gpus[i];
+        snprintf(uuids[i], sizeof uuids[i], "GPU-sim-%d", i);
+    }
+    int map[MM_MAX_GPUS];
+    int nv = visible_map(handles, uuids, list->n, map);
+    if (nv < 0)
+        return;
+    mm_gpu phys[MM_MAX_GPUS];
+    memcpy(phys, list->gpus, sizeof(mm_gpu) * (size_t)list->n);
+    for (int k = 0; k < nv; k++) {
+        list->gpus[k] = phys[map[k]];
+        list->gpus[k].index = k;
+    }
+    list->n = nv;
+}
+
 int mm_devices_discover(const char *fake, mm_gpu_list *list) {
     memset(list, 0, sizeof *list);
     if (!fake || !*fake)
         fake = getenv("PYMODELMGR_FAKE_GPUS");
-    if (fake && *fake)
-        return parse_fake(fake, list);
+    if (fake && *fake) {
+        int rc = parse_fake(fake, list);
+        if (rc == 0)
+            apply_visible_to_simulated(list);
+        return rc;
+    }
     discover_nvml(list);
     return 0;
 }

@@ -192,7 +192,7 @@ async def test_drop_model_queue(mm):
 # ---- failures, limits, cancellation ------------------------------------------------
 
 async def test_load_failure_then_next_task_retries(mm):
-    name = "synthetic/embedding?fail_loads=1"
+    name = "synthetic/embedding?fail_loads=1&load_ms=100"  # all 5 queue during the load
     rs = await asyncio.gather(*(mm.task(["x"], "embedding", name, device="cpu") for _ in range(5)))
     assert all(r.error.code == "MODEL_LOAD_FAILED" for r in rs)
     assert "injected" in rs[0].error.message
@@ -398,3 +398,15 @@ async def test_library_prints_nothing(capfd):
         await m.release_model(EMB)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+async def test_cuda_visible_devices_is_respected(make_mm, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    m = make_mm(fake_gpus="1000,8000,4000")  # physical GPUs 0, 1, 2
+    r = await m.task(None, "embedding", EMB, num_workers=4, device="gpu")
+    # Visible: physical 2 (4000 MiB) as cuda:0 and physical 0 (1000 MiB) as cuda:1.
+    assert r.data["workers"] == 2 and r.data["devices"] == ["cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    none = make_mm(fake_gpus="1000,8000")
+    r = await none.task(["x"], "embedding", EMB, device="gpu")
+    assert r.data["device"] == "cpu" and "no GPU" in r.data["warnings"][0]

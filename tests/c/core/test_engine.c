@@ -251,6 +251,34 @@ static void test_release_and_drop(void) {
     finish(e, ch);
 }
 
+static void test_deferred_wake_needs_kick(void) {
+    mm_engine_t *e = new_engine(30000, 60000);
+    mm_channel_t *ch;
+    CHECK(mm_channel_new(&ch) == 0);
+    uint64_t id;
+    CHECK(submit(e, ch, "synthetic/embedding", "warm", &id) == 0);
+    CHECK(collect(ch, 1, 5000, NULL, NULL) == 1);
+    const char *items[1] = {"x"};
+    size_t lens[1] = {1};
+    mm_submit_args a = {0};
+    a.model_name = "synthetic/embedding";
+    a.type = MM_TASK_EMBEDDING;
+    a.kind = MM_KIND_RUN;
+    a.device = "cpu";
+    a.num_workers = 1;
+    a.items = items;
+    a.item_lens = lens;
+    a.n_items = 1;
+    a.defer_wake = 1;
+    char err[256];
+    for (int i = 0; i < 5; i++)
+        CHECK(mm_engine_submit(e, ch, &a, &id, err, sizeof err) == 0);
+    CHECK(collect(ch, 1, 100, NULL, NULL) == 0); /* parked until the kick */
+    mm_engine_kick(e);
+    CHECK(collect(ch, 5, 5000, NULL, NULL) == 5);
+    finish(e, ch);
+}
+
 static void test_placement(void) {
     mm_gpu_list g;
     CHECK(mm_devices_discover("1000,8000,4000", &g) == 0 && g.n == 3 && g.simulated);
@@ -394,6 +422,7 @@ int main(void) {
     test_queue_timeout_and_full();
     test_keep_alive_release();
     test_release_and_drop();
+    test_deferred_wake_needs_kick();
     test_placement();
     test_stress_exactly_once();
     test_oom_paths();
