@@ -121,6 +121,7 @@ class Request:
     auth: bool
     range: Optional[str]
     status: int = 0
+    headers: Dict[str, str] = field(default_factory=dict)  # request headers, Authorization left out
 
 
 @dataclass
@@ -330,8 +331,9 @@ def _make_handler(hub: FakeHub):
             return None
 
         def _record(self, status: int) -> None:
+            hdrs = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
             hub._log(Request(self.server.kind, self.command, self.path, "Authorization" in self.headers,
-                             self.headers.get("Range"), status))
+                             self.headers.get("Range"), status, hdrs))
 
         def _send(self, status: int, headers=None, body: bytes = b"") -> None:
             self._record(status)

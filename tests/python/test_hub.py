@@ -82,6 +82,10 @@ def test_first_download_then_served_from_cache(hub_env, minilm_dir):
     assert dones == sorted(dones)
     assert all(p["file_done"] <= p["file_total"] for p in seen if p["file"])
     assert not any(n.endswith(".incomplete") for n in os.listdir(os.path.join(repo_dir, "blobs")))
+    # metadata by HEAD on the hub only (the CDN redirect is not followed), bodies by GET,
+    # always asking for the identity encoding
+    assert fh.count(host="cdn", method="HEAD") == 0 and fh.count(host="cdn", method="GET") == 1
+    assert all(q.headers.get("Accept-Encoding") == "identity" for q in fh.requests)
 
     fh.clear_requests()
     r2 = snap(MINILM_REPO)
