@@ -1,0 +1,302 @@
+/* tok_normalize.c: the normalizers of tokenizer.json.
+ *
+ * Each normalizer rewrites one aligned string (tk_nstr) into a new one in
+ * the call's arena, carrying every output byte's original range along, so
+ * offsets survive any chain of normalizers.  Per-character rules follow the
+ * reference library (Rust `tokenizers`): BertNormalizer does clean_text,
+ * CJK padding, accent stripping (NFD + drop Mn) and full lowercasing in that
+ * order; Unicode normal forms come from utf8proc, applied to runs that start
+ * at an ASCII character so composition and canonical reordering see the
+ * whole run while offsets stay fine-grained for ASCII text.
+ */
+#include "tok_internal.h"
+
+#include <string.h>
+#include <utf8proc.h>
+
+#include "mm_err.h"
+
+/* Full lowercase of one code point (the only unconditional multi-char
+ * mapping in SpecialCasing is U+0130). */
+static int lower_full(uint32_t c, uint32_t out[3]) {
+    if (c < 0x80) {
+        out[0] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+        return 1;
+    }
+    if (c == 0x130) {
+        out[0] = 0x69;
+        out[1] = 0x307;
+        return 2;
+    }
+    out[0] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
+    return 1;
+}
+
+typedef int (*char_map_fn)(const tk_norm *n, uint32_t c, uint32_t out[8]);
+
+/* Generic per-character rewrite: fn returns how many chars replace c. */
+static void map_chars(tk_ctx *cx, const tk_norm *n, tk_nstr *s, char_map_fn fn) {
+    tk_nbuf b = {0};
+    size_t i = 0;
+    while (i < s->n) {
+        int l;
+        uint32_t c = tk_u8dec((const unsigned char *)s->s + i, &l);
+        uint32_t out[8];
+        int k = fn(n, c, out);
+        uint32_t os = s->a[2 * i], oe = s->a[2 * (i + (size_t)l - 1) + 1];
+        for (int j = 0; j < k; j++)
+            tk_nbuf_putc(cx, &b, out[j], os, oe);
+        i += (size_t)l;
+    }
+    *s = b.t;
+}
+
+static int m_clean(const tk_norm *n, uint32_t c, uint32_t out[8]) {
+    (void)n;
+    if (c == 0 || c == 0xFFFD || tk_is_control_bert(c))
+        return 0;
+    out[0] = tk_is_whitespace(c) ? ' ' : c;
+    return 1;
+}
+
+static int m_cjk(const tk_norm *n, uint32_t c, uint32_t out[8]) {
+    (void)n;
+    if (tk_is_cjk(c)) {
+        out[0] = ' ';
+        out[1] = c;
+        out[2] = ' ';
+        return 3;
+    }
+    out[0] = c;
+    return 1;
+}
+
+static int m_lower(const tk_norm *n, uint32_t c, uint32_t out[8]) {
+    (void)n;
+    return lower_full(c, out);
+}
+
+static int m_drop_mn(const tk_norm *n, uint32_t c, uint32_t out[8]) {
+    (void)n;
+    if (tk_is_mn(c))
+        return 0;
+    out[0] = c;
+    return 1;
+}
+
+static int is_ascii_only(const tk_nstr *s) {
+    for (size_t i = 0; i < s->n; i++)
+        if ((unsigned char)s->s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* Unicode normal form via utf8proc, run by run. */
+static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
+    if (is_ascii_only(s))
+        return;
+    utf8proc_option_t dopt = UTF8PROC_DECOMPOSE | UTF8PROC_STABLE | (compat ? UTF8PROC_COMPAT : 0);
+    utf8proc_option_t copt = dopt | (compose ? UTF8PROC_COMPOSE : 0);
+    if (compose)
+        copt &= ~(utf8proc_option_t)UTF8PROC_DECOMPOSE;
+    tk_nbuf b = {0};
+    size_t i = 0;
+    size_t cap = 64;
+    utf8proc_int32_t *buf = tk_alloc(cx, cap * sizeof(utf8proc_int32_t));
+    while (i < s->n) {
+        /* a run: one char, then everything up to the next ASCII char */
+        size_t j = i + (size_t)tk_u8len((unsigned char)s->s[i]);
+        while (j < s->n && (unsigned char)s->s[j] >= 0x80)
+            j += (size_t)tk_u8len((unsigned char)s->s[j]);
+        size_t nin = 0;
+        for (size_t k = i; k < j; k += (size_t)tk_u8len((unsigned char)s->s[k]))
+            nin++;
+        utf8proc_ssize_t r;
+        for (;;) {
+            r = utf8proc_decompose((const utf8proc_uint8_t *)s->s + i, (utf8proc_ssize_t)(j - i),
+                                   buf, (utf8proc_ssize_t)cap, dopt);
+            if (r < 0)
+                tk_fail(cx, MM_EINTERNAL, "unicode normalization failed: %s", utf8proc_errmsg(r));
+            if ((size_t)r <= cap)
+                break;
+            cap = (size_t)r * 2;
+            buf = tk_alloc(cx, cap * sizeof(utf8proc_int32_t));
+        }
+        if (compose) {
+            r = utf8proc_normalize_utf32(buf, r, copt);
+            if (r < 0)
+                tk_fail(cx, MM_EINTERNAL, "unicode normalization failed: %s", utf8proc_errmsg(r));
+        }
+        if ((size_t)r == nin) {
+            /* one to one: keep per-char alignment */
+            size_t k = i;
+            for (utf8proc_ssize_t q = 0; q < r; q++) {
+                int l = tk_u8len((unsigned char)s->s[k]);
+                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], s->a[2 * k], s->a[2 * (k + (size_t)l - 1) + 1]);
+                k += (size_t)l;
+            }
+        } else if (nin == 1) {
+            for (utf8proc_ssize_t q = 0; q < r; q++)
+                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], s->a[2 * i], s->a[2 * (j - 1) + 1]);
+        } else {
+            /* decompose char by char for alignment when only decomposing */
+            uint32_t os = s->a[2 * i], oe = s->a[2 * (j - 1) + 1];
+            for (utf8proc_ssize_t q = 0; q < r; q++)
+                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], os, oe);
+        }
+        i = j;
+    }
+    *s = b.t;
+}
+
+static void strip_ws(tk_nstr *s, int left, int right) {
+    size_t a = 0, e = s->n;
+    if (left) {
+        while (a < e) {
+            int l;
+            uint32_t c = tk_u8dec((const unsigned char *)s->s + a, &l);
+            if (!tk_is_whitespace(c))
+                break;
+            a += (size_t)l;
+        }
+    }
+    if (right) {
+        while (e > a) {
+            size_t p = e - 1;
+            while (p > a && ((unsigned char)s->s[p] & 0xC0) == 0x80)
+                p--;
+            int l;
+            uint32_t c = tk_u8dec((const unsigned char *)s->s + p, &l);
+            if (!tk_is_whitespace(c))
+                break;
+            e = p;
+        }
+    }
+    *s = tk_nstr_sub(*s, a, e);
+}
+
+typedef struct {
+    size_t *m;
+    size_t n, cap;
+} matches_t;
+
+static void collect_match(tk_ctx *cx, void *ud, size_t s, size_t e) {
+    matches_t *m = ud;
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 16;
+        m->m = tk_grow(cx, m->m, m->n * 2 * sizeof(size_t), nc * 2 * sizeof(size_t));
+        m->cap = nc;
+    }
+    m->m[2 * m->n] = s;
+    m->m[2 * m->n + 1] = e;
+    m->n++;
+}
+
+/* Replace every match with content; new bytes take the alignment of the
+ * whole replaced range. */
+static void replace(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
+    matches_t m = {0};
+    if (n->re) {
+        tk_regex_each(cx, n->re, s->s, s->n, collect_match, &m);
+    } else if (n->pattern_len) {
+        size_t i = 0;
+        while (i + n->pattern_len <= s->n) {
+            if (memcmp(s->s + i, n->pattern, n->pattern_len) == 0) {
+                collect_match(cx, &m, i, i + n->pattern_len);
+                i += n->pattern_len;
+            } else {
+                i++;
+            }
+        }
+    }
+    if (!m.n)
+        return;
+    tk_nbuf b = {0};
+    size_t prev = 0;
+    for (size_t k = 0; k < m.n; k++) {
+        size_t ms = m.m[2 * k], me = m.m[2 * k + 1];
+        if (ms > prev) {
+            tk_nstr part = tk_nstr_sub(*s, prev, ms);
+            for (size_t q = 0; q < part.n; q++)
+                tk_nbuf_put(cx, &b, part.s + q, 1, part.a[2 * q], part.a[2 * q + 1]);
+        }
+        if (n->content_len) {
+            uint32_t os, oe;
+            if (me > ms) {
+                os = s->a[2 * ms];
+                oe = s->a[2 * (me - 1) + 1];
+            } else {
+                os = oe = ms < s->n ? s->a[2 * ms] : (s->n ? s->a[2 * (s->n - 1) + 1] : 0);
+            }
+            tk_nbuf_put(cx, &b, n->content, n->content_len, os, oe);
+        }
+        prev = me;
+    }
+    if (prev < s->n) {
+        tk_nstr part = tk_nstr_sub(*s, prev, s->n);
+        for (size_t q = 0; q < part.n; q++)
+            tk_nbuf_put(cx, &b, part.s + q, 1, part.a[2 * q], part.a[2 * q + 1]);
+    }
+    *s = b.t;
+}
+
+void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s);
+
+void tk_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
+    if (!n)
+        return;
+    switch (n->type) {
+    case TK_N_BERT:
+        if (n->clean_text)
+            map_chars(cx, n, s, m_clean);
+        if (n->chinese)
+            map_chars(cx, n, s, m_cjk);
+        if (n->strip_accents) {
+            unicode_nf(cx, s, 0, 0);
+            map_chars(cx, n, s, m_drop_mn);
+        }
+        if (n->lowercase)
+            map_chars(cx, n, s, m_lower);
+        break;
+    case TK_N_LOWER:
+        map_chars(cx, n, s, m_lower);
+        break;
+    case TK_N_NFC:
+        unicode_nf(cx, s, 1, 0);
+        break;
+    case TK_N_NFD:
+        unicode_nf(cx, s, 0, 0);
+        break;
+    case TK_N_NFKC:
+        unicode_nf(cx, s, 1, 1);
+        break;
+    case TK_N_NFKD:
+        unicode_nf(cx, s, 0, 1);
+        break;
+    case TK_N_STRIP_ACCENTS:
+        map_chars(cx, n, s, m_drop_mn);
+        break;
+    case TK_N_STRIP:
+        strip_ws(s, n->left, n->right);
+        break;
+    case TK_N_REPLACE:
+        replace(cx, n, s);
+        break;
+    case TK_N_PREPEND:
+        if (s->n) {
+            tk_nbuf b = {0};
+            tk_nbuf_put(cx, &b, n->content, n->content_len, s->a[0], s->a[1]);
+            for (size_t q = 0; q < s->n; q++)
+                tk_nbuf_put(cx, &b, s->s + q, 1, s->a[2 * q], s->a[2 * q + 1]);
+            *s = b.t;
+        }
+        break;
+    case TK_N_PRECOMPILED:
+        tk_precompiled_normalize(cx, n, s);
+        break;
+    case TK_N_SEQ:
+        for (size_t i = 0; i < n->nsub; i++)
+            tk_normalize(cx, &n->sub[i], s);
+        break;
+    }
+}

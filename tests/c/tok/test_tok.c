@@ -1,0 +1,264 @@
+/* test_tok.c: behaviour tests of the C tokenizer on small inline
+ * tokenizer.json documents (the exhaustive parity tests against the
+ * reference library live in tests/python/test_tokenizer_parity.py).
+ * Covers encode/pair/truncation/padding/offsets/decode for WordPiece, load
+ * errors (unknown components, bad JSON), invalid UTF-8, out-of-memory
+ * paths, and an 8-thread concurrent encode for ThreadSanitizer.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mm_alloc.h"
+#include "mm_err.h"
+#include "mm_tok.h"
+
+static int failures;
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c);                  \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+static const char *BERT_JSON =
+    "{\"version\":\"1.0\",\"truncation\":{\"max_length\":4,\"strategy\":\"LongestFirst\",\"stride\":0},"
+    "\"padding\":{\"strategy\":{\"Fixed\":16},\"direction\":\"Right\",\"pad_to_multiple_of\":null,"
+    "\"pad_id\":0,\"pad_type_id\":0,\"pad_token\":\"[PAD]\"},"
+    "\"added_tokens\":["
+    "{\"id\":0,\"content\":\"[PAD]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},"
+    "{\"id\":1,\"content\":\"[UNK]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},"
+    "{\"id\":2,\"content\":\"[CLS]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},"
+    "{\"id\":3,\"content\":\"[SEP]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}],"
+    "\"normalizer\":{\"type\":\"BertNormalizer\",\"clean_text\":true,\"handle_chinese_chars\":true,"
+    "\"strip_accents\":null,\"lowercase\":true},"
+    "\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},"
+    "\"post_processor\":{\"type\":\"BertProcessing\",\"sep\":[\"[SEP]\",3],\"cls\":[\"[CLS]\",2]},"
+    "\"decoder\":{\"type\":\"WordPiece\",\"prefix\":\"##\",\"cleanup\":true},"
+    "\"model\":{\"type\":\"WordPiece\",\"unk_token\":\"[UNK]\",\"continuing_subword_prefix\":\"##\","
+    "\"max_input_chars_per_word\":100,\"vocab\":{\"[PAD]\":0,\"[UNK]\":1,\"[CLS]\":2,\"[SEP]\":3,"
+    "\"hello\":4,\"world\":5,\"!\":6,\"un\":7,\"##aff\":8,\"##able\":9,\",\":10,\"cafe\":11,"
+    "\"\xe4\xb8\xad\":12,\"a\":13}}}";
+
+static mm_tok_t *load(const char *json) {
+    char err[256];
+    mm_tok_t *t = NULL;
+    int rc = mm_tok_new_from_json(json, strlen(json), &t, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "load failed: %s\n", err);
+    CHECK(rc == 0);
+    return t;
+}
+
+static int ids_eq(const mm_tok_encoding *e, const int32_t *want, size_t n) {
+    if (e->len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (e->ids[i] != want[i])
+            return 0;
+    return 1;
+}
+
+static void test_wordpiece(void) {
+    mm_tok_t *t = load(BERT_JSON);
+    if (!t)
+        return;
+    char err[256];
+    mm_tok_encoding e;
+    mm_tok_params p;
+    mm_tok_default_params(t, &p);
+    p.want_offsets = 1;
+    p.want_tokens = 1;
+    const char *txt = "Hello, WORLD! unaffable Caf\xc3\xa9 \xe4\xb8\xad [CLS] xyz";
+    CHECK(mm_tok_encode(t, txt, strlen(txt), NULL, 0, &p, &e, err, sizeof err) == 0);
+    /* [CLS] hello , world ! un ##aff ##able cafe 中 [CLS] [UNK] [SEP]; the file's 4/16 ignored */
+    int32_t want[] = {2, 4, 10, 5, 6, 7, 8, 9, 11, 12, 2, 1, 3};
+    CHECK(ids_eq(&e, want, sizeof want / sizeof want[0]));
+    CHECK(e.offsets[2 * 1] == 0 && e.offsets[2 * 1 + 1] == 5);
+    CHECK(!strcmp(e.tokens[6], "##aff"));
+    CHECK(e.attention_mask[0] == 1 && e.special_tokens_mask[0] == 1);
+    char *d = NULL;
+    size_t dl;
+    CHECK(mm_tok_decode(t, e.ids, e.len, 1, &d, &dl, err, sizeof err) == 0);
+    CHECK(d && !strcmp(d, "hello, world! unaffable cafe \xe4\xb8\xad"));
+    mm_free(d);
+    CHECK(mm_tok_decode(t, e.ids, e.len, 0, &d, &dl, err, sizeof err) == 0);
+    CHECK(d && !strcmp(d, "[CLS] hello, world! unaffable cafe \xe4\xb8\xad [CLS] [UNK] [SEP]"));
+    mm_free(d);
+    mm_tok_encoding_clear(&e);
+
+    /* pair + truncation + padding chosen by the caller */
+    p.max_length = 7;
+    p.padding = MM_TOK_PAD_FIXED;
+    p.pad_length = 9;
+    CHECK(mm_tok_encode(t, "hello world hello world", 23, "a a a a", 7, &p, &e, err, sizeof err) == 0);
+    int32_t want2[] = {2, 4, 5, 3, 13, 13, 3, 0, 0};
+    CHECK(ids_eq(&e, want2, 9));
+    CHECK(e.type_ids[4] == 1 && e.type_ids[6] == 1 && e.type_ids[7] == 0);
+    CHECK(e.attention_mask[6] == 1 && e.attention_mask[7] == 0);
+    mm_tok_encoding_clear(&e);
+
+    /* the file's own blocks only when asked */
+    mm_tok_default_params(t, &p);
+    p.use_file_truncation = 1;
+    p.use_file_padding = 1;
+    CHECK(mm_tok_encode(t, "hello world hello", 17, NULL, 0, &p, &e, err, sizeof err) == 0);
+    CHECK(e.len == 16 && e.ids[3] == 3 && e.ids[4] == 0);
+    mm_tok_encoding_clear(&e);
+
+    /* batch, longest padding, left side */
+    mm_tok_default_params(t, &p);
+    p.padding = MM_TOK_PAD_LONGEST;
+    p.pad_side = MM_TOK_LEFT;
+    const char *texts[] = {"hello", "hello world !"};
+    mm_tok_encoding es[2];
+    CHECK(mm_tok_encode_batch(t, 2, texts, NULL, NULL, NULL, &p, es, err, sizeof err) == 0);
+    CHECK(es[0].len == 5 && es[1].len == 5 && es[0].ids[0] == 0 && es[0].ids[2] == 2);
+    mm_tok_encoding_clear(&es[0]);
+    mm_tok_encoding_clear(&es[1]);
+
+    /* invalid UTF-8 is rejected with a message */
+    err[0] = 0;
+    CHECK(mm_tok_encode(t, "ab\xff", 3, NULL, 0, NULL, &e, err, sizeof err) == MM_EINVAL);
+    CHECK(strstr(err, "UTF-8") != NULL);
+    CHECK(e.len == 0 && e.ids == NULL);
+    CHECK(mm_tok_encode(t, "\xe4\xb8", 2, NULL, 0, NULL, &e, err, sizeof err) == MM_EINVAL);
+    CHECK(mm_tok_encode(t, "\xed\xa0\x80", 3, NULL, 0, NULL, &e, err, sizeof err) == MM_EINVAL);
+
+    /* lookups */
+    CHECK(mm_tok_token_to_id(t, "##aff", 5) == 8);
+    CHECK(mm_tok_token_to_id(t, "nope", 4) == -1);
+    CHECK(!strcmp(mm_tok_id_to_token(t, 9), "##able"));
+    CHECK(mm_tok_id_to_token(t, 999) == NULL);
+    CHECK(mm_tok_vocab_size(t) == 14);
+
+    /* too small a max_length for the specials */
+    mm_tok_default_params(t, &p);
+    p.max_length = 1;
+    CHECK(mm_tok_encode(t, "hello", 5, NULL, 0, &p, &e, err, sizeof err) == MM_EINVAL);
+    mm_tok_free(t);
+}
+
+static void test_load_errors(void) {
+    char err[256];
+    mm_tok_t *t = NULL;
+    const char *bad = "{\"model\":{\"type\":\"Frobnicator\",\"vocab\":{}}}";
+    CHECK(mm_tok_new_from_json(bad, strlen(bad), &t, err, sizeof err) == MM_EUNSUPPORTED);
+    CHECK(strstr(err, "Frobnicator") != NULL && t == NULL);
+    const char *bad2 = "{\"normalizer\":{\"type\":\"Weird\"},\"model\":{\"type\":\"WordLevel\",\"vocab\":{}}}";
+    CHECK(mm_tok_new_from_json(bad2, strlen(bad2), &t, err, sizeof err) == MM_EUNSUPPORTED);
+    CHECK(strstr(err, "Weird") != NULL);
+    CHECK(mm_tok_new_from_json("{\"model\":", 9, &t, err, sizeof err) == MM_EPARSE);
+    CHECK(mm_tok_new_from_json("[1,2]", 5, &t, err, sizeof err) == MM_EFORMAT);
+    CHECK(mm_tok_new_from_file("/nonexistent/tokenizer.json", &t, err, sizeof err) == MM_EIO);
+}
+
+static void test_oom(void) {
+    /* every allocation of a load, then of an encode, failing in turn */
+    size_t len = strlen(BERT_JSON);
+    int seen_ok = 0;
+    for (long k = 0; k < 2000 && !seen_ok; k++) {
+        mm_tok_t *t = NULL;
+        mm_alloc_fail_after(k);
+        int rc = mm_tok_new_from_json(BERT_JSON, len, &t, NULL, 0);
+        mm_alloc_fail_after(-1);
+        CHECK(rc == 0 || rc == MM_ENOMEM || rc == MM_EPARSE);
+        if (rc == 0) {
+            seen_ok = 1;
+            mm_tok_free(t);
+        }
+    }
+    CHECK(seen_ok);
+    mm_tok_t *t = load(BERT_JSON);
+    if (!t)
+        return;
+    seen_ok = 0;
+    for (long k = 0; k < 200 && !seen_ok; k++) {
+        mm_tok_encoding e;
+        mm_tok_params p;
+        mm_tok_default_params(t, &p);
+        p.want_tokens = p.want_offsets = 1;
+        p.padding = MM_TOK_PAD_FIXED;
+        p.pad_length = 32;
+        mm_alloc_fail_after(k);
+        int rc = mm_tok_encode(t, "hello world unaffable", 21, "cafe", 4, &p, &e, NULL, 0);
+        mm_alloc_fail_after(-1);
+        CHECK(rc == 0 || rc == MM_ENOMEM);
+        if (rc == 0) {
+            seen_ok = 1;
+            CHECK(e.len == 32);
+        } else {
+            CHECK(e.ids == NULL && e.len == 0);
+        }
+        mm_tok_encoding_clear(&e);
+    }
+    CHECK(seen_ok);
+    mm_tok_free(t);
+}
+
+typedef struct {
+    mm_tok_t *tok;
+    int ok;
+} thr_arg;
+
+static void *thr_main(void *ud) {
+    thr_arg *a = ud;
+    a->ok = 1;
+    char err[128];
+    for (int i = 0; i < 300; i++) {
+        char txt[128];
+        snprintf(txt, sizeof txt, "Hello world %d unaffable, caf\xc3\xa9 \xe4\xb8\xad!", i);
+        mm_tok_params p;
+        mm_tok_default_params(a->tok, &p);
+        p.want_offsets = p.want_tokens = 1;
+        p.max_length = 8 + (size_t)(i % 5);
+        mm_tok_encoding e;
+        if (mm_tok_encode(a->tok, txt, strlen(txt), i % 2 ? "hello" : NULL, 5, &p, &e, err, sizeof err)) {
+            a->ok = 0;
+            continue;
+        }
+        if (e.ids[0] != 2 || e.ids[1] != 4 || e.len > p.max_length)
+            a->ok = 0;
+        char *d = NULL;
+        size_t dl;
+        if (mm_tok_decode(a->tok, e.ids, e.len, 1, &d, &dl, err, sizeof err) || strncmp(d, "hello world", 11))
+            a->ok = 0;
+        mm_free(d);
+        mm_tok_encoding_clear(&e);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    mm_tok_t *t = load(BERT_JSON);
+    if (!t)
+        return;
+    pthread_t th[8];
+    thr_arg args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i].tok = t;
+        pthread_create(&th[i], NULL, thr_main, &args[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(args[i].ok);
+    }
+    mm_tok_free(t);
+}
+
+int main(int argc, char **argv) {
+    const char *which = argc > 1 ? argv[1] : "all";
+    if (!strcmp(which, "all") || !strcmp(which, "wordpiece"))
+        test_wordpiece();
+    if (!strcmp(which, "all") || !strcmp(which, "load_errors"))
+        test_load_errors();
+    if (!strcmp(which, "all") || !strcmp(which, "oom"))
+        test_oom();
+    if (!strcmp(which, "all") || !strcmp(which, "threads"))
+        test_threads();
+    if (failures)
+        fprintf(stderr, "%d failure(s)\n", failures);
+    return failures ? 1 : 0;
+}
