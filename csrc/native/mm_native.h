@@ -1,0 +1,49 @@
+/* mm_native.h: the native model backend (real Hugging Face models in C).
+ *
+ * mm_native_backend serves every model name the synthetic backend does not:
+ * it resolves the name to a local directory through the hub client (a local
+ * directory is used in place), tokenizes on the worker thread with the C
+ * tokenizer, and runs the model through libmm_torch.so, the libtorch shim,
+ * which it dlopens on the first load of a real model (so importing
+ * pymodelmgr never loads libtorch).  Embedding tasks are handled here;
+ * text-generation tasks are handed to mm_native_gen_backend when that part
+ * was linked in (issue 6), and fail with UNSUPPORTED otherwise.
+ *
+ * Threads: the vtable follows mm_backend.h (load/run/unload on the worker
+ * thread, check on the submitting thread).  The helpers below may be called
+ * from any thread.
+ */
+#ifndef MM_NATIVE_H
+#define MM_NATIVE_H
+
+#include <stddef.h>
+
+#include "mm_backend.h"
+
+extern const mm_backend_vtable mm_native_backend;
+
+/* Tells the backend which directory holds libmm_torch.so (the extension
+ * module's own directory).  Copies dir.  Call once at start-up, before any
+ * load; 0 or MM_ENOMEM / MM_EINVAL.  Without it the library is looked up
+ * by the dynamic loader's search path. */
+int mm_native_set_lib_dir(const char *dir);
+
+/* ---- for the generation part (a gen file in csrc/native, issue 6) ---- */
+
+/* Optional: a vtable for MM_TASK_TEXT_GENERATION models, defined by the
+ * generation part when it is linked in.  mm_native_backend forwards check,
+ * load, run, unload, info and cost of generation models to it. */
+extern const mm_backend_vtable mm_native_gen_backend __attribute__((weak));
+
+/* Opens libmm_torch.so once (thread-safe) and returns the address of
+ * symbol, or NULL with a message in err naming what is missing (the
+ * library, libtorch, or the symbol).  Blocks on the first call. */
+void *mm_native_shim_sym(const char *symbol, char *err, size_t errlen);
+
+/* Resolves spec's model (hub snapshot at spec->revision in
+ * spec->cache_dir, or a local directory) into dir (cap bytes).  0, or the
+ * hub's code with a message in err.  Blocks (may download). */
+int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, char *err,
+                            size_t errlen);
+
+#endif
