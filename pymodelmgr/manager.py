@@ -93,6 +93,9 @@ class ModelManager:
             fake_gpus=settings.fake_gpus,
             backend_options_json=json.dumps(options),
             allowed_gpus=allowed,
+            embed_cache_entries=(settings.embedding_cache.max_cache_size
+                                 if settings.embedding_cache.enabled else 0),
+            embed_cache_ttl_ms=int(settings.embedding_cache.ttl_seconds * 1000),
         )
         self._aliases = dict(settings.model_aliases)
         self._futures: Dict[int, asyncio.Future] = {}
@@ -207,7 +210,8 @@ class ModelManager:
                                     f'output must be "list" or "numpy", got {output!r}')
             if kwargs:
                 try:
-                    params = json.dumps(kwargs, allow_nan=False)
+                    # sorted: equal kwargs give equal cache keys whatever their order
+                    params = json.dumps(kwargs, allow_nan=False, sort_keys=True)
                 except (TypeError, ValueError) as exc:
                     return Result.error("INVALID_ARGUMENT",
                                         f"task parameters must be JSON values: {exc}")
@@ -291,11 +295,15 @@ class ModelManager:
         ``seconds_until_release`` (None when not counting down), ``last_used`` (epoch
         seconds), and the counters ``submitted``, ``done``, ``failed``, ``dropped``,
         ``timed_out``, ``cancelled``, ``batches``, ``items``; ``data["tasks"]`` has the
-        engine's task accounting."""
+        engine's task accounting; ``data["embedding_cache"]`` the cache's ``hits``,
+        ``misses``, ``size``, ``capacity``, ``evictions`` and ``expirations`` (None when the
+        cache is off)."""
         if self._closed:
             return Result.error("SHUTTING_DOWN", "the model manager is closed")
-        return Result.success(data={"models": self._engine.status(),
-                                    "tasks": self._engine.stats()})
+        stats = self._engine.stats()
+        cache = stats.pop("embedding_cache")
+        return Result.success(data={"models": self._engine.status(), "tasks": stats,
+                                    "embedding_cache": cache})
 
     async def close(self, cancel_pending: bool = False) -> None:
         """Shuts down: with ``cancel_pending`` queued tasks fail with ``SHUTTING_DOWN``,

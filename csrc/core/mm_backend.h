@@ -41,6 +41,8 @@ typedef struct mm_backend_info {
     size_t max_batch_tokens; /* 0: no limit of its own */
     uint64_t memory_bytes;   /* weights + buffers held on its device */
     size_t embedding_dim;    /* 0 when not an embedding model */
+    char revision[64];       /* what was loaded: the resolved commit, or any id that changes
+                                when the weights change ("" = the requested revision) */
 } mm_backend_info;
 
 typedef struct mm_backend_vtable {
@@ -73,6 +75,11 @@ typedef struct mm_backend_vtable {
     /* Optional.  Cost of a task against max_batch_tokens (tokens, or an
      * estimate).  Without it the engine uses input bytes / 4 + 2 per item. */
     size_t (*cost)(void *state, const mm_task_t *task);
+
+    /* Nonzero when equal (revision, kwargs, text) always give the same vector,
+     * so the engine may serve embeddings from its cache (settings
+     * embedding_cache) and hand run() only the texts it has not seen. */
+    int embed_cacheable;
 } mm_backend_vtable;
 
 #endif

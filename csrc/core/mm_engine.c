@@ -87,6 +87,15 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
         mm_free(e);
         return rc;
     }
+    if (p->embed_cache_entries > 0 &&
+        mm_embcache_new(p->embed_cache_entries,
+                        p->embed_cache_ttl_ms > 0 ? p->embed_cache_ttl_ms : 3600000,
+                        &e->cache) < 0) {
+        mm_free((char *)e->params.cache_dir);
+        mm_free((char *)e->params.backend_options_json);
+        mm_free(e);
+        return MM_ENOMEM;
+    }
     e->next_id = 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_condattr_t ca;
@@ -96,6 +105,7 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&e->retire_cv, NULL);
     if (pthread_create(&e->reaper, NULL, mm__reaper_main, e) != 0) {
+        mm_embcache_free(e->cache);
         pthread_cond_destroy(&e->reaper_cv);
         pthread_cond_destroy(&e->retire_cv);
         pthread_mutex_destroy(&e->mu);
@@ -416,12 +426,40 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         }
     }
 
+    int all_cached = 0;
+    if (e->cache && a->kind == MM_KIND_RUN && a->type == MM_TASK_EMBEDDING &&
+        vt->embed_cacheable) {
+        char rev[64];
+        const char *requested = a->revision && *a->revision ? a->revision : "main";
+        t->cache_insert = 1;
+        pthread_mutex_lock(&e->mu);
+        int known = mm__cache_known_revision(e, a->model_name, requested, rev);
+        pthread_mutex_unlock(&e->mu);
+        if (known)
+            all_cached = mm__cache_lookup(e, t, rev);
+    }
+
     pthread_mutex_lock(&e->mu);
     if (e->shutting_down) {
         pthread_mutex_unlock(&e->mu);
         mm__task_destroy(t);
         snprintf(err, errlen, "the model manager is shutting down");
         return MM_ESHUTDOWN;
+    }
+    if (all_cached) {
+        /* Served from the cache: no queue, no worker, no model load. */
+        t->id = e->next_id++;
+        t->channel = ch;
+        mm__channel_ref(ch);
+        e->created++;
+        *id = t->id;
+        snprintf(t->device, sizeof t->device, "cache");
+        char hits[32];
+        snprintf(hits, sizeof hits, "%zu", t->cache_hits);
+        mm__task_add_extra(t, "cache_hits", hits);
+        mm__complete(e, t, MM_TS_DONE, 0, NULL);
+        pthread_mutex_unlock(&e->mu);
+        return 0;
     }
     mm_model *m = model_find(e, a->model_name);
     if (m && m->spec.task_type != a->type) {
@@ -676,6 +714,8 @@ void mm_engine_free(mm_engine_t *e) {
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->reaper, NULL);
     /* The reaper completed the shutdown waiters before it stopped. */
+    mm__cache_free_revisions(e);
+    mm_embcache_free(e->cache);
     pthread_cond_destroy(&e->reaper_cv);
     pthread_cond_destroy(&e->retire_cv);
     pthread_mutex_destroy(&e->mu);
@@ -728,6 +768,13 @@ static void fill_status(const mm_model *m, int64_t now, double wall, mm_model_st
     s->memory_bytes = m->memory_bytes;
     snprintf(s->backend, sizeof s->backend, "%s", m->vt->name);
     snprintf(s->error, sizeof s->error, "%s", m->errmsg);
+}
+
+int mm_engine_cache_stats(mm_engine_t *e, mm_embcache_stats *s) {
+    if (!e->cache)
+        return MM_ENOTFOUND;
+    mm_embcache_stats_get(e->cache, s);
+    return 0;
 }
 
 int mm_engine_status(mm_engine_t *e, mm_model_status **out, size_t *n) {

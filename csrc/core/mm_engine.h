@@ -32,6 +32,8 @@ typedef struct mm_engine_params {
     const char *fake_gpus;         /* simulated GPU list, or NULL (see mm_devices.h) */
     const char *allowed_gpus;      /* "0,2": GPUs that "gpu" may use; NULL: all visible */
     const char *backend_options_json; /* passed to backends as spec->options_json (copied) */
+    size_t embed_cache_entries;    /* embedding cache size; 0: no cache */
+    int64_t embed_cache_ttl_ms;    /* embedding cache entry lifetime */
 } mm_engine_params;
 
 /* Fills the defaults: unbounded queue, 30 s queue timeout, 5 min keep-alive,
@@ -136,6 +138,10 @@ typedef struct mm_engine_stats {
 } mm_engine_stats;
 
 void mm_engine_stats_get(mm_engine_t *e, mm_engine_stats *s);
+
+/* The embedding cache's counters; 0, or MM_ENOTFOUND when it is off. */
+struct mm_embcache_stats;
+int mm_engine_cache_stats(mm_engine_t *e, struct mm_embcache_stats *s);
 
 /* Names for task types ("embedding", "text_generation"); 0 or MM_EINVAL. */
 int mm_task_type_parse(const char *s, mm_task_type *out);

@@ -14,6 +14,7 @@
 
 #include "mm_backend.h"
 #include "mm_devices.h"
+#include "mm_embcache.h"
 #include "mm_engine.h"
 #include "mm_hash.h"
 #include "mm_task_internal.h"
@@ -34,6 +35,7 @@ typedef struct mm_worker {
     int started;            /* thread was created */
     struct mm_model *model; /* immutable */
     mm_device dev;          /* immutable */
+    char revision[64];      /* what its backend loaded; this worker's thread only */
 } mm_worker;
 
 typedef struct mm_model {
@@ -72,6 +74,14 @@ typedef struct mm_model {
     char errmsg[512];
 } mm_model;
 
+/* The revision a model name last loaded at, for cache keys; kept across
+ * releases so a released model's cached vectors still serve. */
+typedef struct mm_known_rev {
+    UT_hash_handle hh;
+    char revision[64];
+    char key[]; /* name \x1f requested revision */
+} mm_known_rev;
+
 struct mm_engine {
     pthread_mutex_t mu;
     pthread_cond_t reaper_cv; /* wakes the reaper: deadlines changed, models to reap */
@@ -86,6 +96,8 @@ struct mm_engine {
     uint64_t next_id;         /* guarded by mu */
     uint64_t next_generation; /* guarded by mu */
     uint64_t created, completed, double_completions; /* guarded by mu */
+    mm_known_rev *revisions;  /* guarded by mu */
+    mm_embcache_t *cache;     /* NULL when off; has its own lock */
     pthread_t reaper;         /* immutable */
     mm_engine_params params;  /* immutable (strings owned) */
     mm_gpu_list gpus;         /* immutable */
@@ -106,6 +118,23 @@ void mm__model_fail_queue(struct mm_engine *e, mm_model *m, mm_task_status st, i
 
 /* Unlinks the queue head; caller holds e->mu. */
 mm_task_t *mm__queue_pop(struct mm_engine *e, mm_model *m);
+
+/* Embedding cache steps (mm_engine_cache.c).  Lookup runs at submit without
+ * engine->mu; it returns 1 when every item hit (the task then carries its
+ * whole result), 0 otherwise (the task keeps only the misses). */
+int mm__cache_lookup(struct mm_engine *e, mm_task_t *t, const char *revision);
+/* Copies the revision last loaded for (name, requested) into out; 0 if none.
+ * Caller holds e->mu. */
+int mm__cache_known_revision(struct mm_engine *e, const char *name, const char *requested,
+                             char out[64]);
+/* Records what a model loaded; purges the name's vectors of an older
+ * revision.  Caller holds e->mu. */
+void mm__cache_note_revision(struct mm_engine *e, const char *name, const char *requested,
+                             const char *loaded);
+/* After run(), on the worker thread, no lock: stores computed vectors and
+ * merges cached ones back into the caller's order. */
+void mm__cache_after_run(struct mm_engine *e, mm_task_t *t, const char *revision);
+void mm__cache_free_revisions(struct mm_engine *e);
 
 /* Worker thread entry (mm_worker.c). */
 void *mm__worker_main(void *arg);

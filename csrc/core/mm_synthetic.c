@@ -379,6 +379,7 @@ static int synth_info(void *state, mm_backend_info *info) {
     info->max_batch_tokens = (size_t)s->o.max_tokens;
     info->memory_bytes = (uint64_t)s->o.mem_mb << 20;
     info->embedding_dim = s->o.type == MM_TASK_EMBEDDING ? (size_t)s->o.dim : 0;
+    snprintf(info->revision, sizeof info->revision, "synthetic");
     return 0;
 }
 
@@ -391,4 +392,5 @@ const mm_backend_vtable mm_synthetic_backend = {
     .unload = synth_unload,
     .info = synth_info,
     .cost = NULL,
+    .embed_cacheable = 1,
 };

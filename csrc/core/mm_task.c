@@ -72,6 +72,8 @@ void mm__task_destroy(mm_task_t *t) {
     mm_free(t->extras);
     mm_free(t->err_msg);
     mm_free(t->warning);
+    mm_free(t->orig_index);
+    mm_free(t->cached_vecs);
     mm_free(t);
 }
 
@@ -172,7 +174,7 @@ mm_result_kind mm_task_result_kind(const mm_task_t *t) { return t->rkind; }
 
 const float *mm_task_result_vectors(const mm_task_t *t, size_t *n, size_t *dim) {
     if (n)
-        *n = t->n_items;
+        *n = t->orig_n ? t->orig_n : t->n_items;
     if (dim)
         *dim = t->dim;
     return t->vecs;

@@ -52,6 +52,16 @@ struct mm_task {
     char *err_msg;
     char device[32];
     char *warning;
+
+    /* Embedding cache plan (engine-owned): the caller's full item count, the
+     * original index of each item still to compute, vectors already served
+     * from the cache (orig_n x cached_dim, NULL when none hit). */
+    int cache_insert;     /* store computed vectors after run() */
+    size_t orig_n;        /* 0: no partial hit, items are the caller's */
+    size_t *orig_index;
+    float *cached_vecs;
+    size_t cached_dim;
+    size_t cache_hits;
 };
 
 /* Allocates a task with a copy of the inputs; NULL on out-of-memory. */

@@ -71,12 +71,15 @@ static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err)
     m->state = MM_MS_FAILED;
 }
 
-static void on_loaded(mm_engine_t *e, mm_model *m, void *st) {
+static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
     m->n_loaded++;
+    snprintf(w->revision, sizeof w->revision, "%s", m->revision);
     if (m->vt->info) {
         mm_backend_info info;
         memset(&info, 0, sizeof info);
         if (m->vt->info(st, &info) == 0) {
+            if (info.revision[0])
+                snprintf(w->revision, sizeof w->revision, "%s", info.revision);
             m->memory_bytes += info.memory_bytes;
             if (info.max_batch_items && (!m->batch_items || info.max_batch_items < m->batch_items))
                 m->batch_items = info.max_batch_items;
@@ -85,6 +88,7 @@ static void on_loaded(mm_engine_t *e, mm_model *m, void *st) {
                 m->batch_tokens = info.max_batch_tokens;
         }
     }
+    mm__cache_note_revision(e, m->name, m->revision, w->revision);
     if (m->state == MM_MS_LOADING) {
         m->state = MM_MS_READY;
         m->ready_ns = mm_now_ns();
@@ -103,6 +107,11 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
         mm_task_t *t = batch[i];
         snprintf(t->device, sizeof t->device, "%s", w->dev.name);
         m->items += t->n_items;
+        if (t->cache_hits && !t->err_code) {
+            char hits[32];
+            snprintf(hits, sizeof hits, "%zu", t->cache_hits);
+            mm__task_add_extra(t, "cache_hits", hits);
+        }
         if (t->err_code) {
             m->failed++;
             mm__complete(e, t, MM_TS_FAILED, 0, NULL);
@@ -154,7 +163,7 @@ void *mm__worker_main(void *arg) {
     } else if (rc < 0) {
         on_load_failed(e, m, rc, err);
     } else {
-        on_loaded(e, m, st);
+        on_loaded(e, m, w, st);
         if (m->n_load_done == m->n_workers && m->state != MM_MS_FAILED)
             mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, 0, NULL);
         for (;;) {
@@ -168,6 +177,9 @@ void *mm__worker_main(void *arg) {
                 pthread_cond_signal(&m->work_cv); /* more for another worker */
             pthread_mutex_unlock(&e->mu);
             m->vt->run(st, batch, n);
+            if (e->cache)
+                for (size_t i = 0; i < n; i++)
+                    mm__cache_after_run(e, batch[i], w->revision);
             pthread_mutex_lock(&e->mu);
             finish_batch(e, m, w, batch, n);
         }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mm_alloc.h"
+#include "mm_embcache.h"
 #include "mm_err.h"
 #include "mmpy.h"
 
@@ -349,13 +350,27 @@ static PyObject *engine_stats(mmpy_engine *self, PyObject *unused) {
     mm_engine_stats_get(self->e, &s);
     unsigned long long pushed, freed;
     mm_channel_global_counts(&pushed, &freed);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "created",
+    mm_embcache_stats cs;
+    PyObject *cache = Py_NewRef(Py_None);
+    if (mm_engine_cache_stats(self->e, &cs) == 0) {
+        Py_SETREF(cache, Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n}", "hits",
+                                       (unsigned long long)cs.hits, "misses",
+                                       (unsigned long long)cs.misses, "inserts",
+                                       (unsigned long long)cs.inserts, "evictions",
+                                       (unsigned long long)cs.evictions, "expirations",
+                                       (unsigned long long)cs.expirations, "size",
+                                       (Py_ssize_t)cs.size, "capacity",
+                                       (Py_ssize_t)cs.capacity));
+        if (!cache)
+            return NULL;
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "created",
                          (unsigned long long)s.created, "completed",
                          (unsigned long long)s.completed, "double_completions",
                          (unsigned long long)s.double_completions, "live_models",
                          (unsigned long long)s.live_models, "retiring_models",
                          (unsigned long long)s.retiring_models, "channel_pushed", pushed,
-                         "channel_freed", freed);
+                         "channel_freed", freed, "embedding_cache", cache);
 }
 
 static void engine_close_impl(mmpy_engine *self) {
@@ -378,17 +393,21 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"max_queue_size",   "queue_timeout_ms", "default_keep_alive_ms",
                              "max_batch_items",  "max_batch_tokens", "cpu_threads",
                              "cache_dir",        "fake_gpus",        "backend_options_json",
-                             "allowed_gpus",     NULL};
+                             "allowed_gpus",     "embed_cache_entries", "embed_cache_ttl_ms",
+                             NULL};
     mm_engine_params p;
     mm_engine_default_params(&p);
     Py_ssize_t mqs = 0, mbi = (Py_ssize_t)p.max_batch_items, mbt = (Py_ssize_t)p.max_batch_tokens;
     long long qt = p.queue_timeout_ms, ka = p.default_keep_alive_ms;
     int threads = 0;
     const char *cache_dir = p.cache_dir, *fake = NULL, *opts = "{}", *allowed = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|nLLnnizzzz:Engine", kwlist, &mqs, &qt, &ka, &mbi,
-                                     &mbt, &threads, &cache_dir, &fake, &opts, &allowed))
+    Py_ssize_t cache_entries = 0;
+    long long cache_ttl = 3600000;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|nLLnnizzzznL:Engine", kwlist, &mqs, &qt, &ka,
+                                     &mbi, &mbt, &threads, &cache_dir, &fake, &opts, &allowed,
+                                     &cache_entries, &cache_ttl))
         return NULL;
-    if (mqs < 0 || mbi < 0 || mbt < 0 || threads < 0) {
+    if (mqs < 0 || mbi < 0 || mbt < 0 || threads < 0 || cache_entries < 0) {
         PyErr_SetString(PyExc_ValueError, "engine limits must not be negative");
         return NULL;
     }
@@ -402,6 +421,8 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p.fake_gpus = fake;
     p.backend_options_json = opts ? opts : "{}";
     p.allowed_gpus = allowed;
+    p.embed_cache_entries = (size_t)cache_entries;
+    p.embed_cache_ttl_ms = cache_ttl;
     PyObject *mod = PyType_GetModule(type);
     mmpy_state *st = mod ? PyModule_GetState(mod) : NULL;
     if (!st)

@@ -1,7 +1,7 @@
 """Shared fixtures for the Python tests.
 
 ``mm`` is a ModelManager on a simulated machine without GPUs (so tests behave
-the same everywhere) that is closed after the test; ``make_mm`` builds one with
+the same everywhere), with the embedding cache off, closed after the test; ``make_mm`` builds one with
 custom settings.  Every manager made through these fixtures is checked at the
 end: every task it created completed exactly once.
 """
@@ -12,7 +12,9 @@ from pymodelmgr import ModelManager, ModelManagerSettings
 
 def _settings(**overrides):
     wp = overrides.pop("worker_pool", {})
-    base = {"fake_gpus": "none", "worker_pool": wp}
+    # The embedding cache would answer repeated texts without touching the engine's
+    # queues; engine tests turn it off, tests/python/test_embedding_cache.py turns it on.
+    base = {"fake_gpus": "none", "worker_pool": wp, "embedding_cache": {"enabled": False}}
     base.update(overrides)
     return ModelManagerSettings(**base)
 

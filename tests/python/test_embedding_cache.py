@@ -1,0 +1,92 @@
+"""The embedding cache: hits complete at submit, partial hits compute only the
+missing texts, vectors are bit-identical, LRU eviction, TTL expiry, off switch."""
+import asyncio
+
+EMB = "synthetic/embedding?dim=8&item_us=1000"
+
+
+def cache_on(make_mm, **kw):
+    cfg = {"enabled": True, "max_cache_size": 100, "ttl_seconds": 3600}
+    cfg.update(kw)
+    return make_mm(embedding_cache=cfg)
+
+
+async def stats(m):
+    data = (await m.status()).data
+    models = {x["model_name"]: x for x in data["models"]}
+    return data["embedding_cache"], models
+
+
+async def test_full_hit_completes_without_the_queue(make_mm):
+    m = cache_on(make_mm)
+    first = await m.task(["a", "b"], "embedding", EMB, device="cpu")
+    assert first.data["device"] == "cpu" and "cache_hits" not in first.data
+    again = await m.task(["b", "a"], "embedding", EMB, device="cpu")
+    assert again.data["device"] == "cache" and again.data["cache_hits"] == 2
+    assert again.data["embeddings"] == first.data["embeddings"][::-1]  # bit-identical
+    cache, models = await stats(m)
+    assert cache["hits"] == 2 and cache["size"] == 2
+    assert models[EMB]["submitted"] == 1  # the second task never reached the queue
+    # Served even after the model is released: no reload for cached texts.
+    await m.release_model(EMB)
+    third = await m.task(["a"], "embedding", EMB, device="cpu")
+    assert third.data["device"] == "cache"
+    assert (await stats(m))[1] == {}
+
+
+async def test_partial_hit_computes_only_missing(make_mm):
+    m = cache_on(make_mm)
+    await m.task(["x", "z"], "embedding", EMB, device="cpu")
+    mixed = await m.task(["x", "y", "z", "w"], "embedding", EMB, device="cpu")
+    assert mixed.data["cache_hits"] == 2
+    _, models = await stats(m)
+    assert models[EMB]["items"] == 2 + 2  # only y and w were computed
+    fresh = make_mm()  # no cache: the reference vectors
+    ref = await fresh.task(["x", "y", "z", "w"], "embedding", EMB, device="cpu")
+    assert mixed.data["embeddings"] == ref.data["embeddings"]
+
+
+async def test_options_are_part_of_the_key(make_mm):
+    m = cache_on(make_mm)
+    full = await m.task(["t"], "embedding", EMB, device="cpu")
+    cut = await m.task(["t"], "embedding", EMB, device="cpu", dimensions=4)
+    assert len(cut.data["embeddings"][0]) == 4 and cut.data["device"] == "cpu"
+    raw = await m.task(["t"], "embedding", EMB, device="cpu", normalize=False)
+    assert raw.data["device"] == "cpu" and raw.data["embeddings"] != full.data["embeddings"]
+    again = await m.task(["t"], "embedding", EMB, device="cpu", dimensions=4)
+    assert again.data["device"] == "cache" and again.data["embeddings"] == cut.data["embeddings"]
+
+
+async def test_lru_eviction(make_mm):
+    m = cache_on(make_mm, max_cache_size=3)
+    await m.task(["a", "b", "c"], "embedding", EMB, device="cpu")
+    await m.task(["a"], "embedding", EMB, device="cpu")  # a is now most recent
+    await m.task(["d"], "embedding", EMB, device="cpu")  # evicts b (least recent)
+    cache, _ = await stats(m)
+    assert cache["size"] == 3 and cache["evictions"] == 1
+    assert (await m.task(["a"], "embedding", EMB, device="cpu")).data["device"] == "cache"
+    assert (await m.task(["b"], "embedding", EMB, device="cpu")).data["device"] == "cpu"
+
+
+async def test_ttl_expiry(make_mm):
+    m = cache_on(make_mm, ttl_seconds=0.2)
+    await m.task(["a"], "embedding", EMB, device="cpu")
+    assert (await m.task(["a"], "embedding", EMB, device="cpu")).data["device"] == "cache"
+    await asyncio.sleep(0.3)
+    assert (await m.task(["a"], "embedding", EMB, device="cpu")).data["device"] == "cpu"
+    cache, _ = await stats(m)
+    assert cache["expirations"] >= 1
+
+
+async def test_disabled(make_mm):
+    m = make_mm(embedding_cache={"enabled": False})
+    await m.task(["a"], "embedding", EMB, device="cpu")
+    assert (await m.task(["a"], "embedding", EMB, device="cpu")).data["device"] == "cpu"
+    assert (await m.status()).data["embedding_cache"] is None
+
+
+async def test_generation_is_never_cached(make_mm):
+    m = cache_on(make_mm)
+    for _ in range(2):
+        r = await m.task("a", "text_generation", "synthetic/text_generation", device="cpu")
+        assert r.data["device"] == "cpu"
