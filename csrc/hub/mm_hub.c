@@ -387,6 +387,10 @@ static int request(hub_call *c, const char *url, int head, int with_auth, membuf
                 body->len = 0;
             curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, mem_write);
             curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, body);
+            /* API calls follow redirects (a renamed repo answers 307); libcurl
+             * does not carry our Authorization header to another host. */
+            curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 1L);
+            curl_easy_setopt(c->curl, CURLOPT_MAXREDIRS, 5L);
         }
         CURLcode rc = curl_easy_perform(c->curl);
         curl_slist_free_all(hl);

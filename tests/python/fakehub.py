@@ -15,7 +15,8 @@ paths against it (point them at ``hub.url`` through ``HF_ENDPOINT`` or an
   ``X-Repo-Commit``;
 * ``GET /cdn/{sha256}`` on the CDN host, with ``Range`` support;
 * hub errors with ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``,
-  ``EntryNotFound``, ``GatedRepo``), 401 for a bad token.
+  ``EntryNotFound``, ``GatedRepo``), 401 for a bad token;
+* renamed repos (``hub.renamed[old] = new``): a relative 307 to the new name.
 
 Faults are switched on per test through ``hub.faults`` (see ``Faults``):
 fail with a status a few times (500, 429 with Retry-After), drop the
@@ -139,6 +140,27 @@ def _git_sha1(size: int, chunks) -> str:
     return h.hexdigest()
 
 
+_HASHES: Dict[tuple, tuple] = {}  # (path, size, mtime) -> (sha256, git sha1); files are hashed once per process
+_HASHES_LOCK = threading.Lock()
+
+
+def _disk_hashes(path: str) -> tuple:
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _HASHES_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    h = hashlib.sha256()
+    g = hashlib.sha1(b"blob %d\0" % st.st_size)
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(CHUNK), b""):
+            h.update(b)
+            g.update(b)
+    with _HASHES_LOCK:
+        _HASHES[key] = (h.hexdigest(), g.hexdigest())
+    return _HASHES[key]
+
+
 def _is_lfs_name(path: str) -> bool:
     return path.endswith((".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".gguf", ".model", ".ot"))
 
@@ -151,6 +173,7 @@ class FakeHub:
         self.faults = Faults()
         self.requests: List[Request] = []
         self.valid_tokens: set = set()
+        self.renamed: Dict[str, str] = {}  # old repo id -> new one: answered with a relative 307
         self._repos: Dict[str, _Repo] = {}
         self._lock = threading.Lock()
         self._servers = []
@@ -207,13 +230,8 @@ class FakeHub:
             else:
                 disk = str(content)
                 size = os.path.getsize(disk)
-                h = hashlib.sha256()
-                g = hashlib.sha1(b"blob %d\0" % size)
-                with open(disk, "rb") as f:
-                    for b in iter(lambda: f.read(CHUNK), b""):
-                        h.update(b)
-                        g.update(b)
-                sha, git, data = h.hexdigest(), g.hexdigest(), None
+                sha, git = _disk_hashes(disk)
+                data = None
             lfs = _is_lfs_name(path) or size > self.lfs_threshold
             entries[path] = HubFile(path, size, sha, git, lfs, data, disk)
         manifest = json.dumps([[p, e.git_sha1] for p, e in sorted(entries.items())] + [repo_id, revision])
@@ -390,6 +408,11 @@ def _make_handler(hub: FakeHub):
                 if not m:
                     return self._error(404, None, "not found")
                 return self._serve_cdn(m.group("sha"))
+            for old_id, new_id in hub.renamed.items():
+                for prefix in ("/api/models/", "/"):
+                    if path.startswith(prefix + old_id + "/") or path == prefix + old_id:
+                        loc = prefix + new_id + self.path[len(prefix + old_id):]
+                        return self._send(307, {"Location": loc})
             m = _API_RE.match(path)
             if m and self.command == "GET":
                 scope = "api"

@@ -546,3 +546,11 @@ def test_hub_failing_mid_download_serves_the_cached_revision(hub_env):
     fh.faults.fail_status, fh.faults.fail_count, fh.faults.fail_scope = 503, 1000, "cdn"
     r = snap(TINY, refresh=True, max_retries=1)
     assert r.stale and r.commit == old
+
+
+def test_renamed_repo_follows_the_relative_redirect(hub_env):
+    c = hub_env.hub.add_files("acme/new-name", tiny_model_files())
+    hub_env.hub.renamed["acme/old-name"] = "acme/new-name"
+    r = snap("acme/old-name")
+    assert r.commit == c and "models--acme--old-name" in r.path
+    assert hub_env.hub.count(contains="/acme/old-name/") >= 2  # the listing and the HEADs were redirected
