@@ -89,6 +89,7 @@ static void norm_free(tk_norm *n) {
     if (n->re)
         onig_free(n->re);
     mm_free(n->pc_blob);
+    mm_free((void *)n->trie);
     for (size_t i = 0; i < n->nsub; i++)
         norm_free(&n->sub[i]);
     mm_free(n->sub);
@@ -896,7 +897,7 @@ static int load_root(mm_tok_t *tok, json_t *root, char *errbuf, size_t errlen) {
 
 int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t errlen) {
     json_error_t je;
-    json_t *root = json_loadb(json, len, 0, &je);
+    json_t *root = json_loadb(json, len, JSON_ALLOW_NUL, &je);
     if (!root) {
         tk_errf(errbuf, errlen, "tokenizer.json: %s (line %d, column %d)", je.text, je.line,
                 je.column);

@@ -1,30 +1,420 @@
-/* tok_unigram.c: Unigram (placeholder until implemented). */
+/* tok_unigram.c: the Unigram model and the sentencepiece Precompiled
+ * normalizer.
+ *
+ * Unigram: Viterbi over byte positions.  At each character boundary every
+ * vocabulary piece that starts there (found with a byte trie) relaxes the
+ * best path ending at its end; a character that no single piece covers gets
+ * an unknown edge scored min_score - 10.  Ties keep the first path found
+ * (strict >), pieces are tried shortest first, and consecutive unknowns are
+ * fused into one token -- all as the reference does, because each of those
+ * choices changes ids on real text.
+ *
+ * Precompiled: the base64 `precompiled_charsmap` is sentencepiece's
+ * serialized normalizer: a little-endian u32 trie size, a darts double-array
+ * trie of u32 units, then NUL-separated replacement strings.  It is applied
+ * per grapheme cluster (whole cluster first when shorter than 6 bytes, else
+ * per character), mirroring the reference's (admittedly odd) rule.  Every
+ * trie access is bounds-checked: the blob comes from an untrusted file.
+ */
 #include "tok_internal.h"
 
 #include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <utf8proc.h>
 
+#include "mm_alloc.h"
 #include "mm_err.h"
 
-int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
-    (void)m;
-    (void)jm;
-    tk_errf(errbuf, errlen, "unsupported model type 'Unigram'");
-    return MM_EUNSUPPORTED;
+int tk_model_add_piece(tk_model *m, const char *k, size_t kl, int32_t id);
+int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen);
+void tk_model_free_extra(tk_model *m);
+int tk_precompiled_load(tk_norm *n, const char *b64, char *errbuf, size_t errlen);
+void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s);
+
+/* ------------------------------------------------------------------ trie */
+
+/* Byte trie: node 0 is the root; edges live in one open-addressing table
+ * keyed by (node, byte). */
+struct tk_trie {
+    uint64_t *keys; /* (node << 8 | byte) + 1, 0 = empty */
+    int32_t *child;
+    size_t mask;
+    int32_t *value; /* per node: piece id or -1 */
+    size_t nnodes, capnodes;
+};
+
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 31;
+    x *= 0x9E3779B97F4A7C15ull;
+    x ^= x >> 29;
+    return x;
 }
+
+static int32_t trie_step(const struct tk_trie *t, int32_t node, unsigned char b) {
+    uint64_t k = (((uint64_t)node << 8) | b) + 1;
+    size_t h = mix(k) & t->mask;
+    for (;;) {
+        uint64_t s = t->keys[h];
+        if (s == k)
+            return t->child[h];
+        if (!s)
+            return -1;
+        h = (h + 1) & t->mask;
+    }
+}
+
+static int trie_insert(struct tk_trie *t, const char *s, size_t n, int32_t id) {
+    int32_t node = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)s[i];
+        int32_t c = trie_step(t, node, b);
+        if (c < 0) {
+            if (t->nnodes == t->capnodes) {
+                size_t nc = t->capnodes * 2;
+                int32_t *v = mm_realloc(t->value, nc * sizeof(int32_t));
+                if (!v)
+                    return MM_ENOMEM;
+                t->value = v;
+                t->capnodes = nc;
+            }
+            c = (int32_t)t->nnodes++;
+            t->value[c] = -1;
+            uint64_t k = (((uint64_t)node << 8) | b) + 1;
+            size_t h = mix(k) & t->mask;
+            while (t->keys[h])
+                h = (h + 1) & t->mask;
+            t->keys[h] = k;
+            t->child[h] = c;
+        }
+        node = c;
+    }
+    t->value[node] = id; /* duplicates: the last id wins, as in the vocab map */
+    return 0;
+}
+
+static void trie_free(struct tk_trie *t) {
+    if (!t)
+        return;
+    mm_free(t->keys);
+    mm_free(t->child);
+    mm_free(t->value);
+    mm_free(t);
+}
+
+void tk_model_free_extra(tk_model *m) {
+    trie_free(m->trie);
+    m->trie = NULL;
+}
+
+#define FAIL(code, ...)                                                                            \
+    do {                                                                                           \
+        tk_errf(errbuf, errlen, __VA_ARGS__);                                                      \
+        return (code);                                                                             \
+    } while (0)
+
+int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
+    json_t *v = json_object_get(jm, "vocab");
+    if (!json_is_array(v))
+        FAIL(MM_EFORMAT, "Unigram \"vocab\" must be an array of [piece, score]");
+    size_t n = json_array_size(v);
+    if (n > 0x7FFFFFF)
+        FAIL(MM_EFORMAT, "Unigram vocab too large");
+    m->scores = mm_malloc((n ? n : 1) * sizeof(double));
+    if (!m->scores)
+        return MM_ENOMEM;
+    size_t total = 0;
+    m->min_score = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+        json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
+        if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc))
+            FAIL(MM_EFORMAT, "Unigram vocab entry %zu must be [piece, score]", i);
+        m->scores[i] = json_number_value(sc);
+        if (m->scores[i] < m->min_score)
+            m->min_score = m->scores[i];
+        total += json_string_length(p);
+        int rc = tk_model_add_piece(m, json_string_value(p), json_string_length(p), (int32_t)i);
+        if (rc)
+            return rc;
+    }
+    json_t *unk = json_object_get(jm, "unk_id");
+    if (json_is_integer(unk)) {
+        if (json_integer_value(unk) < 0 || (size_t)json_integer_value(unk) >= n)
+            FAIL(MM_EFORMAT, "Unigram unk_id out of range");
+        m->unk_id = (int32_t)json_integer_value(unk);
+    }
+    m->byte_fallback = json_is_true(json_object_get(jm, "byte_fallback"));
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        m->byte_ids[b] = tk_map_get(&m->vocab, name, 6);
+    }
+    struct tk_trie *t = mm_calloc(1, sizeof(*t));
+    if (!t)
+        return MM_ENOMEM;
+    m->trie = t;
+    size_t slots = 64;
+    while (slots < total * 2 + 2)
+        slots *= 2;
+    t->keys = mm_calloc(slots, sizeof(uint64_t));
+    t->child = mm_malloc(slots * sizeof(int32_t));
+    t->capnodes = total + 1;
+    t->value = mm_malloc(t->capnodes * sizeof(int32_t));
+    if (!t->keys || !t->child || !t->value)
+        return MM_ENOMEM;
+    t->mask = slots - 1;
+    t->nnodes = 1;
+    t->value[0] = -1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array_get(json_array_get(v, i), 0);
+        int rc = trie_insert(t, json_string_value(p), json_string_length(p), (int32_t)i);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- viterbi */
 
 void tk_unigram_tokenize(tk_ctx *cx, const tk_model *m, tk_nstr s, tk_tokens *out) {
-    (void)m; (void)s; (void)out;
-    tk_fail(cx, MM_EUNSUPPORTED, "Unigram");
+    size_t n = s.n;
+    double *best = tk_alloc(cx, (n + 1) * sizeof(double));
+    int32_t *from = tk_alloc(cx, (n + 1) * sizeof(int32_t));
+    int32_t *pid = tk_alloc(cx, (n + 1) * sizeof(int32_t));
+    for (size_t i = 0; i <= n; i++) {
+        from[i] = -1;
+        best[i] = 0.0;
+        pid[i] = -1;
+    }
+    double unk_score = m->min_score - 10.0;
+    const struct tk_trie *t = m->trie;
+    for (size_t st = 0; st < n;) {
+        size_t mb = (size_t)tk_u8len((unsigned char)s.s[st]);
+        double base = best[st];
+        int single = 0;
+        int32_t node = 0;
+        for (size_t k = st; k < n; k++) {
+            node = trie_step(t, node, (unsigned char)s.s[k]);
+            if (node < 0)
+                break;
+            int32_t id = t->value[node];
+            if (id < 0)
+                continue;
+            size_t end = k + 1;
+            double cand = m->scores[id] + base;
+            if (from[end] < 0 || cand > best[end]) {
+                best[end] = cand;
+                from[end] = (int32_t)st;
+                pid[end] = id;
+            }
+            if (end - st == mb)
+                single = 1;
+        }
+        if (!single) {
+            if (m->unk_id < 0)
+                tk_fail(cx, MM_EINVAL, "Unigram: no piece covers the input and the model has no unk_id");
+            size_t end = st + mb;
+            double cand = unk_score + base;
+            if (from[end] < 0 || cand > best[end]) {
+                best[end] = cand;
+                from[end] = (int32_t)st;
+                pid[end] = m->unk_id;
+            }
+        }
+        st += mb;
+    }
+    /* backtrack into (start, end, id) triples, fusing unknowns */
+    size_t cnt = 0;
+    size_t *seg = tk_alloc(cx, (n + 1) * 2 * sizeof(size_t));
+    int32_t *sid = tk_alloc(cx, (n + 1) * sizeof(int32_t));
+    size_t e = n;
+    while (e > 0) {
+        size_t st = (size_t)from[e];
+        int32_t id = pid[e];
+        if (id == m->unk_id && cnt > 0 && sid[cnt - 1] == m->unk_id) {
+            seg[2 * (cnt - 1)] = st; /* extend the fused unknown leftwards */
+        } else {
+            seg[2 * cnt] = st;
+            seg[2 * cnt + 1] = e;
+            sid[cnt++] = id;
+        }
+        e = st;
+    }
+    for (size_t q = cnt; q-- > 0;) {
+        size_t a = seg[2 * q], b = seg[2 * q + 1];
+        int32_t id = sid[q];
+        uint32_t os = s.a[2 * a], oe = s.a[2 * (b - 1) + 1];
+        if (id == m->unk_id) {
+            /* the piece string is the raw text; it may still be a vocab piece */
+            int32_t real = tk_map_get(&m->vocab, s.s + a, b - a);
+            if (real >= 0) {
+                size_t tl;
+                const char *tt = tk_model_id_to_token(m, real, &tl);
+                tk_tokens_push(cx, out, real, tt, tl, os, oe);
+                continue;
+            }
+            if (m->byte_fallback) {
+                int all = 1;
+                for (size_t k = a; k < b; k++)
+                    if (m->byte_ids[(unsigned char)s.s[k]] < 0)
+                        all = 0;
+                if (all) {
+                    for (size_t k = a; k < b; k++) {
+                        int32_t bid = m->byte_ids[(unsigned char)s.s[k]];
+                        size_t tl;
+                        const char *tt = tk_model_id_to_token(m, bid, &tl);
+                        tk_tokens_push(cx, out, bid, tt, tl, os, oe);
+                    }
+                    continue;
+                }
+            }
+            char *raw = tk_alloc(cx, b - a + 1);
+            memcpy(raw, s.s + a, b - a);
+            raw[b - a] = 0;
+            tk_tokens_push(cx, out, m->unk_id, raw, b - a, os, oe);
+        } else {
+            size_t tl;
+            const char *tt = tk_model_id_to_token(m, id, &tl);
+            tk_tokens_push(cx, out, id, tt, tl, os, oe);
+        }
+    }
 }
 
-void tk_model_free_extra(tk_model *m) { (void)m; }
+/* ------------------------------------------------------------ precompiled */
+
+static int b64val(int c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
 
 int tk_precompiled_load(tk_norm *n, const char *b64, char *errbuf, size_t errlen) {
-    (void)n; (void)b64;
-    tk_errf(errbuf, errlen, "unsupported normalizer type 'Precompiled'");
-    return MM_EUNSUPPORTED;
+    size_t l = strlen(b64);
+    unsigned char *out = mm_malloc(l / 4 * 3 + 4);
+    if (!out)
+        return MM_ENOMEM;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < l; i++) {
+        if (b64[i] == '=')
+            break;
+        int v = b64val((unsigned char)b64[i]);
+        if (v < 0) {
+            mm_free(out);
+            FAIL(MM_EFORMAT, "precompiled_charsmap is not valid base64");
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    n->pc_blob = out;
+    if (o < 4)
+        FAIL(MM_EFORMAT, "precompiled_charsmap too short");
+    uint32_t tsz = (uint32_t)out[0] | ((uint32_t)out[1] << 8) | ((uint32_t)out[2] << 16) | ((uint32_t)out[3] << 24);
+    if (tsz > o - 4 || tsz % 4)
+        FAIL(MM_EFORMAT, "precompiled_charsmap trie size is inconsistent");
+    /* the blob is 4-aligned after the header only by luck; copy units out */
+    uint32_t *units = mm_malloc(tsz ? tsz : 4);
+    if (!units)
+        return MM_ENOMEM;
+    for (size_t i = 0; i < tsz / 4; i++) {
+        const unsigned char *p = out + 4 + 4 * i;
+        units[i] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    n->trie = units;
+    n->trie_units = tsz / 4;
+    n->pc_norm = (const char *)out + 4 + tsz;
+    n->pc_norm_len = o - 4 - tsz;
+    if (tk_u8check(n->pc_norm, n->pc_norm_len) != (size_t)-1)
+        FAIL(MM_EFORMAT, "precompiled_charsmap replacement strings are not UTF-8");
+    return 0;
+}
+
+/* First (shortest) match of a common-prefix search, as a replacement
+ * string; NULL when none. */
+static const char *pc_transform(const tk_norm *n, const char *s, size_t len, size_t *outlen) {
+    const uint32_t *a = n->trie;
+    size_t na = n->trie_units;
+    if (!na)
+        return NULL;
+    size_t pos = 0;
+    uint32_t u = a[0];
+#define OFF(x) (((x) >> 10) << (((x) & (1u << 9)) >> 6))
+    pos ^= OFF(u);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == 0)
+            break;
+        pos ^= c;
+        if (pos >= na)
+            return NULL;
+        u = a[pos];
+        if ((u & ((1u << 31) | 0xFF)) != c)
+            return NULL;
+        pos ^= OFF(u);
+        if (pos >= na)
+            return NULL;
+        if ((u >> 8) & 1) {
+            size_t idx = a[pos] & ((1u << 31) - 1);
+            if (idx >= n->pc_norm_len)
+                return NULL;
+            size_t e = idx;
+            while (e < n->pc_norm_len && n->pc_norm[e])
+                e++;
+            *outlen = e - idx;
+            return n->pc_norm + idx;
+        }
+    }
+#undef OFF
+    return NULL;
 }
 
 void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
-    (void)cx; (void)n; (void)s;
+    if (!n->trie || !s->n)
+        return;
+    tk_nbuf b = {0};
+    size_t i = 0;
+    while (i < s->n) {
+        /* one grapheme cluster [i, j) */
+        int l;
+        utf8proc_int32_t prev = (utf8proc_int32_t)tk_u8dec((const unsigned char *)s->s + i, &l);
+        utf8proc_int32_t state = 0;
+        size_t j = i + (size_t)l;
+        while (j < s->n) {
+            utf8proc_int32_t c = (utf8proc_int32_t)tk_u8dec((const unsigned char *)s->s + j, &l);
+            if (utf8proc_grapheme_break_stateful(prev, c, &state))
+                break;
+            prev = c;
+            j += (size_t)l;
+        }
+        size_t rl;
+        const char *rep;
+        if (j - i < 6 && (rep = pc_transform(n, s->s + i, j - i, &rl)) != NULL) {
+            tk_nbuf_put(cx, &b, rep, rl, s->a[2 * i], s->a[2 * (j - 1) + 1]);
+        } else {
+            for (size_t k = i; k < j;) {
+                size_t cl = (size_t)tk_u8len((unsigned char)s->s[k]);
+                rep = pc_transform(n, s->s + k, cl, &rl);
+                if (rep)
+                    tk_nbuf_put(cx, &b, rep, rl, s->a[2 * k], s->a[2 * (k + cl - 1) + 1]);
+                else
+                    for (size_t q = k; q < k + cl; q++)
+                        tk_nbuf_put(cx, &b, s->s + q, 1, s->a[2 * q], s->a[2 * q + 1]);
+                k += cl;
+            }
+        }
+        i = j;
+    }
+    s->s = b.t.s;
+    s->a = b.t.a;
+    s->n = b.t.n;
 }
