@@ -56,6 +56,7 @@ def main() -> int:
         os.environ["HF_HOME"] = os.path.join(work, "hf_home")
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,127.0.0.2,localhost"
         for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
             os.environ.pop(var, None)
         import huggingface_hub

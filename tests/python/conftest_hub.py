@@ -81,6 +81,9 @@ def hub_env(fake_hub, tmp_path, monkeypatch, minilm_dir):
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("MM_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("no_proxy", "NO_PROXY"):  # a proxy in the environment must not see loopback traffic
+        monkeypatch.setenv(var, "127.0.0.1,127.0.0.2,localhost")
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                 "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         monkeypatch.delenv(var, raising=False)
