@@ -98,6 +98,8 @@ class Faults:
     match: the body faults above (drop, corrupt, ignore-range, slow) apply
         only to files whose repo path contains this string ("" = all); a
         drop also skips bodies not longer than drop_after.
+    claim_size: advertise this size (listing, X-Linked-Size) for files
+        whose path contains match, e.g. to look like a model too big for the disk.
     refuse: close every new connection without answering (hub "down").
     """
 
@@ -111,6 +113,7 @@ class Faults:
     ignore_range_count: int = 0
     slow_chunk_s: float = 0.0
     match: str = ""
+    claim_size: int = 0
     refuse: bool = False
 
 
@@ -297,6 +300,10 @@ class FakeHub:
                 return f.fail_status
             return None
 
+    def _claimed_size(self, f: HubFile) -> int:
+        fl = self.faults
+        return fl.claim_size if fl.claim_size and fl.match in f.path else f.size
+
     def _auth(self, repo: _Repo, token: Optional[str]):
         """None when allowed, else (status, error code, message)."""
         if token is not None and token not in self.valid_tokens:
@@ -316,6 +323,8 @@ _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 def _make_handler(hub: FakeHub):
+    _claimed = hub._claimed_size
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "FakeHub/1.0"
@@ -465,10 +474,11 @@ def _make_handler(hub: FakeHub):
             for p, f in sorted(files.items()):
                 s = {"rfilename": p}
                 if blobs:
-                    s["size"] = f.size
+                    size = _claimed(f)
+                    s["size"] = size
                     s["blobId"] = f.git_sha1
                     if f.lfs:
-                        s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
+                        s["lfs"] = {"sha256": f.sha256, "size": size, "pointerSize": 134}
                 siblings.append(s)
             body = {"_id": commit[:24], "id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
                     "gated": "auto" if repo.gated else False, "disabled": False, "tags": [],
@@ -488,7 +498,7 @@ def _make_handler(hub: FakeHub):
             if f.lfs:
                 loc = "%s/cdn/%s?sig=%s" % (hub.cdn_url, f.sha256, quote(path))
                 return self._send(302, {"X-Repo-Commit": commit, "X-Linked-Etag": '"%s"' % f.sha256,
-                                        "X-Linked-Size": str(f.size), "ETag": '"%s"' % f.git_sha1,
+                                        "X-Linked-Size": str(_claimed(f)), "ETag": '"%s"' % f.git_sha1,
                                         "Location": loc, "Accept-Ranges": "bytes"})
             self._serve_body(f, {"X-Repo-Commit": commit, "ETag": '"%s"' % f.git_sha1})
 

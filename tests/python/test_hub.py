@@ -554,3 +554,12 @@ def test_renamed_repo_follows_the_relative_redirect(hub_env):
     r = snap("acme/old-name")
     assert r.commit == c and "models--acme--old-name" in r.path
     assert hub_env.hub.count(contains="/acme/old-name/") >= 2  # the listing and the HEADs were redirected
+
+
+def test_not_enough_disk_space_is_disk_full(hub_env):
+    hub_env.hub.add_files(TINY, tiny_model_files())
+    hub_env.hub.faults.claim_size = 1 << 60  # an exabyte of weights
+    hub_env.hub.faults.match = "model.safetensors"
+    e = error_of(TINY)
+    assert e.code == "DISK_FULL" and "free" in str(e) and "MB needed" in str(e)
+    assert hub_env.hub.count(host="cdn") == 0  # checked before downloading anything
