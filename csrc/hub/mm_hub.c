@@ -810,6 +810,11 @@ static int fetch_blob(hub_call *c, const char *commit, hub_file *f) {
     c->prog.file_total = f->size;
     report(c);
     int same = mm__hub_same_origin(get_url, c->p->endpoint);
+    /* A partial file left by an earlier run may hold bytes that are not the
+     * blob's (a crash, another server): when the checksum then fails, start
+     * over once from zero before calling the download corrupt. */
+    int may_restart = d.have > 0;
+again:
     for (int attempt = 0;; attempt++) {
         if (d.expect && d.have == d.expect)
             break;
@@ -897,6 +902,18 @@ static int fetch_blob(hub_call *c, const char *commit, hub_file *f) {
         char got[2 * EVP_MAX_MD_SIZE + 1];
         EVP_DigestFinal_ex(d.md, md, &mdlen);
         hex(md, mdlen, got);
+        if (strcasecmp(got, f->etag) != 0 && may_restart) {
+            may_restart = 0;
+            mm_log(MM_LOG_WARNING, "hub: %s/%s: the resumed download failed its checksum; downloading it anew",
+                   c->repo_id, f->path);
+            if (ftruncate(d.fd, 0) != 0 || lseek(d.fd, 0, SEEK_SET) != 0 || hash_reset(&d) != 0) {
+                rc = mm__hub_fail(c->err, c->errlen, MM_EIO, "cannot truncate %s", part);
+                goto out;
+            }
+            d.have = 0;
+            c->prog.file_done = 0;
+            goto again;
+        }
         if (strcasecmp(got, f->etag) != 0) {
             unlink(part);
             rc = mm__hub_fail(c->err, c->errlen, MM_ECORRUPT,

@@ -563,3 +563,16 @@ def test_not_enough_disk_space_is_disk_full(hub_env):
     e = error_of(TINY)
     assert e.code == "DISK_FULL" and "free" in str(e) and "MB needed" in str(e)
     assert hub_env.hub.count(host="cdn") == 0  # checked before downloading anything
+
+
+def test_a_bad_partial_file_from_an_earlier_run_is_redownloaded(hub_env):
+    files = tiny_model_files()
+    hub_env.hub.add_files(TINY, files)
+    blobs = os.path.join(hub_env.cache_dir, "models--acme--tiny", "blobs")
+    os.makedirs(blobs)
+    sha = hashlib.sha256(files["model.safetensors"]).hexdigest()
+    with open(os.path.join(blobs, sha + ".incomplete"), "wb") as f:
+        f.write(b"\0" * 1000)  # not the blob's first bytes
+    r = snap(TINY)
+    assert sha256(os.path.join(r.path, "model.safetensors")) == sha
+    assert [q.range for q in hub_env.hub.requests if q.host == "cdn"] == ["bytes=1000-", None]
