@@ -25,7 +25,10 @@
 
 /* Progress of one mm_hub_snapshot() call.  Byte counts include files that
  * were already cached (they count as done at once), so model_done reaches
- * model_total when the call succeeds.  Totals are 0 when not yet known. */
+ * model_total when the call succeeds.  Totals are 0 when not yet known
+ * (while the repo is listed).  Counts only go back when a file restarts
+ * from zero (the server ignored a Range, or a resumed partial file failed
+ * its checksum). */
 typedef struct mm_hub_progress {
     const char *file;     /* repo path of the file in flight ("" between files) */
     uint64_t file_done;   /* bytes of that file on disk so far */
