@@ -113,7 +113,8 @@ class _ProgressBar:
             line = "%s %3d%% |%s%s| %s/%s %s/s %s" % (
                 self.name, int(frac * 100), "#" * fill, "." * (width - fill), _fmt_bytes(done),
                 _fmt_bytes(total), _fmt_bytes(rate), p["file"])
-            self.stream.write("\r" + line[:150].ljust(150 if self.drawn else 0))
+            cols = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+            self.stream.write("\r" + line[:cols].ljust(cols))
             self.stream.flush()
             self.drawn = True
         elif now - self.last_log >= self.log_every:
@@ -123,7 +124,8 @@ class _ProgressBar:
 
     def close(self, ok: bool) -> None:
         if self.drawn:
-            self.stream.write("\r" + " " * 150 + "\r")
+            cols = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+            self.stream.write("\r" + " " * cols + "\r")
             self.stream.flush()
         if ok and (self.drawn or self.last_log) and self.last:
             log.info("downloaded %s (%s in %.1f s)", self.name, _fmt_bytes(self.last["model_total"]),

@@ -576,3 +576,19 @@ def test_a_bad_partial_file_from_an_earlier_run_is_redownloaded(hub_env):
     r = snap(TINY)
     assert sha256(os.path.join(r.path, "model.safetensors")) == sha
     assert [q.range for q in hub_env.hub.requests if q.host == "cdn"] == ["bytes=1000-", None]
+
+
+def test_progress_bar_draws_on_a_terminal_like_stream(hub_env):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar = hub._ProgressBar("acme/x", stream=Tty(), delay=0.0)
+    bar({"file": "model.safetensors", "file_done": 50, "file_total": 100, "model_done": 50, "model_total": 100,
+         "file_index": 0, "file_count": 1})
+    bar.close(True)
+    text = bar.stream.getvalue()
+    assert "acme/x" in text and "50%" in text and text.endswith("\r")
+    assert max(len(seg) for seg in text.split("\r")) <= 200
