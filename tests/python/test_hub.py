@@ -19,9 +19,11 @@ import pytest
 
 from conftest_hub import MINILM_REPO, fake_hub, hf_hub_lib, hub_env, minilm_dir, tiny_model_files  # noqa: F401
 
-hub = pytest.importorskip("pymodelmgr.hub")
-if not hasattr(hub._core, "hub_snapshot"):
+from pymodelmgr import _core  # noqa: E402
+
+if not hasattr(_core, "hub_snapshot"):
     pytest.skip("pymodelmgr._core was built without the hub client", allow_module_level=True)
+from pymodelmgr import hub  # noqa: E402
 
 FAST = dict(retry_base_s=0.01, retry_max_s=0.05, progress=False)
 TINY = "acme/tiny"
