@@ -117,10 +117,24 @@ static int nap(hub_call *c, long ms) {
 
 /* ---- filesystem helpers ------------------------------------------------- */
 
+/* snprintf that reports truncation as MM_ENOBUFS (no format attribute on
+ * purpose: the callers check the result, and GCC's truncation warning would
+ * fire on every path built from two PATH_MAX parts). */
+static int fmt_path(char *buf, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    return (n < 0 || (size_t)n >= cap) ? MM_ENOBUFS : 0;
+}
+
+
 static int mkdirs(const char *path) {
     char tmp[MM_HUB_PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+    if (fmt_path(tmp, sizeof tmp, "%s", path)) {
+        errno = ENAMETOOLONG;
         return -1;
+    }
     for (char *s = tmp + 1; *s; s++) {
         if (*s != '/')
             continue;
@@ -136,23 +150,15 @@ static int mkdirs(const char *path) {
 
 static int mkdirs_parent(const char *path) {
     char tmp[MM_HUB_PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
+    if (fmt_path(tmp, sizeof tmp, "%s", path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     char *slash = strrchr(tmp, '/');
     if (!slash || slash == tmp)
         return 0;
     *slash = 0;
     return mkdirs(tmp);
-}
-
-/* snprintf that reports truncation as MM_ENOBUFS (no format attribute on
- * purpose: the callers check the result, and GCC's truncation warning would
- * fire on every path built from two PATH_MAX parts). */
-static int fmt_path(char *buf, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, cap, fmt, ap);
-    va_end(ap);
-    return (n < 0 || (size_t)n >= cap) ? MM_ENOBUFS : 0;
 }
 
 static int io_code(int e) {
@@ -187,7 +193,8 @@ static int read_ref(const char *repo_dir, const char *rev, char commit[41]) {
 /* Writes path atomically (temp file + rename). */
 static int write_file_atomic(const char *path, const char *data, size_t n) {
     char tmp[MM_HUB_PATH_MAX + 64];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%lx", path, (long)getpid(), (unsigned long)pthread_self());
+    if (fmt_path(tmp, sizeof tmp, "%s.tmp.%ld.%lx", path, (long)getpid(), (unsigned long)pthread_self()))
+        return MM_EIO;
     if (mkdirs_parent(path) != 0)
         return io_code(errno);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -752,7 +759,7 @@ static int fetch_blob(hub_call *c, const char *commit, hub_file *f) {
     snprintf(part, sizeof part, "%s.incomplete", blob);
     if (path_exists(blob))
         return 0;
-    int lock_fd;
+    int lock_fd = -1;
     if ((rc = take_lock(c, f->etag, &lock_fd)))
         return rc;
     if (path_exists(blob)) { /* someone else downloaded it while we waited */
