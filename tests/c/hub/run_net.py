@@ -103,6 +103,8 @@ def main():
         run("missing revision", "acme/tiny", "REVISION_NOT_FOUND", rev="v9")
         run("pytorch .bin only", "acme/binonly", "UNSUPPORTED_FORMAT")
         run("bad name", "acme/../x", "INVALID_ARGUMENT", check=lambda: _eq(hub.count(), 0))
+        hub.add_files("acme/oom", files(42))
+        run("every allocation failure is OUT_OF_MEMORY", "acme/oom", "OOM_SWEEP")
         hub.add_files("acme/tiny", files(99))  # main moves on the hub
         run("refresh-free cache keeps old main", "acme/tiny", "OK", check=lambda: _eq(hub.count(), 0))
     finally:

@@ -9,6 +9,10 @@
  * "CORRUPT_DOWNLOAD"), progress must never go backwards, and every
  * successful thread must get the same snapshot path.  Prints one line per
  * thread for the driver and exits 0 when everything held.
+ *
+ * EXPECT "OOM_SWEEP" instead makes allocation number n fail, for n = 0, 1,
+ * 2, ... until a call succeeds: every call must end in OK or OUT_OF_MEMORY
+ * (ASan checks that nothing leaks or breaks on those paths).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mm_alloc.h"
 #include "mm_err.h"
 #include "mm_hub.h"
 
@@ -68,6 +73,23 @@ int main(int argc, char **argv) {
     p.retry_base_ms = 5;
     p.retry_max_ms = 50;
     p.read_timeout_ms = 5000;
+    if (strcmp(argv[5], "OOM_SWEEP") == 0) {
+        static mm_hub_result res;
+        char err[1024];
+        int rc = MM_ENOMEM, k = 0;
+        for (; k < 500 && rc == MM_ENOMEM; k++) {
+            mm_alloc_fail_after(k);
+            rc = mm_hub_snapshot(&p, argv[3], argv[4], &res, err, sizeof err);
+            mm_alloc_fail_after(-1);
+            if (rc != 0 && rc != MM_ENOMEM) {
+                fprintf(stderr, "allocation %d failing gave %s: %s\n", k, mm_err_name(rc), err);
+                return 1;
+            }
+        }
+        printf("oom sweep: %d failing allocations, then %s\n", k - 1, mm_err_name(rc));
+        mm_hub_global_cleanup();
+        return rc == 0 ? 0 : 1;
+    }
     run runs[16];
     pthread_t t[16];
     for (int i = 0; i < n; i++) {
