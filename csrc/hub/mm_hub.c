@@ -559,6 +559,76 @@ static int select_files(hub_call *c, listing *l) {
     return 0;
 }
 
+/* ---- one blob (declared here, defined below) ------------------------------ */
+
+static int fetch_blob(hub_call *c, const char *commit, hub_file *f);
+
+/* With a sharded checkpoint, keeps exactly the shards its index names: the
+ * small index is fetched first and its weight_map read.  A shard the index
+ * names but the repo lacks is MM_EFILE. */
+static int resolve_shards(hub_call *c, listing *l) {
+    hub_file *idx = NULL;
+    for (int i = 0; i < l->n; i++)
+        if (l->files[i].kind == MM__HUB_INDEX)
+            idx = &l->files[i];
+    if (!idx)
+        return 0;
+    char path[MM_HUB_PATH_MAX + 1200];
+    int rc;
+    if (fmt_path(path, sizeof path, "%s/snapshots/%s/%s", c->repo_dir, l->commit, idx->path))
+        return mm__hub_fail(c->err, c->errlen, MM_EINVAL, "path too long: %s", idx->path);
+    if (!path_exists(path)) {
+        c->prog.file = idx->path;
+        c->prog.file_total = idx->size;
+        c->prog.file_done = 0;
+        if ((rc = fetch_blob(c, l->commit, idx)))
+            return rc;
+        fmt_path(path, sizeof path, "%s/blobs/%s", c->repo_dir, idx->etag);
+    }
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *map = json_object_get(root, "weight_map");
+    if (!json_is_object(map) || json_object_size(map) == 0) {
+        json_decref(root);
+        return mm__hub_fail(c->err, c->errlen, MM_EFORMAT, "%s of model '%s' has no weight_map", idx->path,
+                            c->repo_id);
+    }
+    int *keep = mm_calloc((size_t)l->n, sizeof *keep);
+    if (!keep) {
+        json_decref(root);
+        return mm__hub_fail(c->err, c->errlen, MM_ENOMEM, "out of memory");
+    }
+    const char *key;
+    json_t *val;
+    rc = 0;
+    json_object_foreach(map, key, val) {
+        const char *shard = json_string_value(val);
+        int found = 0;
+        for (int i = 0; shard && i < l->n && !found; i++)
+            if (l->files[i].kind == MM__HUB_SHARD && strcmp(l->files[i].path, shard) == 0)
+                found = keep[i] = 1;
+        if (!found) {
+            rc = mm__hub_fail(c->err, c->errlen, MM_EFILE,
+                              "%s of model '%s' names the shard '%.200s', which the repo does not have",
+                              idx->path, c->repo_id, shard ? shard : "?");
+            break;
+        }
+    }
+    json_decref(root);
+    if (rc == 0) {
+        int j = 0;
+        for (int i = 0; i < l->n; i++) {
+            if (l->files[i].kind != MM__HUB_SHARD || keep[i])
+                l->files[j++] = l->files[i];
+            else
+                mm_free(l->files[i].path);
+        }
+        l->n = j;
+    }
+    mm_free(keep);
+    return rc;
+}
+
 /* ---- one blob ------------------------------------------------------------ */
 
 typedef struct blob_dl {
@@ -1008,6 +1078,13 @@ static int download(hub_call *c, const char *rev, mm_hub_result *out) {
     }
     if ((rc = select_files(c, &l)))
         goto done;
+    if (mkdirs(c->repo_dir) != 0) {
+        rc = mm__hub_fail(c->err, c->errlen, io_code(errno), "cannot create the model cache folder %s: %s",
+                          c->repo_dir, strerror(errno));
+        goto done;
+    }
+    if ((rc = resolve_shards(c, &l)))
+        goto done;
     /* What is there already, and how much is left to fetch. */
     uint64_t total = 0, missing = 0;
     for (int i = 0; i < l.n; i++) {
@@ -1025,11 +1102,6 @@ static int download(hub_call *c, const char *rev, mm_hub_result *out) {
     }
     c->prog.model_total = total;
     c->prog.file_count = l.n;
-    if (mkdirs(c->repo_dir) != 0) {
-        rc = mm__hub_fail(c->err, c->errlen, io_code(errno), "cannot create the model cache folder %s: %s",
-                          c->repo_dir, strerror(errno));
-        goto done;
-    }
     struct statvfs vfs;
     if (missing && statvfs(c->repo_dir, &vfs) == 0 &&
         (uint64_t)vfs.f_bavail * vfs.f_frsize < missing + (16u << 20)) {

@@ -58,7 +58,8 @@ enum mm__hub_kind {
     MM__HUB_WANT = 1,     /* config, tokenizer, sentence-transformers files */
     MM__HUB_WEIGHTS = 2,  /* model.safetensors */
     MM__HUB_INDEX = 3,    /* model.safetensors.index.json */
-    MM__HUB_SHARD = 4,    /* model-00001-of-00002.safetensors */
+    MM__HUB_SHARD = 4,    /* model-00001-of-00002.safetensors, or another root .safetensors
+                             that only the index can confirm */
     MM__HUB_TORCH_BIN = 5 /* pytorch_model*.bin (unsupported for now) */
 };
 

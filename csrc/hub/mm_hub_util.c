@@ -384,6 +384,10 @@ int mm__hub_classify(const char *path) {
             return MM__HUB_INDEX;
         if (is_shard_name(path))
             return MM__HUB_SHARD;
+        /* Any other root safetensors may be a shard under another name; the
+         * index decides (see mm_hub.c resolve_shards). */
+        if (has_suffix(path, ".safetensors"))
+            return MM__HUB_SHARD;
         if (strncmp(path, "pytorch_model", 13) == 0 &&
             (has_suffix(path, ".bin") || has_suffix(path, ".bin.index.json")))
             return MM__HUB_TORCH_BIN;

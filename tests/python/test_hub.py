@@ -116,18 +116,32 @@ def test_sharded_safetensors(hub_env):
     files = tiny_model_files()
     del files["model.safetensors"]
     files["model-00001-of-00002.safetensors"] = b"a" * 5000
-    files["model-00002-of-00002.safetensors"] = b"b" * 5000
+    files["weights-part-b.safetensors"] = b"b" * 5000  # a shard under another name: the index decides
+    files["model-00009-of-00009.safetensors"] = b"c" * 5000  # not in the index
     files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": {
-        "w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"}}).encode()
+        "w1": "model-00001-of-00002.safetensors", "w2": "weights-part-b.safetensors",
+        "w3": "model-00001-of-00002.safetensors"}}).encode()
     files["pytorch_model-00001-of-00001.bin"] = b"x"
     hub_env.hub.add_files(TINY, files)
     r = snap(TINY)
     names = tree(r.path)
-    assert {"model.safetensors.index.json", "model-00001-of-00002.safetensors",
-            "model-00002-of-00002.safetensors"} <= names
+    assert {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "weights-part-b.safetensors"} <= names
+    assert "model-00009-of-00009.safetensors" not in names
     assert not any(n.endswith(".bin") for n in names)
+    assert hub_env.hub.count(contains="model-00009") == 0
     hub_env.hub.clear_requests()
     assert snap(TINY).from_cache and hub_env.hub.count() == 0
+
+
+def test_index_naming_a_missing_shard_is_file_not_found(hub_env):
+    files = tiny_model_files()
+    del files["model.safetensors"]
+    files["model-00001-of-00002.safetensors"] = b"a" * 5000
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {
+        "w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"}}).encode()
+    hub_env.hub.add_files(TINY, files)
+    e = error_of(TINY)
+    assert e.code == "FILE_NOT_FOUND" and "model-00002-of-00002.safetensors" in str(e)
 
 
 def test_pytorch_bin_only_is_unsupported(hub_env):
