@@ -70,6 +70,14 @@ class CMakeBuild(build_ext):
                 shutil.copy2(src, out_path)
             elif name.endswith(".so"):
                 shutil.copy2(src, os.path.join(out_dir, name))
+                # --inplace builds into build/lib* and setuptools copies back
+                # only the extension itself: put the shim in the source
+                # package too, where the in-place _core looks for it.
+                inplace_dir = os.path.join(root, "pymodelmgr")
+                if os.path.abspath(out_dir) != inplace_dir and (
+                        self.inplace or getattr(self, "editable_mode", False)
+                        or os.path.exists(os.path.join(inplace_dir, "_core" + suffix))):
+                    shutil.copy2(src, os.path.join(inplace_dir, name))
 
 
 setup(ext_modules=[CMakeExtension("pymodelmgr._core")], cmdclass={"build_ext": CMakeBuild})

@@ -579,6 +579,7 @@ std::map<std::string, std::weak_ptr<Model>> g_models; /* guarded by g_mu */
 
 struct mm_torch_embedder {
     std::shared_ptr<mmt::Model> model;
+    bool loaded_it = false; /* this handle's load read the weights (others share them) */
 };
 
 using namespace mmt;
@@ -664,6 +665,7 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
 
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
         std::shared_ptr<Model> model;
+        bool loaded_it = false;
         {
             std::lock_guard<std::mutex> lk(g_mu);
             auto it = g_models.find(key);
@@ -681,10 +683,12 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
                 load_model(*m);
                 model = m;
                 g_models[key] = model;
+                loaded_it = true;
             }
         }
         auto *h = new mm_torch_embedder;
         h->model = std::move(model);
+        h->loaded_it = loaded_it;
         *out = h;
         return 0;
     });
@@ -710,7 +714,7 @@ MMT_API int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_em
     info->dtype = m.dtype_name.c_str();
     info->prompts_json = m.prompts_json.c_str();
     info->default_prompt_name = m.default_prompt_name.c_str();
-    info->memory_bytes = m.memory_bytes;
+    info->memory_bytes = h->loaded_it ? m.memory_bytes : 0;
     return 0;
 }
 

@@ -57,7 +57,8 @@ typedef struct mm_torch_embedder_info {
     const char *dtype;     /* "float32", "float16", "bfloat16" */
     const char *prompts_json;        /* {"query": "query: ", ...}; "{}" when none */
     const char *default_prompt_name; /* "" when none */
-    uint64_t memory_bytes; /* weights held on the device (shared copies count once) */
+    uint64_t memory_bytes; /* weights held on the device; 0 on a handle that shares
+                              the weights another handle loaded (counted once) */
 } mm_torch_embedder_info;
 
 /* ABI version of the library (MM_TORCH_ABI_VERSION it was built with). */

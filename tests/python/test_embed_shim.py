@@ -449,7 +449,7 @@ def test_weights_are_shared_between_handles(shim):
     a = shim.load(minilm_dir())
     b = shim.load(minilm_dir())
     try:
-        assert a.info.memory_bytes == b.info.memory_bytes > 80e6
+        assert a.info.memory_bytes > 80e6 and b.info.memory_bytes == 0  # shared: counted once
         ids = np.array([[101, 7592, 2088, 102]])
         assert np.array_equal(a.embed(ids, np.ones_like(ids)), b.embed(ids, np.ones_like(ids)))
     finally:
