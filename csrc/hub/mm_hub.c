@@ -16,8 +16,9 @@
  *      is complete for the files we select.
  * The lock is flock() on <cache>/.locks/models--org--name/<etag>.lock, the
  * path huggingface_hub uses, so threads, processes and huggingface_hub
- * itself download a blob once.  Each call owns one curl easy handle; the
- * blocking waits (back-off, lock) poll the progress callback so a caller
+ * itself download a blob once.  Each thread has one curl easy handle,
+ * kept between its calls (connections are reused) and freed when the thread
+ * exits; the blocking waits (back-off, lock) poll the progress callback so a caller
  * can cancel.  The token is only ever put in a request header.
  */
 #include "mm_hub.h"
@@ -51,14 +52,47 @@
 
 /* ---- process-wide libcurl state ---------------------------------------- */
 
+/* One easy handle per thread, kept between calls so a worker that loads
+ * several models reuses its connections; freed when the thread exits. */
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static int curl_init_rc;
+static pthread_key_t curl_key;
+
+static void free_thread_handle(void *h) {
+    curl_easy_cleanup(h);
+}
 
 static void curl_init_once(void) {
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : MM_EINTERNAL;
+    if (curl_init_rc == 0 && pthread_key_create(&curl_key, free_thread_handle) != 0)
+        curl_init_rc = MM_EINTERNAL;
+}
+
+/* This thread's handle, made on first use; NULL on out-of-memory. */
+static CURL *thread_handle(void) {
+    CURL *h = pthread_getspecific(curl_key);
+    if (!h) {
+        h = curl_easy_init();
+        if (h && pthread_setspecific(curl_key, h) != 0) {
+            curl_easy_cleanup(h);
+            h = NULL;
+        }
+    }
+    return h;
+}
+
+void mm_hub_thread_cleanup(void) {
+    if (pthread_once(&curl_once, curl_init_once) != 0 || curl_init_rc)
+        return;
+    CURL *h = pthread_getspecific(curl_key);
+    if (h) {
+        pthread_setspecific(curl_key, NULL);
+        curl_easy_cleanup(h);
+    }
 }
 
 void mm_hub_global_cleanup(void) {
+    mm_hub_thread_cleanup();
     curl_global_cleanup();
 }
 
@@ -1224,11 +1258,11 @@ int mm_hub_snapshot(const mm_hub_params *p, const char *model, const char *revis
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc)
         return mm__hub_fail(err, errlen, MM_EINTERNAL, "libcurl failed to initialize");
-    c.curl = curl_easy_init();
+    c.curl = thread_handle();
     if (!c.curl)
         return mm__hub_fail(err, errlen, MM_ENOMEM, "out of memory (curl handle)");
     rc = download(&c, rev, out);
-    curl_easy_cleanup(c.curl);
+    curl_easy_reset(c.curl); /* drops this call's pointers (callbacks, error buffer); keeps connections */
     if (rc == MM_ENETWORK && cached) {
         /* The hub is unreachable (or kept failing) but this revision is
          * cached: serve it, and say so. */

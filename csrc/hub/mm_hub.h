@@ -8,7 +8,8 @@
  * snapshots}, relative symlinks), so the two libraries share one cache.
  *
  * Threads: any thread may call mm_hub_snapshot(); it is meant for engine
- * worker threads (no Python, no GIL).  Each call uses its own curl handle.
+ * worker threads (no Python, no GIL).  Each thread has its own curl handle
+ * (made on first use, freed at thread exit or by mm_hub_thread_cleanup()).
  * Two threads or two processes asking for the same blob download it once
  * (a lock file per blob under <cache>/.locks).  The C code never prints;
  * it logs through mm_log() and never logs the token.
@@ -123,8 +124,13 @@ int mm_hub_validate_revision(const char *rev, char *err, size_t errlen);
 /* Writes <cache_dir>/models--org--name into buf.  0 or MM_ENOBUFS. */
 int mm_hub_repo_dir(const char *cache_dir, const char *repo_id, char *buf, size_t cap);
 
-/* Frees the process-wide libcurl state.  Optional, at process exit, after
- * every thread that downloads has stopped. */
+/* Frees the calling thread's curl handle now (it is otherwise freed when
+ * the thread exits).  Optional. */
+void mm_hub_thread_cleanup(void);
+
+/* Frees the calling thread's handle and the process-wide libcurl state.
+ * Optional, at process exit, after every other thread that downloaded has
+ * exited. */
 void mm_hub_global_cleanup(void);
 
 #endif

@@ -126,6 +126,7 @@ class Request:
     range: Optional[str]
     status: int = 0
     headers: Dict[str, str] = field(default_factory=dict)  # request headers, Authorization left out
+    client_port: int = 0  # the client's TCP port: the same port means a reused connection
 
 
 @dataclass
@@ -360,7 +361,7 @@ def _make_handler(hub: FakeHub):
         def _record(self, status: int) -> None:
             hdrs = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
             hub._log(Request(self.server.kind, self.command, self.path, "Authorization" in self.headers,
-                             self.headers.get("Range"), status, hdrs))
+                             self.headers.get("Range"), status, hdrs, self.client_address[1]))
 
         def _send(self, status: int, headers=None, body: bytes = b"") -> None:
             self._record(status)

@@ -608,3 +608,13 @@ def test_progress_bar_draws_on_a_terminal_like_stream(hub_env):
     text = bar.stream.getvalue()
     assert "acme/x" in text and "50%" in text and text.endswith("\r")
     assert max(len(seg) for seg in text.split("\r")) <= 200
+
+
+def test_a_thread_reuses_its_connection_across_calls(hub_env):
+    hub_env.hub.add_files(TINY, tiny_model_files())
+    snap(TINY)
+    first = {q.client_port for q in hub_env.hub.requests if q.host == "hub"}
+    hub_env.hub.clear_requests()
+    snap(TINY, refresh=True)  # one listing request, on the same thread
+    (q,) = hub_env.hub.requests
+    assert q.client_port in first
