@@ -128,12 +128,20 @@ void mm_tok_free(mm_tok_t *tok) {
 
 /* -------------------------------------------------------- lookups */
 
-const char *mm_tok_id_to_token(const mm_tok_t *tok, int32_t id) {
+const char *mm_tok_id_to_token_n(const mm_tok_t *tok, int32_t id, size_t *len) {
     if (!tok)
         return NULL;
-    if (id >= 0 && (size_t)id < tok->added_id_cap && tok->added_by_id_idx[id] >= 0)
-        return tok->added[tok->added_by_id_idx[id]].content;
-    return tk_model_id_to_token(&tok->model, id, NULL);
+    if (id >= 0 && (size_t)id < tok->added_id_cap && tok->added_by_id_idx[id] >= 0) {
+        const tk_added *a = &tok->added[tok->added_by_id_idx[id]];
+        if (len)
+            *len = a->len;
+        return a->content;
+    }
+    return tk_model_id_to_token(&tok->model, id, len);
+}
+
+const char *mm_tok_id_to_token(const mm_tok_t *tok, int32_t id) {
+    return mm_tok_id_to_token_n(tok, id, NULL);
 }
 
 int32_t mm_tok_token_to_id(const mm_tok_t *tok, const char *s, size_t len) {
@@ -300,9 +308,9 @@ static void encode_seq(tk_ctx *cx, const mm_tok_t *tok, const char *text, size_t
     for (size_t i = 0; i < ps.n; i++) {
         tk_piece *p = &ps.v[i];
         if (p->id >= 0) {
-            const tk_added *a = added_by_id(tok, p->id);
+            /* the token's string is the matched text (spaces eaten by lstrip/rstrip included) */
             uint32_t os = p->t.n ? p->t.a[0] : 0, oe = p->t.n ? p->t.a[2 * (p->t.n - 1) + 1] : 0;
-            tk_tokens_push(cx, out, p->id, a ? a->content : "", a ? a->len : 0, os, oe);
+            tk_tokens_push(cx, out, p->id, p->t.s, p->t.n, os, oe);
         } else {
             tk_model_tokenize(cx, &tok->model, p->t, out);
         }
@@ -342,7 +350,7 @@ static const tk_post *bytelevel_of(const tk_post *p) {
         }
         return NULL;
     }
-    if (p->type == TK_PP_BYTELEVEL || (p->type == TK_PP_ROBERTA && p->trim_offsets))
+    if ((p->type == TK_PP_BYTELEVEL || p->type == TK_PP_ROBERTA) && p->trim_offsets)
         return p;
     return NULL;
 }
@@ -415,7 +423,28 @@ static void truncate_pair(tk_ctx *cx, tk_tokens *a, tk_tokens *b, size_t max_len
                 max_length);
 }
 
-static void trim_offsets(tk_tokens *t, int add_prefix_space) {
+/* Moves a byte offset by n characters of text (forwards or backwards). */
+static uint32_t walk_chars(const char *text, uint32_t pos, uint32_t limit, size_t n, int back) {
+    while (n-- > 0) {
+        if (back) {
+            if (pos <= limit)
+                break;
+            pos--;
+            while (pos > limit && ((unsigned char)text[pos] & 0xC0) == 0x80)
+                pos--;
+        } else {
+            if (pos >= limit)
+                break;
+            pos += (uint32_t)tk_u8len((unsigned char)text[pos]);
+        }
+    }
+    return pos;
+}
+
+/* ByteLevel trim_offsets: drop leading/trailing spaces from offsets.  The
+ * reference counts characters, so the offsets move by characters of the
+ * original text. */
+static void trim_offsets(tk_tokens *t, int add_prefix_space, const char *text) {
     for (size_t i = 0; i < t->n; i++) {
         tk_token *k = &t->v[i];
         if (k->special)
@@ -446,20 +475,20 @@ static void trim_offsets(tk_tokens *t, int add_prefix_space) {
             int is_first = i == 0 || k->os == 0;
             if (is_first && add_prefix_space && lead == 1)
                 lead = 0;
-            k->os = k->os + lead < k->oe ? k->os + (uint32_t)lead : k->oe;
+            k->os = walk_chars(text, k->os, k->oe, lead, 0);
         }
-        if (trail && k->oe >= trail)
-            k->oe = k->oe - trail > k->os ? k->oe - (uint32_t)trail : k->os;
+        if (trail)
+            k->oe = walk_chars(text, k->oe, k->os, trail, 1);
     }
 }
 
 static void post_process(tk_ctx *cx, const mm_tok_t *tok, tk_tokens *a, tk_tokens *b,
-                         const mm_tok_params *p, tk_tokens *out) {
+                         const char *ta, const char *tb, const mm_tok_params *p, tk_tokens *out) {
     const tk_post *bl = bytelevel_of(tok->post);
     if (bl) {
-        trim_offsets(a, bl->add_prefix_space);
+        trim_offsets(a, bl->add_prefix_space, ta);
         if (b)
-            trim_offsets(b, bl->add_prefix_space);
+            trim_offsets(b, bl->add_prefix_space, tb);
     }
     const tk_post *t = template_of(tok->post);
     if (!t) {
@@ -514,12 +543,14 @@ static int copy_out(const tk_tokens *t, const mm_tok_params *p, mm_tok_encoding 
         size_t tot = 0;
         for (size_t i = 0; i < n; i++)
             tot += t->v[i].toklen + 1;
-        o->tokens = mm_malloc(c * sizeof(char *) + tot + 1);
+        o->tokens = mm_malloc(c * (sizeof(char *) + sizeof(uint32_t)) + tot + 1);
         if (!o->tokens)
             goto oom;
-        char *blk = (char *)(o->tokens + c);
+        o->token_lens = (uint32_t *)(o->tokens + c);
+        char *blk = (char *)(o->token_lens + c);
         for (size_t i = 0; i < n; i++) {
             o->tokens[i] = blk;
+            o->token_lens[i] = t->v[i].toklen;
             memcpy(blk, t->v[i].tok, t->v[i].toklen);
             blk[t->v[i].toklen] = 0;
             blk += t->v[i].toklen + 1;
@@ -603,22 +634,27 @@ static int pad_encoding(mm_tok_encoding *e, size_t target, const mm_tok_params *
     if (e->tokens) {
         size_t tot = 0, pl = strlen(pad_tok);
         for (size_t i = 0; i < n; i++)
-            tot += strlen(e->tokens[i]) + 1;
+            tot += e->token_lens[i] + 1;
         tot += add * (pl + 1);
-        char **nt = mm_malloc(target * sizeof(char *) + tot + 1);
+        char **nt = mm_malloc(target * (sizeof(char *) + sizeof(uint32_t)) + tot + 1);
         if (!nt)
             return MM_ENOMEM;
-        char *blk = (char *)(nt + target);
+        uint32_t *nl = (uint32_t *)(nt + target);
+        char *blk = (char *)(nl + target);
         for (size_t i = 0; i < target; i++) {
             int is_pad = left ? i < add : i >= n;
-            const char *src = is_pad ? pad_tok : e->tokens[left ? i - add : i];
-            size_t l = strlen(src);
-            memcpy(blk, src, l + 1);
+            size_t src_i = left ? i - add : i;
+            const char *src = is_pad ? pad_tok : e->tokens[src_i];
+            size_t l = is_pad ? pl : e->token_lens[src_i];
+            memcpy(blk, src, l);
+            blk[l] = 0;
             nt[i] = blk;
+            nl[i] = (uint32_t)l;
             blk += l + 1;
         }
         mm_free(e->tokens);
         e->tokens = nt;
+        e->token_lens = nl;
     }
     e->len = target;
     return 0;
@@ -629,6 +665,27 @@ static size_t pad_target(const mm_tok_params *p, size_t longest) {
     if (p->pad_to_multiple_of && t % p->pad_to_multiple_of)
         t += p->pad_to_multiple_of - t % p->pad_to_multiple_of;
     return t;
+}
+
+int mm_tok_pad(const mm_tok_t *tok, mm_tok_encoding *encs, size_t n, const mm_tok_params *params) {
+    if (!tok || (n && !encs))
+        return MM_EINVAL;
+    mm_tok_params p;
+    effective_params(tok, params, &p);
+    if (p.padding == MM_TOK_PAD_NONE)
+        return 0;
+    size_t longest = 0;
+    for (size_t i = 0; i < n; i++)
+        if (encs[i].len > longest)
+            longest = encs[i].len;
+    size_t target = pad_target(&p, longest);
+    const char *s = mm_tok_id_to_token(tok, p.pad_id);
+    for (size_t i = 0; i < n; i++) {
+        int rc = pad_encoding(&encs[i], target, &p, s ? s : "");
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 /* -------------------------------------------------------- encode */
@@ -660,12 +717,7 @@ static void encode_item(tk_ctx *cx, const mm_tok_t *tok, const char *text, size_
         }
         truncate_pair(cx, &a, pair ? &b : NULL, max, p->trunc_strategy, p->trunc_side);
     }
-    post_process(cx, tok, &a, pair ? &b : NULL, p, out);
-}
-
-static const char *pad_token_of(const mm_tok_t *tok, int32_t id) {
-    const char *s = mm_tok_id_to_token(tok, id);
-    return s ? s : "";
+    post_process(cx, tok, &a, pair ? &b : NULL, text, pair, p, out);
 }
 
 int mm_tok_encode_batch(const mm_tok_t *tok, size_t n, const char *const *texts,
@@ -696,7 +748,6 @@ int mm_tok_encode_batch(const mm_tok_t *tok, size_t n, const char *const *texts,
     }
     tk_ctx cx;
     tk_ctx_init(&cx, errbuf, errlen);
-    volatile size_t done = 0;
     int rc = setjmp(cx.jb);
     if (rc == 0) {
         for (size_t i = 0; i < n; i++) {
@@ -710,20 +761,12 @@ int mm_tok_encode_batch(const mm_tok_t *tok, size_t n, const char *const *texts,
                 tk_errf(errbuf, errlen, "out of memory");
                 break;
             }
-            done = i + 1;
             tk_ctx_reset(&cx);
         }
     }
     tk_ctx_free(&cx);
-    if (!rc && p.padding != MM_TOK_PAD_NONE) {
-        size_t longest = 0;
-        for (size_t i = 0; i < n; i++)
-            if (outs[i].len > longest)
-                longest = outs[i].len;
-        size_t target = pad_target(&p, longest);
-        const char *pt = pad_token_of(tok, p.pad_id);
-        for (size_t i = 0; i < n && !rc; i++)
-            rc = pad_encoding(&outs[i], target, &p, pt);
+    if (!rc) {
+        rc = mm_tok_pad(tok, outs, n, &p);
         if (rc)
             tk_errf(errbuf, errlen, "out of memory");
     }
@@ -731,7 +774,6 @@ int mm_tok_encode_batch(const mm_tok_t *tok, size_t n, const char *const *texts,
         for (size_t i = 0; i < n; i++)
             mm_tok_encoding_clear(&outs[i]);
     }
-    (void)done;
     return rc;
 }
 

@@ -102,6 +102,8 @@ typedef struct mm_tok_encoding {
     /* When params.want_tokens: len NUL-terminated token strings, pointing
      * into one block owned by the struct.  NULL otherwise. */
     char **tokens;
+    /* With tokens: their byte lengths (a token may contain U+0000). */
+    uint32_t *token_lens;
 } mm_tok_encoding;
 
 /* Encodes text[0..len) (and, if pair is not NULL, pair[0..pair_len)) into
@@ -125,6 +127,13 @@ int mm_tok_encode_batch(const mm_tok_t *tok, size_t n, const char *const *texts,
                         const mm_tok_params *params, mm_tok_encoding *outs, char *errbuf,
                         size_t errlen);
 
+/* Pads encodings that were made apart (say, chunks of one batch encoded on
+ * several threads with padding NONE): MM_TOK_PAD_LONGEST pads all n to the
+ * longest, MM_TOK_PAD_FIXED to params->pad_length, both rounded up to
+ * pad_to_multiple_of; NONE does nothing.  Returns MM_ENOMEM (encodings
+ * stay valid, some maybe padded).  Any thread. */
+int mm_tok_pad(const mm_tok_t *tok, mm_tok_encoding *encs, size_t n, const mm_tok_params *params);
+
 /* Releases the arrays of an encoding and zeroes it; safe on a zeroed one. */
 void mm_tok_encoding_clear(mm_tok_encoding *enc);
 
@@ -138,6 +147,10 @@ int mm_tok_decode(const mm_tok_t *tok, const int32_t *ids, size_t n, int skip_sp
 /* The token string of an id (added tokens included), or NULL.  The string
  * lives as long as the tokenizer. */
 const char *mm_tok_id_to_token(const mm_tok_t *tok, int32_t id);
+
+/* As mm_tok_id_to_token, also giving the byte length (tokens may contain
+ * U+0000); len may be NULL. */
+const char *mm_tok_id_to_token_n(const mm_tok_t *tok, int32_t id, size_t *len);
 
 /* The id of token s[0..len) (added tokens first), or -1. */
 int32_t mm_tok_token_to_id(const mm_tok_t *tok, const char *s, size_t len);

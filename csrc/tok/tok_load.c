@@ -757,6 +757,25 @@ static int load_added(mm_tok_t *tok, json_t *arr, char *errbuf, size_t errlen) {
     return 0;
 }
 
+/* Runs the normalizer over one added token's content. */
+static int normalize_one(const tk_norm *norm, tk_added *a, char *errbuf, size_t errlen) {
+    tk_ctx cx;
+    tk_ctx_init(&cx, errbuf, errlen);
+    int rc = setjmp(cx.jb);
+    if (rc == 0) {
+        tk_nbuf b = {0};
+        tk_nbuf_put(&cx, &b, a->content, a->len, 0, (uint32_t)a->len);
+        tk_nstr s = b.t;
+        tk_normalize(&cx, norm, &s);
+        a->norm_content = mm_strndup(s.s ? s.s : "", s.n);
+        a->norm_len = s.n;
+        if (!a->norm_content)
+            rc = MM_ENOMEM;
+    }
+    tk_ctx_free(&cx);
+    return rc;
+}
+
 /* Normalized added tokens are matched on normalized text, so their pattern
  * is their content passed through the normalizer. */
 static int normalize_added(mm_tok_t *tok, char *errbuf, size_t errlen) {
@@ -771,20 +790,7 @@ static int normalize_added(mm_tok_t *tok, char *errbuf, size_t errlen) {
             a->norm_len = a->len;
             continue;
         }
-        tk_ctx cx;
-        tk_ctx_init(&cx, errbuf, errlen);
-        volatile int rc = setjmp(cx.jb);
-        if (rc == 0) {
-            tk_nbuf b = {0};
-            tk_nbuf_put(&cx, &b, a->content, a->len, 0, (uint32_t)a->len);
-            tk_nstr s = b.t;
-            tk_normalize(&cx, tok->norm, &s);
-            a->norm_content = mm_strndup(s.s ? s.s : "", s.n);
-            a->norm_len = s.n;
-            if (!a->norm_content)
-                rc = MM_ENOMEM;
-        }
-        tk_ctx_free(&cx);
+        int rc = normalize_one(tok->norm, a, errbuf, errlen);
         if (rc)
             return rc;
     }

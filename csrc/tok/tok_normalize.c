@@ -5,9 +5,9 @@
  * offsets survive any chain of normalizers.  Per-character rules follow the
  * reference library (Rust `tokenizers`): BertNormalizer does clean_text,
  * CJK padding, accent stripping (NFD + drop Mn) and full lowercasing in that
- * order; Unicode normal forms come from utf8proc, applied to runs that start
- * at an ASCII character so composition and canonical reordering see the
- * whole run while offsets stay fine-grained for ASCII text.
+ * order; Unicode normal forms use utf8proc's per-character decomposition and
+ * composition so every output character keeps the original range of the
+ * character it came from.
  */
 #include "tok_internal.h"
 
@@ -91,61 +91,105 @@ static int is_ascii_only(const tk_nstr *s) {
     return 1;
 }
 
-/* Unicode normal form via utf8proc, run by run. */
+static int ccc(uint32_t c) {
+    return c < 0x300 ? 0 : utf8proc_get_property((utf8proc_int32_t)c)->combining_class;
+}
+
+/* Canonical composition of a pair, or 0 when they do not compose. */
+static uint32_t compose_pair(uint32_t a, uint32_t b) {
+    if (b < 0x300 && !(b >= 0x1100 && b <= 0x11FF))
+        return 0;
+    utf8proc_int32_t buf[2] = {(utf8proc_int32_t)a, (utf8proc_int32_t)b};
+    utf8proc_ssize_t r = utf8proc_normalize_utf32(buf, 2, UTF8PROC_COMPOSE | UTF8PROC_STABLE);
+    return r == 1 ? (uint32_t)buf[0] : 0;
+}
+
+/* Unicode normal form with per-character alignment: every character is
+ * decomposed on its own (its pieces keep its original range), marks are put
+ * in canonical order, and for NFC/NFKC pairs are recomposed; a composed
+ * character keeps the range of its starter, as in the reference. */
 static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
     if (is_ascii_only(s))
         return;
-    utf8proc_option_t dopt = UTF8PROC_DECOMPOSE | UTF8PROC_STABLE | (compat ? UTF8PROC_COMPAT : 0);
-    utf8proc_option_t copt = dopt | (compose ? UTF8PROC_COMPOSE : 0);
-    if (compose)
-        copt &= ~(utf8proc_option_t)UTF8PROC_DECOMPOSE;
-    tk_nbuf b = {0};
-    size_t i = 0;
-    size_t cap = 64;
-    utf8proc_int32_t *buf = tk_alloc(cx, cap * sizeof(utf8proc_int32_t));
-    while (i < s->n) {
-        /* a run: one char, then everything up to the next ASCII char */
-        size_t j = i + (size_t)tk_u8len((unsigned char)s->s[i]);
-        while (j < s->n && (unsigned char)s->s[j] >= 0x80)
-            j += (size_t)tk_u8len((unsigned char)s->s[j]);
-        size_t nin = 0;
-        for (size_t k = i; k < j; k += (size_t)tk_u8len((unsigned char)s->s[k]))
-            nin++;
-        utf8proc_ssize_t r;
-        for (;;) {
-            r = utf8proc_decompose((const utf8proc_uint8_t *)s->s + i, (utf8proc_ssize_t)(j - i),
-                                   buf, (utf8proc_ssize_t)cap, dopt);
-            if (r < 0)
-                tk_fail(cx, MM_EINTERNAL, "unicode normalization failed: %s", utf8proc_errmsg(r));
-            if ((size_t)r <= cap)
-                break;
-            cap = (size_t)r * 2;
-            buf = tk_alloc(cx, cap * sizeof(utf8proc_int32_t));
-        }
-        if (compose) {
-            r = utf8proc_normalize_utf32(buf, r, copt);
-            if (r < 0)
-                tk_fail(cx, MM_EINTERNAL, "unicode normalization failed: %s", utf8proc_errmsg(r));
-        }
-        if ((size_t)r == nin) {
-            /* one to one: keep per-char alignment */
-            size_t k = i;
-            for (utf8proc_ssize_t q = 0; q < r; q++) {
-                int l = tk_u8len((unsigned char)s->s[k]);
-                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], s->a[2 * k], s->a[2 * (k + (size_t)l - 1) + 1]);
-                k += (size_t)l;
-            }
-        } else if (nin == 1) {
-            for (utf8proc_ssize_t q = 0; q < r; q++)
-                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], s->a[2 * i], s->a[2 * (j - 1) + 1]);
+    utf8proc_option_t dopt = UTF8PROC_DECOMPOSE | (compat ? UTF8PROC_COMPAT : 0);
+    size_t cap = s->n + 16, n = 0;
+    uint32_t *cp = tk_alloc(cx, cap * sizeof(uint32_t));
+    uint32_t *os = tk_alloc(cx, cap * sizeof(uint32_t));
+    uint32_t *oe = tk_alloc(cx, cap * sizeof(uint32_t));
+    for (size_t i = 0; i < s->n;) {
+        int l;
+        uint32_t c = tk_u8dec((const unsigned char *)s->s + i, &l);
+        uint32_t a0 = s->a[2 * i], a1 = s->a[2 * (i + (size_t)l - 1) + 1];
+        utf8proc_int32_t tmp[32];
+        utf8proc_ssize_t k;
+        if (c < 0x80) {
+            tmp[0] = (utf8proc_int32_t)c;
+            k = 1;
         } else {
-            /* decompose char by char for alignment when only decomposing */
-            uint32_t os = s->a[2 * i], oe = s->a[2 * (j - 1) + 1];
-            for (utf8proc_ssize_t q = 0; q < r; q++)
-                tk_nbuf_putc(cx, &b, (uint32_t)buf[q], os, oe);
+            int bc = 0;
+            k = utf8proc_decompose_char((utf8proc_int32_t)c, tmp, 32, dopt, &bc);
+            if (k < 0 || k > 32) {
+                tmp[0] = (utf8proc_int32_t)c;
+                k = 1;
+            }
         }
-        i = j;
+        if (n + (size_t)k > cap) {
+            size_t nc = (n + (size_t)k) * 2;
+            cp = tk_grow(cx, cp, n * sizeof(uint32_t), nc * sizeof(uint32_t));
+            os = tk_grow(cx, os, n * sizeof(uint32_t), nc * sizeof(uint32_t));
+            oe = tk_grow(cx, oe, n * sizeof(uint32_t), nc * sizeof(uint32_t));
+            cap = nc;
+        }
+        for (utf8proc_ssize_t q = 0; q < k; q++) {
+            uint32_t d = (uint32_t)tmp[q];
+            /* canonical ordering: bubble a mark left past higher classes */
+            size_t j = n++;
+            int cc = ccc(d);
+            while (cc && j > 0 && ccc(cp[j - 1]) > cc) {
+                cp[j] = cp[j - 1];
+                os[j] = os[j - 1];
+                oe[j] = oe[j - 1];
+                j--;
+            }
+            cp[j] = d;
+            os[j] = a0;
+            oe[j] = a1;
+        }
+        i += (size_t)l;
     }
+    if (compose) {
+        size_t w = 0;
+        long starter = -1;
+        int last = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t c = cp[i];
+            int cc = ccc(c);
+            if (starter >= 0) {
+                int adjacent = (size_t)starter == w - 1;
+                if (adjacent || (last != 0 && last < cc)) {
+                    uint32_t m = compose_pair(cp[starter], c);
+                    if (m) {
+                        cp[starter] = m;
+                        continue;
+                    }
+                }
+            }
+            cp[w] = c;
+            os[w] = os[i];
+            oe[w] = oe[i];
+            if (cc == 0) {
+                starter = (long)w;
+                last = 0;
+            } else {
+                last = cc;
+            }
+            w++;
+        }
+        n = w;
+    }
+    tk_nbuf b = {0};
+    for (size_t i = 0; i < n; i++)
+        tk_nbuf_putc(cx, &b, cp[i], os[i], oe[i]);
     *s = b.t;
 }
 
@@ -223,7 +267,8 @@ static void replace(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
         if (n->content_len) {
             uint32_t os, oe;
             if (me > ms) {
-                os = s->a[2 * ms];
+                /* the reference aligns inserted text with the last replaced char */
+                os = s->a[2 * (me - 1)];
                 oe = s->a[2 * (me - 1) + 1];
             } else {
                 os = oe = ms < s->n ? s->a[2 * ms] : (s->n ? s->a[2 * (s->n - 1) + 1] : 0);
@@ -285,7 +330,7 @@ void tk_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
     case TK_N_PREPEND:
         if (s->n) {
             tk_nbuf b = {0};
-            tk_nbuf_put(cx, &b, n->content, n->content_len, s->a[0], s->a[1]);
+            tk_nbuf_put(cx, &b, n->content, n->content_len, s->a[0], s->a[0]);
             for (size_t q = 0; q < s->n; q++)
                 tk_nbuf_put(cx, &b, s->s + q, 1, s->a[2 * q], s->a[2 * q + 1]);
             *s = b.t;

@@ -20,6 +20,8 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -114,7 +116,72 @@ void tk_model_free_extra(tk_model *m) {
         return (code);                                                                             \
     } while (0)
 
+/* The reference reads scores with serde_json's default float parser, which
+ * is not correctly rounded: it builds the decimal significand as a u64,
+ * converts it to f64, then multiplies or divides by a power of ten (two
+ * roundings).  Scores come out one ULP away from strtod's for about one in
+ * seven entries, which is enough to flip Viterbi ties, so we redo that
+ * computation from the shortest decimal form of the value (the form
+ * tokenizer.json files are written in). */
+static double pow10_tab[309];
+
+static void init_pow10(void) {
+    char b[16];
+    for (int i = 0; i < 309; i++) {
+        snprintf(b, sizeof b, "1e%d", i);
+        pow10_tab[i] = strtod(b, NULL);
+    }
+}
+
+static double serde_f64(double d) {
+    if (!isfinite(d) || d == 0.0 || (d == floor(d) && fabs(d) < 9007199254740992.0))
+        return d;
+    char buf[40];
+    int prec;
+    for (prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    if (prec > 17)
+        return d;
+    const char *p = buf;
+    int neg = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    uint64_t sig = 0;
+    int nd = 0;
+    for (; *p && *p != 'e'; p++) {
+        if (*p >= '0' && *p <= '9') {
+            sig = sig * 10 + (uint64_t)(*p - '0');
+            nd++;
+        }
+    }
+    int e10 = *p == 'e' ? atoi(p + 1) : 0;
+    int exponent = e10 - (nd - 1);
+    double f = (double)sig;
+    for (;;) {
+        int a = exponent < 0 ? -exponent : exponent;
+        if (a <= 308) {
+            if (exponent >= 0)
+                f *= pow10_tab[a];
+            else
+                f /= pow10_tab[a];
+            break;
+        }
+        if (f == 0.0)
+            break;
+        f /= 1e308;
+        exponent += 308;
+    }
+    return neg ? -f : f;
+}
+
 int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, init_pow10);
     json_t *v = json_object_get(jm, "vocab");
     if (!json_is_array(v))
         FAIL(MM_EFORMAT, "Unigram \"vocab\" must be an array of [piece, score]");
@@ -131,7 +198,7 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
         if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc))
             FAIL(MM_EFORMAT, "Unigram vocab entry %zu must be [piece, score]", i);
-        m->scores[i] = json_number_value(sc);
+        m->scores[i] = serde_f64(json_number_value(sc));
         if (m->scores[i] < m->min_score)
             m->min_score = m->scores[i];
         total += json_string_length(p);
@@ -378,10 +445,61 @@ static const char *pc_transform(const tk_norm *n, const char *s, size_t len, siz
     return NULL;
 }
 
+/* The reference builds a list of (char, change) pairs -- a replacement's
+ * chars get change 0, extra chars +1, and a shorter replacement adds its
+ * (negative) length difference to the *last pair of the list so far*, even
+ * one from an earlier grapheme -- and then replays it over the input:
+ * change <= 0 takes the alignment of the next input char and consumes
+ * 1 - change chars, change > 0 copies the previous byte's alignment.  We
+ * replay the same list so offsets come out identical, drift included (a
+ * character deleted at the very start has no earlier pair to absorb it). */
+typedef struct {
+    uint32_t *cp;
+    int32_t *chg;
+    size_t n, cap;
+} pc_list;
+
+static void pc_push(tk_ctx *cx, pc_list *l, uint32_t c, int32_t chg) {
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        l->cp = tk_grow(cx, l->cp, l->n * sizeof(uint32_t), nc * sizeof(uint32_t));
+        l->chg = tk_grow(cx, l->chg, l->n * sizeof(int32_t), nc * sizeof(int32_t));
+        l->cap = nc;
+    }
+    l->cp[l->n] = c;
+    l->chg[l->n++] = chg;
+}
+
+static size_t count_chars(const char *s, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
+static void pc_replace(tk_ctx *cx, pc_list *l, size_t old_chars, const char *rep, size_t rl) {
+    size_t first = l->n, newc = 0;
+    for (size_t k = 0; k < rl;) {
+        int len;
+        uint32_t c = tk_u8dec((const unsigned char *)rep + k, &len);
+        pc_push(cx, l, c, 0);
+        newc++;
+        k += (size_t)len;
+    }
+    if (newc > old_chars) {
+        for (size_t q = 0; q < newc - old_chars; q++)
+            l->chg[l->n - 1 - q] = 1;
+    } else if (newc < old_chars && l->n > 0) {
+        l->chg[l->n - 1] -= (int32_t)(old_chars - newc);
+    }
+    (void)first;
+}
+
 void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
     if (!n->trie || !s->n)
         return;
-    tk_nbuf b = {0};
+    pc_list L = {0};
+    int modified = 0;
     size_t i = 0;
     while (i < s->n) {
         /* one grapheme cluster [i, j) */
@@ -399,20 +517,44 @@ void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
         size_t rl;
         const char *rep;
         if (j - i < 6 && (rep = pc_transform(n, s->s + i, j - i, &rl)) != NULL) {
-            tk_nbuf_put(cx, &b, rep, rl, s->a[2 * i], s->a[2 * (j - 1) + 1]);
+            modified = 1;
+            pc_replace(cx, &L, count_chars(s->s + i, j - i), rep, rl);
         } else {
             for (size_t k = i; k < j;) {
-                size_t cl = (size_t)tk_u8len((unsigned char)s->s[k]);
-                rep = pc_transform(n, s->s + k, cl, &rl);
-                if (rep)
-                    tk_nbuf_put(cx, &b, rep, rl, s->a[2 * k], s->a[2 * (k + cl - 1) + 1]);
-                else
-                    for (size_t q = k; q < k + cl; q++)
-                        tk_nbuf_put(cx, &b, s->s + q, 1, s->a[2 * q], s->a[2 * q + 1]);
-                k += cl;
+                int cl;
+                uint32_t c = tk_u8dec((const unsigned char *)s->s + k, &cl);
+                rep = pc_transform(n, s->s + k, (size_t)cl, &rl);
+                if (rep) {
+                    modified = 1;
+                    pc_replace(cx, &L, 1, rep, rl);
+                } else {
+                    pc_push(cx, &L, c, 0);
+                }
+                k += (size_t)cl;
             }
         }
         i = j;
+    }
+    if (!modified)
+        return;
+    /* replay */
+    tk_nbuf b = {0};
+    size_t off = 0;
+    for (size_t q = 0; q < L.n; q++) {
+        uint32_t os, oe;
+        if (L.chg[q] > 0) {
+            size_t at = off ? off - 1 : 0;
+            os = off ? s->a[2 * at] : 0;
+            oe = off ? s->a[2 * at + 1] : 0;
+        } else {
+            size_t at = off < s->n ? off : s->n - 1;
+            os = s->a[2 * at];
+            oe = s->a[2 * at + 1];
+            size_t consume = 1 + (size_t)(-L.chg[q]);
+            while (consume-- > 0 && off < s->n)
+                off += (size_t)tk_u8len((unsigned char)s->s[off]);
+        }
+        tk_nbuf_putc(cx, &b, L.cp[q], os, oe);
     }
     s->s = b.t.s;
     s->a = b.t.a;
