@@ -10,6 +10,7 @@ from .context import SERVICE_NAME, AppContext, install
 from .manager import ModelManager
 from .result import ErrorInfo, Result
 from .settings import EmbeddingCacheConfig, ModelManagerSettings, WorkerPoolConfig
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ _logging.getLogger("pymodelmgr").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ModelManager",
+    "Tokenizer",
     "Result",
     "ErrorInfo",
     "ModelManagerSettings",
