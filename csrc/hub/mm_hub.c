@@ -1255,6 +1255,11 @@ int mm_hub_snapshot(const mm_hub_params *p, const char *model, const char *revis
                             "(HF_HUB_OFFLINE=1): download it once with network access",
                             model, rev, cache);
 
+    for (const char *t = p->token; *t; t++)
+        if ((unsigned char)*t < 0x21 || (unsigned char)*t == 0x7f) /* it goes into a header line */
+            return mm__hub_fail(err, errlen, MM_EBADTOKEN,
+                                "the access token (HF_TOKEN, the token file or .env) contains spaces or "
+                                "control characters: check it");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc)
         return mm__hub_fail(err, errlen, MM_EINTERNAL, "libcurl failed to initialize");

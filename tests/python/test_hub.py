@@ -618,3 +618,10 @@ def test_a_thread_reuses_its_connection_across_calls(hub_env):
     snap(TINY, refresh=True)  # one listing request, on the same thread
     (q,) = hub_env.hub.requests
     assert q.client_port in first
+
+
+def test_a_token_with_control_characters_is_rejected_before_any_request(hub_env):
+    hub_env.hub.add_files(TINY, tiny_model_files())
+    e = error_of(TINY, token="hf_abc\r\nX-Evil: 1")
+    assert e.code == "INVALID_TOKEN" and "hf_abc" not in str(e)
+    assert hub_env.hub.count() == 0
