@@ -267,13 +267,13 @@ void tk_bpe_tokenize(tk_ctx *cx, const tk_model *m, tk_nstr s, tk_tokens *out) {
             key = tk_alloc(cx, kcap);
         }
         size_t p = 0;
-        if (!first) {
+        if (!first && m->prefix_len) {
             memcpy(key, m->prefix, m->prefix_len);
             p = m->prefix_len;
         }
         memcpy(key + p, s.s + i, cl);
         p += cl;
-        if (last) {
+        if (last && m->suffix_len) {
             memcpy(key + p, m->suffix, m->suffix_len);
             p += m->suffix_len;
         }

@@ -459,6 +459,7 @@ static int simple_template(tk_post *p, json_t *j, int roberta, char *errbuf, siz
     if (!p->single || !p->pair)
         return MM_ENOMEM;
     p->nsingle = 3;
+    p->npair = 6; /* zeroed entries are safe to free if we fail half-way */
     TRY(tpl_special(&p->single[0], cls, cid, 0));
     p->single[1].is_seq = 1;
     TRY(tpl_special(&p->single[2], sep, sid, 0));

@@ -42,6 +42,23 @@ static const char *BERT_JSON =
     "\"hello\":4,\"world\":5,\"!\":6,\"un\":7,\"##aff\":8,\"##able\":9,\",\":10,\"cafe\":11,"
     "\"\xe4\xb8\xad\":12,\"a\":13}}}";
 
+/* A tiny byte-level BPE (GPT-2 style: regex split with look-ahead, byte map,
+ * merges as strings and as pairs). */
+static const char *BPE_JSON =
+    "{\"added_tokens\":[{\"id\":0,\"content\":\"<s>\",\"special\":true,\"normalized\":false},"
+    "{\"id\":1,\"content\":\"</s>\",\"special\":true,\"normalized\":false}],"
+    "\"normalizer\":null,"
+    "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},"
+    "\"post_processor\":{\"type\":\"RobertaProcessing\",\"sep\":[\"</s>\",1],\"cls\":[\"<s>\",0],"
+    "\"trim_offsets\":true,\"add_prefix_space\":false},"
+    "\"decoder\":{\"type\":\"ByteLevel\"},"
+    "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"vocab\":{\"<s>\":0,\"</s>\":1,"
+    "\"h\":2,\"e\":3,\"l\":4,\"o\":5,\"\u0120\":6,\"w\":7,\"r\":8,\"d\":9,\"he\":10,\"ll\":11,"
+    "\"hell\":12,\"hello\":13,\"\u0120w\":14,\"\u0120wo\":15,\"\u0120wor\":16,\"\u0120worl\":17,"
+    "\"\u0120world\":18},"
+    "\"merges\":[\"h e\",\"l l\",[\"he\",\"ll\"],\"hell o\",\"\u0120 w\",\"\u0120w o\",\"\u0120wo r\","
+    "\"\u0120wor l\",\"\u0120worl d\"]}}";
+
 static mm_tok_t *load(const char *json) {
     char err[256];
     mm_tok_t *t = NULL;
@@ -141,6 +158,34 @@ static void test_wordpiece(void) {
     mm_tok_free(t);
 }
 
+static void test_bpe(void) {
+    mm_tok_t *t = load(BPE_JSON);
+    if (!t)
+        return;
+    char err[256];
+    mm_tok_encoding e;
+    mm_tok_params p;
+    mm_tok_default_params(t, &p);
+    p.want_offsets = 1;
+    /* "  world" keeps one space for the next word: \s+(?!\S) */
+    CHECK(mm_tok_encode(t, "hello  world", 12, NULL, 0, &p, &e, err, sizeof err) == 0);
+    int32_t want[] = {0, 13, 6, 18, 1};
+    CHECK(ids_eq(&e, want, 5));
+    CHECK(e.offsets[2 * 3] == 7 && e.offsets[2 * 3 + 1] == 12); /* trimmed: "world" */
+    char *d = NULL;
+    size_t dl;
+    CHECK(mm_tok_decode(t, e.ids, e.len, 1, &d, &dl, err, sizeof err) == 0);
+    CHECK(d && !strcmp(d, "hello  world"));
+    mm_free(d);
+    mm_tok_encoding_clear(&e);
+    /* characters outside the vocab with no unk token are dropped, like the reference */
+    CHECK(mm_tok_encode(t, "hex", 3, NULL, 0, &p, &e, err, sizeof err) == 0);
+    int32_t want2[] = {0, 10, 1};
+    CHECK(ids_eq(&e, want2, 3));
+    mm_tok_encoding_clear(&e);
+    mm_tok_free(t);
+}
+
 static void test_load_errors(void) {
     char err[256];
     mm_tok_t *t = NULL;
@@ -231,27 +276,45 @@ static void *thr_main(void *ud) {
     return NULL;
 }
 
+static void *thr_bpe(void *ud) {
+    thr_arg *a = ud;
+    a->ok = 1;
+    char err[128];
+    for (int i = 0; i < 300; i++) {
+        const char *txt = i % 2 ? "hello  world hello" : "world\n\nhello";
+        mm_tok_encoding e;
+        if (mm_tok_encode(a->tok, txt, strlen(txt), NULL, 0, NULL, &e, err, sizeof err) || e.len < 4)
+            a->ok = 0;
+        mm_tok_encoding_clear(&e);
+    }
+    return NULL;
+}
+
 static void test_threads(void) {
+    mm_tok_t *bpe = load(BPE_JSON);
     mm_tok_t *t = load(BERT_JSON);
-    if (!t)
+    if (!t || !bpe)
         return;
     pthread_t th[8];
     thr_arg args[8];
     for (int i = 0; i < 8; i++) {
-        args[i].tok = t;
-        pthread_create(&th[i], NULL, thr_main, &args[i]);
+        args[i].tok = i % 2 ? bpe : t;
+        pthread_create(&th[i], NULL, i % 2 ? thr_bpe : thr_main, &args[i]);
     }
     for (int i = 0; i < 8; i++) {
         pthread_join(th[i], NULL);
         CHECK(args[i].ok);
     }
     mm_tok_free(t);
+    mm_tok_free(bpe);
 }
 
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "all";
     if (!strcmp(which, "all") || !strcmp(which, "wordpiece"))
         test_wordpiece();
+    if (!strcmp(which, "all") || !strcmp(which, "bpe"))
+        test_bpe();
     if (!strcmp(which, "all") || !strcmp(which, "load_errors"))
         test_load_errors();
     if (!strcmp(which, "all") || !strcmp(which, "oom"))
