@@ -802,7 +802,7 @@ static int take_lock(hub_call *c, const char *etag, int *fd_out) {
 
 /* HEAD the file: fills f->etag/f->size and the URL to GET. */
 static int head_file(hub_call *c, const char *commit, hub_file *f, char *get_url, size_t cap) {
-    char qrepo[512], qpath[3200], url[MM_HUB_URL_MAX + 4096];
+    char qrepo[512], qpath[3200], url[MM_HUB_URL_MAX + MM__HUB_LOCATION_MAX];
     if (mm__hub_quote(c->repo_id, 1, qrepo, sizeof qrepo) || mm__hub_quote(f->path, 1, qpath, sizeof qpath))
         return mm__hub_fail(c->err, c->errlen, MM_EINVAL, "file name too long: %s", f->path);
     snprintf(url, sizeof url, "%s/%s/resolve/%s/%s", c->p->endpoint, qrepo, commit, qpath);
@@ -829,8 +829,8 @@ static int head_file(hub_call *c, const char *commit, hub_file *f, char *get_url
     if (!(h.status == 200 || redirect))
         return map_status(c, &h, commit, f->path);
     if (redirect && !h.location[0])
-        return mm__hub_fail(c->err, c->errlen, MM_ENETWORK, "the hub sent a redirect without a Location for %s",
-                            f->path);
+        return mm__hub_fail(c->err, c->errlen, MM_ENETWORK, "the hub sent a redirect %s for %s",
+                            h.location_too_long ? "with an overlong Location" : "without a Location", f->path);
     if (!h.commit[0])
         mm_log(MM_LOG_DEBUG, "hub: no X-Repo-Commit for %s/%s", c->repo_id, f->path);
     const char *etag = h.linked_etag[0] ? h.linked_etag : h.etag;
@@ -847,14 +847,15 @@ static int head_file(hub_call *c, const char *commit, hub_file *f, char *get_url
         f->size = (uint64_t)h.linked_size;
     else if (!redirect && h.content_length >= 0)
         f->size = (uint64_t)h.content_length;
-    snprintf(get_url, cap, "%s", redirect ? h.location : url);
+    if (fmt_path(get_url, cap, "%s", redirect ? h.location : url))
+        return mm__hub_fail(c->err, c->errlen, MM_ENETWORK, "the download URL for %s is too long", f->path);
     return 0;
 }
 
 /* Downloads one file into blobs/<etag> (nothing to do when another thread
  * or process got there first). */
 static int fetch_blob(hub_call *c, const char *commit, hub_file *f) {
-    char get_url[MM_HUB_URL_MAX + 4096];
+    char get_url[MM_HUB_URL_MAX + MM__HUB_LOCATION_MAX];
     int rc = head_file(c, commit, f, get_url, sizeof get_url);
     if (rc)
         return rc;

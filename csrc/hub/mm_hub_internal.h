@@ -10,6 +10,9 @@
 
 #include "mm_hub.h"
 
+/* Longest redirect Location we accept: signed CDN URLs run past 1 kB. */
+#define MM__HUB_LOCATION_MAX 8192
+
 /* Response headers the client cares about, collected by mm__hub_header_line()
  * from libcurl's header callback.  A new status line resets every field, so
  * after a followed redirect the struct describes the last response. */
@@ -21,7 +24,8 @@ typedef struct mm__hub_headers {
     int64_t linked_size;          /* X-Linked-Size; -1 absent */
     int64_t content_length;       /* Content-Length; -1 absent */
     int64_t range_total;          /* total from Content-Range "bytes a-b/T"; -1 absent */
-    char location[MM_HUB_URL_MAX];/* Location */
+    char location[MM__HUB_LOCATION_MAX]; /* Location */
+    int location_too_long;        /* the Location did not fit: not usable */
     char error_code[64];          /* X-Error-Code */
     char error_message[256];      /* X-Error-Message */
     char content_encoding[32];    /* Content-Encoding */

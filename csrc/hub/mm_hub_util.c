@@ -313,8 +313,10 @@ void mm__hub_header_line(mm__hub_headers *h, const char *line, size_t len) {
         h->linked_size = parse_i64(v, vlen);
     else if (KEY("Content-Length"))
         h->content_length = parse_i64(v, vlen);
-    else if (KEY("Location"))
-        copy_value(h->location, sizeof h->location, v, vlen);
+    else if (KEY("Location")) {
+        h->location_too_long = vlen >= sizeof h->location;
+        copy_value(h->location, sizeof h->location, h->location_too_long ? "" : v, h->location_too_long ? 0 : vlen);
+    }
     else if (KEY("X-Error-Code"))
         copy_value(h->error_code, sizeof h->error_code, v, vlen);
     else if (KEY("X-Error-Message"))

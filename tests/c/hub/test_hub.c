@@ -248,6 +248,17 @@ static void test_headers(void) {
     feed(&h, "garbage without colon\r\n");
     CHECK(h.status == 503 && h.retry_after_s == -1 && h.content_length == -1);
 
+    /* a Location longer than the buffer is flagged, never cut */
+    static char longloc[MM__HUB_LOCATION_MAX + 64];
+    memcpy(longloc, "Location: https://cdn/x?sig=", 28);
+    memset(longloc + 28, 'a', sizeof longloc - 29);
+    longloc[sizeof longloc - 1] = 0;
+    feed(&h, "HTTP/1.1 302 Found\r\n");
+    feed(&h, longloc);
+    CHECK(h.location_too_long && h.location[0] == 0);
+    feed(&h, "HTTP/1.1 302 Found\r\n");
+    CHECK(!h.location_too_long);
+
     char out[16];
     mm__hub_normalize_etag(" \"abc\" ", 7, out, sizeof out);
     CHECK_STR(out, "abc");
