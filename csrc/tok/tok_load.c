@@ -313,7 +313,7 @@ int tk_load_vocab_object(tk_model *m, json_t *v, char *errbuf, size_t errlen) {
     json_t *val;
     json_object_foreach(v, k, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
-            json_integer_value(val) > 0x7FFFFFF)
+            json_integer_value(val) >= (1 << 22))
             FAIL(MM_EFORMAT, "vocab id out of range");
         (void)k;
     }
@@ -739,7 +739,7 @@ static int load_added(mm_tok_t *tok, json_t *arr, char *errbuf, size_t errlen) {
         json_t *c = json_object_get(e, "content");
         json_t *id = json_object_get(e, "id");
         if (!json_is_string(c) || !json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) > 0x7FFFFFF)
+            json_integer_value(id) >= (1 << 22))
             FAIL(MM_EFORMAT, "added token %zu needs \"content\" and a valid \"id\"", i);
         tk_added *a = &tok->added[tok->nadded];
         a->content = mm_strndup(json_string_value(c), json_string_length(c));

@@ -186,7 +186,7 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     if (!json_is_array(v))
         FAIL(MM_EFORMAT, "Unigram \"vocab\" must be an array of [piece, score]");
     size_t n = json_array_size(v);
-    if (n > 0x7FFFFFF)
+    if (n >= (1u << 22))
         FAIL(MM_EFORMAT, "Unigram vocab too large");
     m->scores = mm_malloc((n ? n : 1) * sizeof(double));
     if (!m->scores)

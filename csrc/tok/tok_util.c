@@ -255,6 +255,10 @@ void tk_nbuf_putc(tk_ctx *cx, tk_nbuf *b, uint32_t cp, uint32_t os, uint32_t oe)
 }
 
 tk_nstr tk_nstr_sub(tk_nstr s, size_t from, size_t to) {
+    if (!s.s) {
+        tk_nstr e = {NULL, NULL, 0};
+        return e;
+    }
     tk_nstr r = {s.s + from, s.a + 2 * from, to - from};
     return r;
 }
