@@ -16,7 +16,10 @@ Settings come from the environment, as ``huggingface_hub`` reads them:
 * ``HF_HUB_OFFLINE=1``: no request at all, the cache only;
 * ``MM_HUB_CACHE``: the cache folder (default ``data/models`` under the
   working directory; the value ``hf`` means the standard huggingface cache,
-  ``HF_HUB_CACHE`` or ``$HF_HOME/hub``).
+  ``HF_HUB_CACHE`` or ``$HF_HOME/hub``);
+* ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT`` (seconds), proxies
+  through the usual ``https_proxy`` / ``no_proxy``, and a CA bundle from
+  ``CURL_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE``.
 
 Example::
 

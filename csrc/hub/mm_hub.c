@@ -310,6 +310,8 @@ static struct curl_slist *setup_request(hub_call *c, const char *url, int with_a
     curl_easy_setopt(cu, CURLOPT_LOW_SPEED_TIME, lst > 0 ? lst : 10L);
     curl_easy_setopt(cu, CURLOPT_SSL_VERIFYPEER, c->p->verify_tls ? 1L : 0L);
     curl_easy_setopt(cu, CURLOPT_SSL_VERIFYHOST, c->p->verify_tls ? 2L : 0L);
+    if (c->p->ca_bundle[0])
+        curl_easy_setopt(cu, CURLOPT_CAINFO, c->p->ca_bundle);
     curl_easy_setopt(cu, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(cu, CURLOPT_HEADERDATA, h);
     curl_easy_setopt(cu, CURLOPT_NOPROGRESS, 0L);

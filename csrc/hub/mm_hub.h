@@ -68,6 +68,8 @@ typedef struct mm_hub_params {
     char user_agent[128];             /* "pymodelmgr/0.1; hub-c" */
     mm_hub_progress_cb progress;      /* NULL: none */
     void *progress_ud;
+    char ca_bundle[MM_HUB_PATH_MAX];  /* CA certificates file ("" = libcurl's default):
+                                         CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE or SSL_CERT_FILE */
 } mm_hub_params;
 
 /* What a successful mm_hub_snapshot() produced. */

@@ -608,6 +608,13 @@ void mm_hub_default_params(mm_hub_params *p) {
     p->retry_max_ms = 20000;
     p->verify_tls = 1;
     snprintf(p->user_agent, sizeof p->user_agent, "pymodelmgr/0.1; hub-c");
+    const char *ca = env_nonempty("CURL_CA_BUNDLE");
+    if (!ca)
+        ca = env_nonempty("REQUESTS_CA_BUNDLE");
+    if (!ca)
+        ca = env_nonempty("SSL_CERT_FILE");
+    if (ca && strlen(ca) < sizeof p->ca_bundle)
+        memcpy(p->ca_bundle, ca, strlen(ca) + 1);
 }
 
 /* ---- snapshot completeness --------------------------------------------- */

@@ -373,6 +373,30 @@ static void test_params_and_token(void) {
     setenv("HF_HUB_OFFLINE", "1", 1);
     setenv("MM_HUB_CACHE", "hf", 1);
     setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2.5", 1);
+    {
+        const char *names[] = {"CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"};
+        char *saved[3];
+        for (int i = 0; i < 3; i++) {
+            const char *v = getenv(names[i]);
+            saved[i] = v ? strdup(v) : NULL;
+            unsetenv(names[i]);
+        }
+        mm_hub_default_params(&p);
+        CHECK_STR(p.ca_bundle, "");
+        setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/corp.pem", 1);
+        mm_hub_default_params(&p);
+        CHECK_STR(p.ca_bundle, "/etc/ssl/certs/corp.pem");
+        setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/first.pem", 1);
+        mm_hub_default_params(&p);
+        CHECK_STR(p.ca_bundle, "/etc/ssl/certs/first.pem");
+        for (int i = 0; i < 3; i++) {
+            if (saved[i])
+                setenv(names[i], saved[i], 1);
+            else
+                unsetenv(names[i]);
+            free(saved[i]);
+        }
+    }
     mm_hub_default_params(&p);
     CHECK_STR(p.token, "hf_from_env");
     CHECK(p.offline == 1);
