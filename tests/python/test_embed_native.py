@@ -216,3 +216,19 @@ def test_missing_shim_is_a_clear_load_error(tmp_path):
     assert p.returncode == 0, p.stderr
     code_line, msg = p.stdout.split("\n", 1)
     assert code_line == "MODEL_LOAD_FAILED" and "libmm_torch.so" in msg and "torch" in msg
+
+
+async def test_bad_inputs(make_mm, minilm_st):
+    from test_embed_shim import minilm_dir as _d
+
+    d = _d()
+    mm = make_mm(**SLOW_OK)
+    for data in ([], [1, 2], ["ok", None]):
+        r = await mm.task(data, "embedding", d, device="cpu")
+        assert not r.success and r.error.code == "INVALID_ARGUMENT", data
+    odd = ["", " ", "\x00\ufffd", "a" * 100_000, "\u00e9" * 300, "😀" * 50]
+    r = await mm.task(odd, "embedding", d, device="cpu")
+    assert r.success, r.error
+    assert_close(np.array(r.data["embeddings"], dtype=np.float32), minilm_st.encode(odd))
+    r = await mm.task("one string", "embedding", d, device="cpu")
+    assert r.success and len(r.data["embeddings"]) == 1
