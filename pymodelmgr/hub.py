@@ -47,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Union
 
 from . import _core
 
-__all__ = ["HubError", "Snapshot", "CachedModel", "download", "snapshot", "default_cache_dir",
+__all__ = ["HubError", "Snapshot", "CachedModel", "download", "snapshot", "snapshot_async", "default_cache_dir",
            "list_cache", "import_model", "cli_main"]
 
 log = logging.getLogger("pymodelmgr")
@@ -203,6 +203,17 @@ def download(repo_id: str, revision: str = "main", cache_dir: Optional[str] = No
     returns the local snapshot folder.  See :func:`snapshot` for the
     arguments; raises :class:`HubError` with a ``code`` on failure."""
     return snapshot(repo_id, revision, cache_dir, **kwargs).path
+
+
+async def snapshot_async(repo_id: str, revision: str = "main", cache_dir: Optional[str] = None,
+                         **kwargs) -> Snapshot:
+    """:func:`snapshot` for asyncio code: runs it in the loop's default
+    executor, so the event loop keeps running while the model downloads."""
+    import asyncio
+    import functools
+
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(snapshot, repo_id, revision, cache_dir, **kwargs))
 
 
 # ---- the cache ---------------------------------------------------------------

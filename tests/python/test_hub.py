@@ -625,3 +625,22 @@ def test_a_token_with_control_characters_is_rejected_before_any_request(hub_env)
     e = error_of(TINY, token="hf_abc\r\nX-Evil: 1")
     assert e.code == "INVALID_TOKEN" and "hf_abc" not in str(e)
     assert hub_env.hub.count() == 0
+
+
+async def test_snapshot_async_keeps_the_loop_running(hub_env):
+    import asyncio
+
+    hub_env.hub.add_files(TINY, tiny_model_files(weights_size=1_000_000))
+    hub_env.hub.faults.slow_chunk_s = 0.01
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    t = asyncio.ensure_future(ticker())
+    r = await hub.snapshot_async(TINY, **FAST)
+    t.cancel()
+    assert not r.from_cache and ticks >= 5
