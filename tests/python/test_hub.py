@@ -644,3 +644,18 @@ async def test_snapshot_async_keeps_the_loop_running(hub_env):
     r = await hub.snapshot_async(TINY, **FAST)
     t.cancel()
     assert not r.from_cache and ticks >= 5
+
+
+def test_we_complete_a_partial_huggingface_hub_snapshot(hub_env, hf_hub_lib):
+    hfh = hf_hub_lib
+    hub_env.hub.add_files(TINY, tiny_model_files())
+    p = hfh.hf_hub_download(TINY, "config.json", cache_dir=hub_env.cache_dir, endpoint=hub_env.hub.url)
+    hub_env.hub.clear_requests()
+    r = snap(TINY)  # refs/main exists but the snapshot lacks weights: not a cache hit
+    assert not r.from_cache and r.path == os.path.realpath(os.path.dirname(p))
+    fetched = [q.path.split("/resolve/")[1].split("/", 1)[1] for q in hub_env.hub.requests
+               if q.method == "GET" and "/resolve/" in q.path]
+    assert "config.json" not in fetched and "1_Pooling/config.json" in fetched  # hf's file is reused
+    assert os.path.isfile(os.path.join(r.path, "model.safetensors"))
+    hub_env.hub.clear_requests()
+    assert snap(TINY).from_cache and hub_env.hub.count() == 0
