@@ -23,6 +23,7 @@
 #include "tok_internal.h"
 
 extern regex_t *tk_gpt2_re;
+extern regex_t *tk_word_re;
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_init_rc;
@@ -37,6 +38,9 @@ static void global_init(void) {
     static const char gpt2[] =
         "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
     g_init_rc = tk_regex_compile(gpt2, sizeof(gpt2) - 1, &tk_gpt2_re, NULL, 0);
+    static const char word[] = "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]";
+    if (!g_init_rc)
+        g_init_rc = tk_regex_compile(word, sizeof(word) - 1, &tk_word_re, NULL, 0);
 }
 
 /* ------------------------------------------------------------- loading */
@@ -132,10 +136,12 @@ const char *mm_tok_id_to_token_n(const mm_tok_t *tok, int32_t id, size_t *len) {
     if (!tok)
         return NULL;
     if (id >= 0 && (size_t)id < tok->added_id_cap && tok->added_by_id_idx[id] >= 0) {
+        /* the reference answers with the normalized form of a normalized
+         * added token ("WORLD" under a Lowercase normalizer reads "world") */
         const tk_added *a = &tok->added[tok->added_by_id_idx[id]];
         if (len)
-            *len = a->len;
-        return a->content;
+            *len = a->normalized ? a->norm_len : a->len;
+        return a->normalized ? a->norm_content : a->content;
     }
     return tk_model_id_to_token(&tok->model, id, len);
 }
@@ -197,7 +203,18 @@ static void effective_params(const mm_tok_t *tok, const mm_tok_params *in, mm_to
 
 /* -------------------------------------------------------- added tokens */
 
-static int is_word_char(uint32_t c) { return tk_is_alnum(c) || c == '_'; }
+regex_t *tk_word_re;
+
+/* Rust regex \w (the reference checks single_word with it): Alphabetic,
+ * marks, decimal digits, connector punctuation, join controls. */
+static int is_word_char(uint32_t c) {
+    if (c < 0x80)
+        return tk_is_alnum(c) || c == '_';
+    char b[4];
+    int l = tk_u8enc(c, b);
+    return onig_match(tk_word_re, (const UChar *)b, (const UChar *)b + l, (const UChar *)b, NULL,
+                      ONIG_OPTION_NONE) > 0;
+}
 
 static uint32_t last_char(const char *s, size_t n) {
     size_t p = n - 1;
@@ -821,8 +838,8 @@ int mm_tok_decode(const mm_tok_t *tok, const int32_t *ids, size_t n, int skip_sp
             if (a) {
                 if (skip_special_tokens && a->special)
                     continue;
-                s = a->content;
-                l = a->len;
+                s = a->normalized ? a->norm_content : a->content;
+                l = a->normalized ? a->norm_len : a->len;
             } else {
                 s = tk_model_id_to_token(&tok->model, ids[i], &l);
                 if (!s)

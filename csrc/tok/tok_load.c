@@ -6,6 +6,7 @@
  * mm_alloc and is released by tk_free_parts, also on a failed load, so a
  * half-built tokenizer never leaks.
  */
+#define _GNU_SOURCE 1 /* memmem */
 #include "tok_internal.h"
 
 #include <jansson.h>
@@ -219,7 +220,12 @@ static int load_pre(tk_pre *p, json_t *j, int depth, char *errbuf, size_t errlen
         p->type = TK_P_BERT;
     } else if (!strcmp(t, "Whitespace")) {
         p->type = TK_P_WHITESPACE;
-        static const char pat[] = "\\w+|[^\\w\\s]+";
+        /* the reference compiles this one with Rust's regex crate, whose \\w
+         * and \\s are these Unicode properties (Oniguruma's \\w differs, e.g. on
+         * U+200D ZERO WIDTH JOINER) */
+        static const char pat[] =
+            "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]+"
+            "|[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}\\p{White_Space}]+";
         TRY(tk_regex_compile(pat, sizeof(pat) - 1, &p->re, errbuf, errlen));
     } else if (!strcmp(t, "WhitespaceSplit")) {
         p->type = TK_P_WSSPLIT;
@@ -324,6 +330,21 @@ int tk_load_vocab_object(tk_model *m, json_t *v, char *errbuf, size_t errlen) {
 #if JANSSON_VERSION_HEX >= 0x020E00
         kl = json_object_iter_key_len(iter);
 #endif
+        char tmp[64];
+        if (kl < sizeof tmp && memmem(key, kl, "\xF4\x8F\xBF\xBF", 4)) {
+            /* U+10FFFF stands for U+0000 (see escape_nul_keys) */
+            size_t w = 0;
+            for (size_t q = 0; q < kl;) {
+                if (q + 4 <= kl && !memcmp(key + q, "\xF4\x8F\xBF\xBF", 4)) {
+                    tmp[w++] = 0;
+                    q += 4;
+                } else {
+                    tmp[w++] = key[q++];
+                }
+            }
+            key = tmp;
+            kl = w;
+        }
         TRY(model_set_id(m, key, kl, json_integer_value(json_object_iter_value(iter))));
         iter = json_object_iter_next(v, iter);
     }
@@ -902,9 +923,94 @@ static int load_root(mm_tok_t *tok, json_t *root, char *errbuf, size_t errlen) {
     return 0;
 }
 
+/* jansson refuses U+0000 in object keys, but vocabularies trained on real
+ * text contain the token "\u0000".  Escapes of U+0000 inside *keys* are
+ * rewritten to the (noncharacter) U+10FFFF before parsing, and vocab keys
+ * map it back.  Returns NULL when nothing needs rewriting (or on OOM, with
+ * *oom set). */
+#define TK_NUL_ESC "\\uDBFF\\uDFFF"
+static char *escape_nul_keys(const char *j, size_t n, size_t *outn, int *oom) {
+    *oom = 0;
+    if (!memmem(j, n, "\\u0000", 6))
+        return NULL;
+    /* positions of \u0000 escapes inside key strings */
+    size_t cap = 16, cnt = 0;
+    size_t *pos = mm_malloc(cap * sizeof(size_t));
+    if (!pos) {
+        *oom = 1;
+        return NULL;
+    }
+    size_t i = 0;
+    while (i < n) {
+        if (j[i] != '"') {
+            i++;
+            continue;
+        }
+        size_t start_cnt = cnt, k = i + 1;
+        while (k < n && j[k] != '"') {
+            if (j[k] == '\\' && k + 1 < n) {
+                if (k + 5 < n && !memcmp(j + k, "\\u0000", 6)) {
+                    if (cnt == cap) {
+                        size_t *np = mm_realloc(pos, cap * 2 * sizeof(size_t));
+                        if (!np) {
+                            mm_free(pos);
+                            *oom = 1;
+                            return NULL;
+                        }
+                        pos = np;
+                        cap *= 2;
+                    }
+                    pos[cnt++] = k;
+                }
+                k += 2;
+            } else {
+                k++;
+            }
+        }
+        size_t after = k + 1;
+        while (after < n && (j[after] == ' ' || j[after] == '\t' || j[after] == '\n' || j[after] == '\r'))
+            after++;
+        if (!(after < n && j[after] == ':'))
+            cnt = start_cnt; /* not a key: leave its escapes alone */
+        i = k + 1;
+    }
+    if (!cnt) {
+        mm_free(pos);
+        return NULL;
+    }
+    size_t el = strlen(TK_NUL_ESC);
+    char *o = mm_malloc(n + cnt * (el - 6) + 1);
+    if (!o) {
+        mm_free(pos);
+        *oom = 1;
+        return NULL;
+    }
+    size_t w = 0, r = 0;
+    for (size_t q = 0; q < cnt; q++) {
+        memcpy(o + w, j + r, pos[q] - r);
+        w += pos[q] - r;
+        memcpy(o + w, TK_NUL_ESC, el);
+        w += el;
+        r = pos[q] + 6;
+    }
+    memcpy(o + w, j + r, n - r);
+    w += n - r;
+    mm_free(pos);
+    *outn = w;
+    return o;
+}
+
 int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t errlen) {
     json_error_t je;
-    json_t *root = json_loadb(json, len, JSON_ALLOW_NUL, &je);
+    size_t n2 = 0;
+    int oom = 0;
+    char *esc = escape_nul_keys(json, len, &n2, &oom);
+    if (oom) {
+        tk_errf(errbuf, errlen, "out of memory");
+        return MM_ENOMEM;
+    }
+    json_t *root = json_loadb(esc ? esc : json, esc ? n2 : len, JSON_ALLOW_NUL, &je);
+    mm_free(esc);
     if (!root) {
         tk_errf(errbuf, errlen, "tokenizer.json: %s (line %d, column %d)", je.text, je.line,
                 je.column);

@@ -84,6 +84,19 @@ static int m_drop_mn(const tk_norm *n, uint32_t c, uint32_t out[8]) {
     return 1;
 }
 
+/* The StripAccents normalizer drops every combining mark (M*), unlike
+ * BertNormalizer's accent stripping, which drops only Mn. */
+static int m_drop_marks(const tk_norm *n, uint32_t c, uint32_t out[8]) {
+    (void)n;
+    if (c >= 0x300) {
+        int k = utf8proc_category((utf8proc_int32_t)c);
+        if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_MC || k == UTF8PROC_CATEGORY_ME)
+            return 0;
+    }
+    out[0] = c;
+    return 1;
+}
+
 static int is_ascii_only(const tk_nstr *s) {
     for (size_t i = 0; i < s->n; i++)
         if ((unsigned char)s->s[i] >= 0x80)
@@ -319,7 +332,7 @@ void tk_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
         unicode_nf(cx, s, 0, 1);
         break;
     case TK_N_STRIP_ACCENTS:
-        map_chars(cx, n, s, m_drop_mn);
+        map_chars(cx, n, s, m_drop_marks);
         break;
     case TK_N_STRIP:
         strip_ws(s, n->left, n->right);
@@ -330,7 +343,7 @@ void tk_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {
     case TK_N_PREPEND:
         if (s->n) {
             tk_nbuf b = {0};
-            tk_nbuf_put(cx, &b, n->content, n->content_len, s->a[0], s->a[0]);
+            tk_nbuf_put(cx, &b, n->content, n->content_len, s->a[0], s->a[1]);
             for (size_t q = 0; q < s->n; q++)
                 tk_nbuf_put(cx, &b, s->s + q, 1, s->a[2 * q], s->a[2 * q + 1]);
             *s = b.t;

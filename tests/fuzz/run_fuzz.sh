@@ -20,4 +20,4 @@ trap 'rm -rf "$work"' EXIT
 cp "$root"/tests/fuzz/corpus/* "$work"/
 cd "$out"
 ASAN_OPTIONS=detect_leaks=1 "$out/fuzz_tok" "$work" -max_total_time="$secs" -max_len=4096 \
-  -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -jobs=1
+  -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
