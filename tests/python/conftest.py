@@ -9,6 +9,9 @@ import pytest
 
 from pymodelmgr import ModelManager, ModelManagerSettings
 
+# The loopback fake hub and the model folders it serves (tests/python/conftest_hub.py).
+from conftest_hub import fake_hub, hf_hub_lib, hub_env, minilm_dir, tiny_model_files  # noqa: F401
+
 
 def _settings(**overrides):
     wp = overrides.pop("worker_pool", {})
