@@ -78,6 +78,9 @@ class ModelManager:
         allowed = None
         if wp.devices != ["auto"]:
             allowed = ",".join(d.split(":", 1)[1] for d in wp.devices)
+        cache_dir = settings.cache_dir
+        if cache_dir == "hf" and hasattr(_core, "hub_default_params"):
+            cache_dir = _core.hub_default_params()["hf_cache_dir"]
         options = {
             "dtype": settings.dtype,
             "embedding_cache": settings.embedding_cache.model_dump(),
@@ -89,7 +92,7 @@ class ModelManager:
             max_batch_items=wp.max_batch_items,
             max_batch_tokens=wp.max_batch_tokens,
             cpu_threads=settings.cpu_threads,
-            cache_dir=settings.cache_dir,
+            cache_dir=cache_dir,
             fake_gpus=settings.fake_gpus,
             backend_options_json=json.dumps(options),
             allowed_gpus=allowed,

@@ -84,7 +84,8 @@ class ModelManagerSettings(BaseModel):
         worker_pool: see :class:`WorkerPoolConfig`.
         embedding_cache: see :class:`EmbeddingCacheConfig`.
         cache_dir: where downloaded models live (relative to the working directory), laid out
-            like the Hugging Face cache so both can share it.
+            like the Hugging Face cache so both can share it; ``"hf"`` uses the standard
+            Hugging Face cache itself (``HF_HUB_CACHE``, else ``$HF_HOME/hub``).
         cpu_threads: intra-op threads per CPU worker; 0 divides the cores among the workers.
         dtype: weights on GPU: ``"auto"`` (fp16 for encoders, bf16/fp32 for T5), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``; the CPU always uses float32.

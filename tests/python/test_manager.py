@@ -410,3 +410,20 @@ async def test_cuda_visible_devices_is_respected(make_mm, monkeypatch):
     none = make_mm(fake_gpus="1000,8000")
     r = await none.task(["x"], "embedding", EMB, device="gpu")
     assert r.data["device"] == "cpu" and "no GPU" in r.data["warnings"][0]
+
+
+async def test_cache_dir_hf_means_the_huggingface_cache(hub_env, monkeypatch, tmp_path):
+    import os
+
+    import pymodelmgr
+    from pymodelmgr import _core
+
+    if not os.path.exists(os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")):
+        pytest.skip("the native backend is not built")
+    hf = tmp_path / "hfcache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf))
+    assert _core.hub_default_params()["hf_cache_dir"] == str(hf)
+    async with ModelManager(ModelManagerSettings(fake_gpus="none", cache_dir="hf")) as m:
+        r = await m.task(["x"], "embedding", "sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    assert r.success, r.error
+    assert (hf / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots").is_dir()
