@@ -404,14 +404,19 @@ static PyObject *tok_encode_batch(PyObject *self, PyObject *args, PyObject *kw) 
     result = PyList_New((Py_ssize_t)n);
     if (!result)
         goto done;
+    /* Building a few lists per text would trigger the cyclic GC over and
+     * over (it was a fifth of the time); these objects hold no cycles. */
+    int gc_was = PyGC_Disable();
     for (size_t i = 0; i < n; i++) {
         PyObject *e = to_python(&outs[i], ts[i], pt ? ps[i] : NULL);
         if (!e) {
             Py_CLEAR(result);
-            goto done;
+            break;
         }
         PyList_SET_ITEM(result, (Py_ssize_t)i, e);
     }
+    if (gc_was)
+        PyGC_Enable();
 done:
     if (outs)
         for (size_t i = 0; i < n; i++)

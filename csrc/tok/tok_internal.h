@@ -116,6 +116,7 @@ typedef struct {
 } tk_map;
 
 int tk_map_put(tk_map *m, const char *k, size_t n, int32_t v); /* copies k; 0/-ENOMEM; replaces */
+int tk_map_reserve(tk_map *m, size_t n); /* room for n keys without rehashing */
 int32_t tk_map_get(const tk_map *m, const char *k, size_t n);  /* -1 if absent */
 void tk_map_free(tk_map *m);
 
@@ -236,6 +237,10 @@ typedef struct tk_model {
     int32_t byte_ids[256];    /* <0xXX> ids for byte fallback, -1 when absent */
     /* unigram */
     double *scores;
+    /* load-time only: the raw text of each Unigram score (see tok_load.c) */
+    const char **score_txt;
+    uint32_t *score_len;
+    size_t nscore_txt;
     double min_score;
     /* double-array-free trie: sorted by first byte for prefix search */
     struct tk_trie *trie;

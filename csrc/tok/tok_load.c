@@ -323,6 +323,7 @@ int tk_load_vocab_object(tk_model *m, json_t *v, char *errbuf, size_t errlen) {
             FAIL(MM_EFORMAT, "vocab id out of range");
         (void)k;
     }
+    TRY(tk_map_reserve(&m->vocab, json_object_size(v)));
     void *iter = json_object_iter(v);
     while (iter) {
         const char *key = json_object_iter_key(iter);
@@ -356,7 +357,13 @@ int tk_model_add_piece(tk_model *m, const char *k, size_t kl, int32_t id) {
 }
 
 static int load_model(tk_model *m, json_t *j, char *errbuf, size_t errlen) {
+    const char **st = m->score_txt; /* found by tk_load before parsing the model */
+    uint32_t *sl = m->score_len;
+    size_t ns = m->nscore_txt;
     memset(m, 0, sizeof(*m));
+    m->score_txt = st;
+    m->score_len = sl;
+    m->nscore_txt = ns;
     m->unk_id = -1;
     for (int i = 0; i < 256; i++)
         m->byte_ids[i] = -1;
@@ -1000,6 +1007,101 @@ static char *escape_nul_keys(const char *j, size_t n, size_t *outn, int *oom) {
     return o;
 }
 
+/* Finds the raw text of every score in root.model.vocab (a Unigram vocab
+ * of [piece, score] pairs) with a lexer-only pass over the JSON, so the
+ * scores can be read digit for digit the way the reference's JSON library
+ * reads them.  Fills m->score_txt (pointers into json) or leaves it empty
+ * when the shape is not the expected one; the caller then falls back. */
+static void find_unigram_scores(tk_model *m, const char *j, size_t n) {
+    int depth = 0;
+    int in_model = 0, in_vocab = 0; /* root.model at depth 2, its vocab array at depth 3 */
+    int pending_key = 0;            /* the last string at an object level was a key */
+    char key1[16] = "", key2[16] = "";
+    size_t cap = 0, cnt = 0;
+    const char **txt = NULL;
+    uint32_t *tl = NULL;
+    int elem_idx = 0;
+    size_t i = 0;
+    while (i < n) {
+        char c = j[i];
+        if (c == '"') {
+            size_t k = i + 1;
+            while (k < n && j[k] != '"')
+                k += j[k] == '\\' ? 2 : 1;
+            size_t a = k + 1;
+            while (a < n && (j[a] == ' ' || j[a] == '\n' || j[a] == '\r' || j[a] == '\t'))
+                a++;
+            if (a < n && j[a] == ':') {
+                size_t l = k - i - 1 < 15 ? k - i - 1 : 15;
+                if (depth == 1) {
+                    memcpy(key1, j + i + 1, l);
+                    key1[l] = 0;
+                } else if (depth == 2) {
+                    memcpy(key2, j + i + 1, l);
+                    key2[l] = 0;
+                }
+                pending_key = 1;
+            }
+            i = k + 1;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+            if (depth == 2 && c == '{' && !strcmp(key1, "model"))
+                in_model = 1;
+            if (depth == 3 && c == '[' && in_model && !strcmp(key2, "vocab"))
+                in_vocab = 1;
+            if (depth == 4 && in_vocab)
+                elem_idx = 0;
+            pending_key = 0;
+            i++;
+            continue;
+        }
+        if (c == '}' || c == ']') {
+            if (depth == 3 && in_vocab)
+                in_vocab = 0;
+            if (depth == 2 && in_model)
+                in_model = 0;
+            depth--;
+            i++;
+            continue;
+        }
+        if (c == ',' && depth == 4 && in_vocab) {
+            elem_idx++;
+            i++;
+            continue;
+        }
+        if ((c == '-' || (c >= '0' && c <= '9')) && depth == 4 && in_vocab && elem_idx == 1) {
+            size_t k = i;
+            while (k < n && (j[k] == '-' || j[k] == '+' || j[k] == '.' || j[k] == 'e' || j[k] == 'E' ||
+                             (j[k] >= '0' && j[k] <= '9')))
+                k++;
+            if (cnt == cap) {
+                size_t nc = cap ? cap * 2 : 1024;
+                const char **nt = mm_realloc((void *)txt, nc * sizeof(char *));
+                uint32_t *nl = nt ? mm_realloc(tl, nc * sizeof(uint32_t)) : NULL;
+                if (!nt || !nl) {
+                    mm_free(nt ? (void *)nt : (void *)txt);
+                    mm_free(nl ? nl : tl);
+                    return;
+                }
+                txt = nt;
+                tl = nl;
+                cap = nc;
+            }
+            txt[cnt] = j + i;
+            tl[cnt++] = (uint32_t)(k - i);
+            i = k;
+            continue;
+        }
+        (void)pending_key;
+        i++;
+    }
+    m->score_txt = txt;
+    m->score_len = tl;
+    m->nscore_txt = cnt;
+}
+
 int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t errlen) {
     json_error_t je;
     size_t n2 = 0;
@@ -1010,14 +1112,26 @@ int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t er
         return MM_ENOMEM;
     }
     json_t *root = json_loadb(esc ? esc : json, esc ? n2 : len, JSON_ALLOW_NUL, &je);
-    mm_free(esc);
     if (!root) {
+        mm_free(esc);
         tk_errf(errbuf, errlen, "tokenizer.json: %s (line %d, column %d)", je.text, je.line,
                 je.column);
         return json_error_code(&je) == json_error_out_of_memory ? MM_ENOMEM : MM_EPARSE;
     }
+    json_t *jm = json_object_get(root, "model");
+    if (json_is_object(jm) && json_is_array(json_object_get(jm, "vocab")))
+        find_unigram_scores(&tok->model, esc ? esc : json, esc ? n2 : len);
+    /* load_model zeroes the model: keep the score texts across it */
+    const char **st = tok->model.score_txt;
+    uint32_t *sl = tok->model.score_len;
     int rc = load_root(tok, root, errbuf, errlen);
+    mm_free((void *)st);
+    mm_free(sl);
+    tok->model.score_txt = NULL;
+    tok->model.score_len = NULL;
+    tok->model.nscore_txt = 0;
     json_decref(root);
+    mm_free(esc);
     return rc;
 }
 

@@ -39,28 +39,34 @@ void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s);
 
 /* Byte trie: node 0 is the root; edges live in one open-addressing table
  * keyed by (node, byte). */
+typedef struct {
+    uint32_t key; /* (node << 8 | byte) + 1, 0 = empty; nodes < 2^24 */
+    int32_t child;
+} trie_slot;
+
 struct tk_trie {
-    uint64_t *keys; /* (node << 8 | byte) + 1, 0 = empty */
-    int32_t *child;
+    trie_slot *slots; /* key and child side by side: one cache line per probe */
     size_t mask;
     int32_t *value; /* per node: piece id or -1 */
     size_t nnodes, capnodes;
 };
 
 static uint64_t mix(uint64_t x) {
-    x ^= x >> 31;
-    x *= 0x9E3779B97F4A7C15ull;
-    x ^= x >> 29;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
     return x;
 }
 
 static int32_t trie_step(const struct tk_trie *t, int32_t node, unsigned char b) {
-    uint64_t k = (((uint64_t)node << 8) | b) + 1;
+    uint32_t k = (((uint32_t)node << 8) | b) + 1;
     size_t h = mix(k) & t->mask;
     for (;;) {
-        uint64_t s = t->keys[h];
+        uint32_t s = t->slots[h].key;
         if (s == k)
-            return t->child[h];
+            return t->slots[h].child;
         if (!s)
             return -1;
         h = (h + 1) & t->mask;
@@ -81,14 +87,34 @@ static int trie_insert(struct tk_trie *t, const char *s, size_t n, int32_t id) {
                 t->value = v;
                 t->capnodes = nc;
             }
+            if (t->nnodes >= (1u << 24) - 1)
+                return MM_EFORMAT;
+            if ((t->nnodes + 1) * 2 > t->mask + 1) {
+                /* grow the edge table */
+                size_t ns = (t->mask + 1) * 2;
+                trie_slot *nsl = mm_calloc(ns, sizeof(trie_slot));
+                if (!nsl)
+                    return MM_ENOMEM;
+                for (size_t q = 0; q <= t->mask; q++) {
+                    if (!t->slots[q].key)
+                        continue;
+                    size_t h2 = mix(t->slots[q].key) & (ns - 1);
+                    while (nsl[h2].key)
+                        h2 = (h2 + 1) & (ns - 1);
+                    nsl[h2] = t->slots[q];
+                }
+                mm_free(t->slots);
+                t->slots = nsl;
+                t->mask = ns - 1;
+            }
             c = (int32_t)t->nnodes++;
             t->value[c] = -1;
-            uint64_t k = (((uint64_t)node << 8) | b) + 1;
+            uint32_t k = (((uint32_t)node << 8) | b) + 1;
             size_t h = mix(k) & t->mask;
-            while (t->keys[h])
+            while (t->slots[h].key)
                 h = (h + 1) & t->mask;
-            t->keys[h] = k;
-            t->child[h] = c;
+            t->slots[h].key = k;
+            t->slots[h].child = c;
         }
         node = c;
     }
@@ -99,8 +125,7 @@ static int trie_insert(struct tk_trie *t, const char *s, size_t n, int32_t id) {
 static void trie_free(struct tk_trie *t) {
     if (!t)
         return;
-    mm_free(t->keys);
-    mm_free(t->child);
+    mm_free(t->slots);
     mm_free(t->value);
     mm_free(t);
 }
@@ -133,33 +158,111 @@ static void init_pow10(void) {
     }
 }
 
+static double from_parts(int neg, uint64_t sig, long exponent) {
+    double f = (double)sig;
+    for (;;) {
+        long a = exponent < 0 ? -exponent : exponent;
+        if (a <= 308) {
+            if (exponent >= 0)
+                f *= pow10_tab[a];
+            else
+                f /= pow10_tab[a];
+            break;
+        }
+        if (f == 0.0)
+            break;
+        if (exponent >= 0)
+            return neg ? -INFINITY : INFINITY;
+        f /= 1e308;
+        exponent += 308;
+    }
+    return neg ? -f : f;
+}
+
+/* serde_json's parse of the number text t[0..n) (already known valid JSON). */
+static double serde_parse(const char *t, size_t n) {
+    size_t i = 0;
+    int neg = 0;
+    if (i < n && t[i] == '-') {
+        neg = 1;
+        i++;
+    }
+    uint64_t sig = 0;
+    long exponent = 0;
+    int overflow = 0;
+    while (i < n && t[i] >= '0' && t[i] <= '9') {
+        uint64_t dgt = (uint64_t)(t[i] - '0');
+        if (!overflow && (sig > UINT64_MAX / 10 || (sig == UINT64_MAX / 10 && dgt > UINT64_MAX % 10)))
+            overflow = 1;
+        if (overflow)
+            exponent++;
+        else
+            sig = sig * 10 + dgt;
+        i++;
+    }
+    int is_int = 1;
+    if (i < n && t[i] == '.') {
+        is_int = 0;
+        i++;
+        while (i < n && t[i] >= '0' && t[i] <= '9') {
+            uint64_t dgt = (uint64_t)(t[i] - '0');
+            if (!overflow && (sig > UINT64_MAX / 10 || (sig == UINT64_MAX / 10 && dgt > UINT64_MAX % 10)))
+                overflow = 1;
+            if (!overflow) {
+                sig = sig * 10 + dgt;
+                exponent--;
+            }
+            i++;
+        }
+    }
+    if (i < n && (t[i] == 'e' || t[i] == 'E')) {
+        is_int = 0;
+        i++;
+        int eneg = 0;
+        if (i < n && (t[i] == '+' || t[i] == '-'))
+            eneg = t[i++] == '-';
+        long e = 0;
+        while (i < n && t[i] >= '0' && t[i] <= '9') {
+            if (e < 100000000)
+                e = e * 10 + (t[i] - '0');
+            i++;
+        }
+        exponent = eneg ? exponent - e : exponent + e;
+    }
+    if (is_int && !overflow)
+        return neg ? -(double)sig : (double)sig;
+    return from_parts(neg, sig, exponent);
+}
+
 static double serde_f64(double d) {
     if (!isfinite(d) || d == 0.0 || (d == floor(d) && fabs(d) < 9007199254740992.0))
         return d;
+    /* Shortest digits: when 16 significant digits round-trip, they are the
+     * shortest form padded with zeros (stripped below); else the 17-digit
+     * rounding is the shortest form. */
     char buf[40];
-    int prec;
-    for (prec = 1; prec <= 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
-        if (strtod(buf, NULL) == d)
-            break;
-    }
-    if (prec > 17)
-        return d;
+    snprintf(buf, sizeof buf, "%.15e", d);
+    if (strtod(buf, NULL) != d)
+        snprintf(buf, sizeof buf, "%.16e", d);
     const char *p = buf;
     int neg = 0;
     if (*p == '-') {
         neg = 1;
         p++;
     }
+    const char *ep = strchr(p, 'e');
+    int e10 = ep ? atoi(ep + 1) : 0;
+    const char *last = ep ? ep - 1 : p + strlen(p) - 1;
+    while (last > p && (*last == '0' || *last == '.'))
+        last--; /* drop trailing zeros */
     uint64_t sig = 0;
     int nd = 0;
-    for (; *p && *p != 'e'; p++) {
+    for (; p <= last; p++) {
         if (*p >= '0' && *p <= '9') {
             sig = sig * 10 + (uint64_t)(*p - '0');
             nd++;
         }
     }
-    int e10 = *p == 'e' ? atoi(p + 1) : 0;
     int exponent = e10 - (nd - 1);
     double f = (double)sig;
     for (;;) {
@@ -188,6 +291,9 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     size_t n = json_array_size(v);
     if (n >= (1u << 22))
         FAIL(MM_EFORMAT, "Unigram vocab too large");
+    int rc0 = tk_map_reserve(&m->vocab, n);
+    if (rc0)
+        return rc0;
     m->scores = mm_malloc((n ? n : 1) * sizeof(double));
     if (!m->scores)
         return MM_ENOMEM;
@@ -198,7 +304,10 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
         if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc))
             FAIL(MM_EFORMAT, "Unigram vocab entry %zu must be [piece, score]", i);
-        m->scores[i] = serde_f64(json_number_value(sc));
+        if (m->nscore_txt == n)
+            m->scores[i] = serde_parse(m->score_txt[i], m->score_len[i]);
+        else
+            m->scores[i] = serde_f64(json_number_value(sc));
         if (m->scores[i] < m->min_score)
             m->min_score = m->scores[i];
         total += json_string_length(p);
@@ -223,13 +332,12 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         return MM_ENOMEM;
     m->trie = t;
     size_t slots = 64;
-    while (slots < total * 2 + 2)
+    while (slots < n * 4 + 2) /* grown on demand: most pieces share prefixes */
         slots *= 2;
-    t->keys = mm_calloc(slots, sizeof(uint64_t));
-    t->child = mm_malloc(slots * sizeof(int32_t));
+    t->slots = mm_calloc(slots, sizeof(trie_slot));
     t->capnodes = total + 1;
     t->value = mm_malloc(t->capnodes * sizeof(int32_t));
-    if (!t->keys || !t->child || !t->value)
+    if (!t->slots || !t->value)
         return MM_ENOMEM;
     t->mask = slots - 1;
     t->nnodes = 1;
@@ -237,6 +345,8 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     for (size_t i = 0; i < n; i++) {
         json_t *p = json_array_get(json_array_get(v, i), 0);
         int rc = trie_insert(t, json_string_value(p), json_string_length(p), (int32_t)i);
+        if (rc == MM_EFORMAT)
+            FAIL(MM_EFORMAT, "Unigram vocab too large (more than 2^24 trie nodes)");
         if (rc)
             return rc;
     }

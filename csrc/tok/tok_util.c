@@ -290,6 +290,30 @@ static int map_rehash(tk_map *m, size_t nslots) {
     return 0;
 }
 
+int tk_map_reserve(tk_map *m, size_t n) {
+    if (n <= m->cap)
+        return 0;
+    const char **keys = mm_realloc((void *)m->keys, n * sizeof(char *));
+    if (!keys)
+        return MM_ENOMEM;
+    m->keys = keys;
+    uint32_t *kl = mm_realloc(m->klen, n * sizeof(uint32_t));
+    if (!kl)
+        return MM_ENOMEM;
+    m->klen = kl;
+    int32_t *vals = mm_realloc(m->vals, n * sizeof(int32_t));
+    if (!vals)
+        return MM_ENOMEM;
+    m->vals = vals;
+    m->cap = n;
+    size_t slots = 128;
+    while (slots < n * 2 + 2)
+        slots *= 2;
+    if (!m->slots || slots > m->mask + 1)
+        return map_rehash(m, slots);
+    return 0;
+}
+
 int tk_map_put(tk_map *m, const char *k, size_t n, int32_t v) {
     if (m->slots) {
         size_t h = hash_bytes(k, n) & m->mask;
