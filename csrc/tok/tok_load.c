@@ -129,14 +129,18 @@ static int load_norm(tk_norm *n, json_t *j, int depth, char *errbuf, size_t errl
         n->type = TK_N_REPLACE;
         TRY(load_pattern(json_object_get(j, "pattern"), &n->pattern, &n->pattern_len, &n->re, errbuf,
                          errlen));
+        if (!json_is_string(json_object_get(j, "content")))
+            FAIL(MM_EFORMAT, "Replace normalizer without \"content\"");
         n->content = jstrdup(j, "content", &n->content_len);
         if (!n->content)
-            FAIL(MM_EFORMAT, "Replace normalizer without \"content\"");
+            return MM_ENOMEM;
     } else if (!strcmp(t, "Prepend")) {
         n->type = TK_N_PREPEND;
+        if (!json_is_string(json_object_get(j, "prepend")))
+            FAIL(MM_EFORMAT, "Prepend normalizer without \"prepend\"");
         n->content = jstrdup(j, "prepend", &n->content_len);
         if (!n->content)
-            FAIL(MM_EFORMAT, "Prepend normalizer without \"prepend\"");
+            return MM_ENOMEM;
     } else if (!strcmp(t, "Precompiled")) {
         n->type = TK_N_PRECOMPILED;
         json_t *pc = json_object_get(j, "precompiled_charsmap");
@@ -660,9 +664,11 @@ static int load_dec(tk_dec *d, json_t *j, int depth, char *errbuf, size_t errlen
         d->type = TK_D_REPLACE;
         size_t pl = 0;
         TRY(load_pattern(json_object_get(j, "pattern"), &d->pattern, &pl, &d->re, errbuf, errlen));
+        if (!json_is_string(json_object_get(j, "content")))
+            FAIL(MM_EFORMAT, "Replace decoder without \"content\"");
         d->content = jstrdup(j, "content", NULL);
         if (!d->content)
-            FAIL(MM_EFORMAT, "Replace decoder without \"content\"");
+            return MM_ENOMEM;
     } else if (!strcmp(t, "CTC")) {
         d->type = TK_D_CTC;
         json_t *p = json_object_get(j, "pad_token");

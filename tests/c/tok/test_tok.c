@@ -243,6 +243,57 @@ static void test_oom(void) {
     mm_tok_free(t);
 }
 
+/* Out-of-memory at every allocation of loading, then encoding with, the
+ * seed tokenizers of the fuzz corpus (BPE with byte fallback, Unigram,
+ * WordLevel with every normalizer/pre-tokenizer/decoder kind). */
+static void test_oom_files(void) {
+    static const char *files[] = {"tok_bpe.json", "tok_unigram.json", "tok_wordlevel_misc.json"};
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", TOK_CORPUS_DIR, files[f]);
+        mm_tok_t *t = NULL;
+        char err[256];
+        CHECK(mm_tok_new_from_file(path, &t, err, sizeof err) == 0);
+        mm_tok_free(t);
+        int seen_ok = 0;
+        for (long k = 0; k < 5000 && !seen_ok; k++) {
+            t = NULL;
+            mm_alloc_fail_after(k);
+            int rc = mm_tok_new_from_file(path, &t, err, sizeof err);
+            mm_alloc_fail_after(-1);
+            if (rc != 0 && rc != MM_ENOMEM)
+                fprintf(stderr, "%s: alloc %ld: rc %d: %s\n", files[f], k, rc, err);
+            CHECK(rc == 0 || rc == MM_ENOMEM);
+            if (rc == 0) {
+                seen_ok = 1;
+                for (long q = 0; q < 400; q++) {
+                    mm_tok_encoding e;
+                    mm_tok_params p;
+                    mm_tok_default_params(t, &p);
+                    p.want_tokens = p.want_offsets = 1;
+                    p.padding = MM_TOK_PAD_FIXED;
+                    p.pad_length = 40;
+                    const char *txt = "Hello a b ab 12, x\xc3\xa9 \xe2\x91\xa0 AB";
+                    mm_alloc_fail_after(q);
+                    int r2 = mm_tok_encode(t, txt, strlen(txt), "ab ba", 5, &p, &e, NULL, 0);
+                    char *d = NULL;
+                    size_t dl;
+                    int r3 = r2 == 0 ? mm_tok_decode(t, e.ids, e.len, 0, &d, &dl, NULL, 0) : 0;
+                    mm_alloc_fail_after(-1);
+                    CHECK(r2 == 0 || r2 == MM_ENOMEM);
+                    CHECK(r3 == 0 || r3 == MM_ENOMEM);
+                    mm_free(d);
+                    mm_tok_encoding_clear(&e);
+                    if (r2 == 0 && r3 == 0)
+                        break;
+                }
+                mm_tok_free(t);
+            }
+        }
+        CHECK(seen_ok);
+    }
+}
+
 typedef struct {
     mm_tok_t *tok;
     int ok;
@@ -319,6 +370,8 @@ int main(int argc, char **argv) {
         test_load_errors();
     if (!strcmp(which, "all") || !strcmp(which, "oom"))
         test_oom();
+    if (!strcmp(which, "all") || !strcmp(which, "oom_files"))
+        test_oom_files();
     if (!strcmp(which, "all") || !strcmp(which, "threads"))
         test_threads();
     if (failures)
