@@ -13,6 +13,7 @@
  */
 #include "mm_tok.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,38 @@ int mm_tok_new_from_json(const char *json, size_t len, mm_tok_t **out, char *err
     return 0;
 }
 
+/* The default pad id when tokenizer.json has no padding block: the
+ * pad_token of special_tokens_map.json, else of tokenizer_config.json, next
+ * to the file (a string or {"content": ...}).  Best effort: any problem
+ * leaves the default as it was. */
+static void pad_from_side_files(mm_tok_t *tok, const char *path) {
+    static const char *names[] = {"special_tokens_map.json", "tokenizer_config.json"};
+    const char *slash = strrchr(path, '/');
+    size_t dl = slash ? (size_t)(slash - path + 1) : 0;
+    for (size_t k = 0; k < 2; k++) {
+        size_t nl = strlen(names[k]);
+        char *p = mm_malloc(dl + nl + 1);
+        if (!p)
+            return;
+        memcpy(p, path, dl);
+        memcpy(p + dl, names[k], nl + 1);
+        json_error_t je;
+        json_t *root = json_load_file(p, 0, &je);
+        mm_free(p);
+        if (!root)
+            continue;
+        json_t *pt = json_object_get(root, "pad_token");
+        if (json_is_object(pt))
+            pt = json_object_get(pt, "content");
+        int32_t id = json_is_string(pt) ? mm_tok_token_to_id(tok, json_string_value(pt), json_string_length(pt)) : -1;
+        json_decref(root);
+        if (id >= 0) {
+            tok->default_pad_id = id;
+            return;
+        }
+    }
+}
+
 int mm_tok_new_from_file(const char *path, mm_tok_t **out, char *errbuf, size_t errlen) {
     if (!path || !out) {
         tk_errf(errbuf, errlen, "invalid argument");
@@ -120,6 +153,8 @@ int mm_tok_new_from_file(const char *path, mm_tok_t **out, char *errbuf, size_t 
     }
     int rc = mm_tok_new_from_json(buf, n, out, errbuf, errlen);
     mm_free(buf);
+    if (rc == 0 && !(*out)->has_pad)
+        pad_from_side_files(*out, path);
     return rc;
 }
 

@@ -29,9 +29,10 @@ extern "C" {
 
 typedef struct mm_tok mm_tok_t;
 
-/* Loads tokenizer.json from `path`.  When tokenizer_config.json sits beside
- * it, nothing from it is needed today (every setting the encoder uses is in
- * tokenizer.json); the file is not read.  On success *out owns a new
+/* Loads tokenizer.json from `path`.  Everything the encoder needs is in
+ * tokenizer.json; when it has no "padding" block, the default pad id is
+ * taken from the pad_token of special_tokens_map.json or
+ * tokenizer_config.json beside it, if present.  On success *out owns a new
  * tokenizer (free with mm_tok_free).  Returns MM_EIO if the file cannot be
  * read, MM_EPARSE for malformed JSON, MM_EUNSUPPORTED for a component type
  * this library does not implement (the message names it), MM_EFORMAT for a
@@ -80,8 +81,9 @@ typedef struct mm_tok_params {
 } mm_tok_params;
 
 /* Defaults: add_special_tokens=1, no truncation (strategy longest-first,
- * right side), no padding, pad_id from the file's padding block or the
- * "[PAD]"/"<pad>" token if any (else 0), no offsets or tokens. */
+ * right side), no padding, pad_id from the file's padding block, else the
+ * side files' pad_token (see mm_tok_new_from_file), else the "[PAD]" or
+ * "<pad>" added token, else 0; no offsets or tokens. */
 void mm_tok_default_params(const mm_tok_t *tok, mm_tok_params *p);
 
 /* One encoded sequence (or pair).  Every array has `len` entries and is

@@ -155,7 +155,33 @@ def case_added_tokens(lines):
     return t
 
 
+def case_bytelevel_prefix(lines):
+    t = Tokenizer(models.BPE())
+    t.normalizer = normalizers.NFC()
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    t.train_from_iterator(lines[:800], trainers.BpeTrainer(
+        vocab_size=900, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    t.post_processor = processors.ByteLevel(trim_offsets=True)
+    t.decoder = decoders.ByteLevel()
+    return t
+
+
+def case_bytelevel_noregex(lines):
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
+    t.train_from_iterator(lines[:800], trainers.BpeTrainer(
+        vocab_size=900, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    t.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0), trim_offsets=True, add_prefix_space=True)
+    t.add_special_tokens(["<s>", "</s>"])
+    t.decoder = decoders.ByteLevel()
+    return t
+
+
 CASES = {
+    "bytelevel_prefix": case_bytelevel_prefix,
+    "bytelevel_noregex": case_bytelevel_noregex,
     "normalizers": case_normalizers,
     "nfd_bert_no_lower": case_nfd_bert_no_lower,
     "misc_pretok": case_misc_pretok,
@@ -192,3 +218,19 @@ def test_component_parity(case, ours, train_lines, tmp_path):
     pr = ref.encode_batch(list(zip(corpus[:300], corpus[1:301])))
     po = mine.encode_batch(corpus[:300], corpus[1:301])
     assert [(e.ids, e.type_ids) for e in pr] == [(e.ids, e.type_ids) for e in po]
+
+
+def test_pad_token_from_side_files(ours, train_lines, tmp_path):
+    import json
+
+    t = _bpe(train_lines)
+    t.add_special_tokens(["<|pad|>"])
+    pad_id = t.token_to_id("<|pad|>")
+    t.save(str(tmp_path / "tokenizer.json"))
+    mine = ours.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert mine.encode_batch(["a", "a b c d"], padding="longest")[0].ids[-1] != pad_id
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "<|pad|>"}}))
+    mine = ours.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    enc = mine.encode_batch(["a", "a b c d"], padding="longest")
+    assert enc[0].ids[-1] == pad_id and enc[0].attention_mask[-1] == 0
+    assert len(enc[0].ids) == len(enc[1].ids)
