@@ -237,10 +237,12 @@ typedef struct tk_model {
     int32_t byte_ids[256];    /* <0xXX> ids for byte fallback, -1 when absent */
     /* unigram */
     double *scores;
-    /* load-time only: the raw text of each Unigram score (see tok_load.c) */
-    const char **score_txt;
-    uint32_t *score_len;
-    size_t nscore_txt;
+    /* load-time only: the raw JSON text of a Unigram vocab, parsed by
+     * tok_load.c's scanner instead of jansson (see scan_unigram_vocab) */
+    const char **raw_piece, **raw_score;
+    uint32_t *raw_piece_len, *raw_score_len;
+    size_t nraw;
+    int raw_ok;
     double min_score;
     /* double-array-free trie: sorted by first byte for prefix search */
     struct tk_trie *trie;

@@ -361,13 +361,14 @@ int tk_model_add_piece(tk_model *m, const char *k, size_t kl, int32_t id) {
 }
 
 static int load_model(tk_model *m, json_t *j, char *errbuf, size_t errlen) {
-    const char **st = m->score_txt; /* found by tk_load before parsing the model */
-    uint32_t *sl = m->score_len;
-    size_t ns = m->nscore_txt;
+    tk_model raw = *m; /* the raw vocab found by tk_load before parsing */
     memset(m, 0, sizeof(*m));
-    m->score_txt = st;
-    m->score_len = sl;
-    m->nscore_txt = ns;
+    m->raw_piece = raw.raw_piece;
+    m->raw_score = raw.raw_score;
+    m->raw_piece_len = raw.raw_piece_len;
+    m->raw_score_len = raw.raw_score_len;
+    m->nraw = raw.nraw;
+    m->raw_ok = raw.raw_ok;
     m->unk_id = -1;
     for (int i = 0; i < 256; i++)
         m->byte_ids[i] = -1;
@@ -1013,40 +1014,74 @@ static char *escape_nul_keys(const char *j, size_t n, size_t *outn, int *oom) {
     return o;
 }
 
-/* Finds the raw text of every score in root.model.vocab (a Unigram vocab
- * of [piece, score] pairs) with a lexer-only pass over the JSON, so the
- * scores can be read digit for digit the way the reference's JSON library
- * reads them.  Fills m->score_txt (pointers into json) or leaves it empty
- * when the shape is not the expected one; the caller then falls back. */
-static void find_unigram_scores(tk_model *m, const char *j, size_t n) {
-    int depth = 0;
-    int in_model = 0, in_vocab = 0; /* root.model at depth 2, its vocab array at depth 3 */
-    int pending_key = 0;            /* the last string at an object level was a key */
+static void raw_free(tk_model *m) {
+    mm_free((void *)m->raw_piece);
+    mm_free((void *)m->raw_score);
+    mm_free(m->raw_piece_len);
+    mm_free(m->raw_score_len);
+    m->raw_piece = m->raw_score = NULL;
+    m->raw_piece_len = m->raw_score_len = NULL;
+    m->nraw = 0;
+    m->raw_ok = 0;
+}
+
+/* A big Unigram vocab ([[piece, score], ...], 250k entries for XLM-R) is
+ * most of a tokenizer.json, and jansson spends most of the load building it
+ * as a tree.  This lexer-only pass finds root.model.vocab and records each
+ * piece's and score's raw text; when the shape is exactly that, tk_load
+ * hands jansson the file with the array emptied and the Unigram loader reads
+ * the raw entries (which also lets it read scores digit for digit the way
+ * the reference's JSON library does).  Any surprise leaves raw_ok at 0 and
+ * jansson parses everything.  On success *vb..*ve is the array's range. */
+static void scan_unigram_vocab(tk_model *m, const char *j, size_t n, size_t *vb, size_t *ve) {
+    int depth = 0, in_model = 0, in_vocab = 0, ok = 1;
     char key1[16] = "", key2[16] = "";
-    size_t cap = 0, cnt = 0;
-    const char **txt = NULL;
-    uint32_t *tl = NULL;
-    int elem_idx = 0;
+    size_t cap = 0, cnt = 0, vstart = 0, vend = 0;
+    const char **pt = NULL, **st = NULL;
+    uint32_t *pl = NULL, *sl = NULL;
+    int elem = 0, got_piece = 0, got_score = 0;
     size_t i = 0;
-    while (i < n) {
+    while (i < n && ok) {
         char c = j[i];
         if (c == '"') {
             size_t k = i + 1;
             while (k < n && j[k] != '"')
                 k += j[k] == '\\' ? 2 : 1;
+            if (k >= n)
+                break;
             size_t a = k + 1;
             while (a < n && (j[a] == ' ' || j[a] == '\n' || j[a] == '\r' || j[a] == '\t'))
                 a++;
-            if (a < n && j[a] == ':') {
+            int is_key = a < n && j[a] == ':';
+            if (is_key && (depth == 1 || depth == 2)) {
                 size_t l = k - i - 1 < 15 ? k - i - 1 : 15;
-                if (depth == 1) {
-                    memcpy(key1, j + i + 1, l);
-                    key1[l] = 0;
-                } else if (depth == 2) {
-                    memcpy(key2, j + i + 1, l);
-                    key2[l] = 0;
+                char *dst = depth == 1 ? key1 : key2;
+                memcpy(dst, j + i + 1, l);
+                dst[l] = 0;
+            } else if (in_vocab) {
+                if (depth != 4 || elem != 0 || got_piece) {
+                    ok = 0;
+                    break;
                 }
-                pending_key = 1;
+                if (cnt == cap) {
+                    size_t nc = cap ? cap * 2 : 4096;
+                    const char **np = mm_realloc((void *)pt, nc * sizeof(char *));
+                    if (np) pt = np;
+                    const char **ns = np ? mm_realloc((void *)st, nc * sizeof(char *)) : NULL;
+                    if (ns) st = ns;
+                    uint32_t *npl = ns ? mm_realloc(pl, nc * sizeof(uint32_t)) : NULL;
+                    if (npl) pl = npl;
+                    uint32_t *nsl = npl ? mm_realloc(sl, nc * sizeof(uint32_t)) : NULL;
+                    if (nsl) sl = nsl;
+                    if (!nsl) {
+                        ok = 0;
+                        break;
+                    }
+                    cap = nc;
+                }
+                pt[cnt] = j + i + 1;
+                pl[cnt] = (uint32_t)(k - i - 1);
+                got_piece = 1;
             }
             i = k + 1;
             continue;
@@ -1055,57 +1090,80 @@ static void find_unigram_scores(tk_model *m, const char *j, size_t n) {
             depth++;
             if (depth == 2 && c == '{' && !strcmp(key1, "model"))
                 in_model = 1;
-            if (depth == 3 && c == '[' && in_model && !strcmp(key2, "vocab"))
+            else if (depth == 3 && c == '[' && in_model && !strcmp(key2, "vocab")) {
                 in_vocab = 1;
-            if (depth == 4 && in_vocab)
-                elem_idx = 0;
-            pending_key = 0;
+                vstart = i;
+            } else if (in_vocab) {
+                if (depth != 4 || c != '[') {
+                    ok = 0;
+                    break;
+                }
+                elem = 0;
+                got_piece = got_score = 0;
+            }
             i++;
             continue;
         }
         if (c == '}' || c == ']') {
-            if (depth == 3 && in_vocab)
+            if (in_vocab && depth == 4) {
+                if (!got_piece || !got_score || elem != 1) {
+                    ok = 0;
+                    break;
+                }
+                cnt++;
+            } else if (in_vocab && depth == 3) {
                 in_vocab = 0;
-            if (depth == 2 && in_model)
+                vend = i + 1;
+                in_model = 0; /* only the first model.vocab counts */
+                key1[0] = 0;
+            } else if (depth == 2 && in_model) {
                 in_model = 0;
+            }
             depth--;
             i++;
             continue;
         }
-        if (c == ',' && depth == 4 && in_vocab) {
-            elem_idx++;
+        if (in_vocab && depth == 4 && c == ',') {
+            elem++;
             i++;
             continue;
         }
-        if ((c == '-' || (c >= '0' && c <= '9')) && depth == 4 && in_vocab && elem_idx == 1) {
+        if (in_vocab && depth == 4 && (c == '-' || (c >= '0' && c <= '9'))) {
             size_t k = i;
             while (k < n && (j[k] == '-' || j[k] == '+' || j[k] == '.' || j[k] == 'e' || j[k] == 'E' ||
                              (j[k] >= '0' && j[k] <= '9')))
                 k++;
-            if (cnt == cap) {
-                size_t nc = cap ? cap * 2 : 1024;
-                const char **nt = mm_realloc((void *)txt, nc * sizeof(char *));
-                uint32_t *nl = nt ? mm_realloc(tl, nc * sizeof(uint32_t)) : NULL;
-                if (!nt || !nl) {
-                    mm_free(nt ? (void *)nt : (void *)txt);
-                    mm_free(nl ? nl : tl);
-                    return;
-                }
-                txt = nt;
-                tl = nl;
-                cap = nc;
+            if (elem != 1 || got_score || !got_piece) {
+                ok = 0;
+                break;
             }
-            txt[cnt] = j + i;
-            tl[cnt++] = (uint32_t)(k - i);
+            st[cnt] = j + i;
+            sl[cnt] = (uint32_t)(k - i);
+            got_score = 1;
             i = k;
             continue;
         }
-        (void)pending_key;
+        if (in_vocab && depth >= 3 && c != ' ' && c != '\n' && c != '\r' && c != '\t' && c != ',') {
+            ok = 0; /* true/false/null or anything else inside the vocab */
+            break;
+        }
         i++;
     }
-    m->score_txt = txt;
-    m->score_len = tl;
-    m->nscore_txt = cnt;
+    if (!ok || !vend) {
+        mm_free((void *)pt);
+        mm_free((void *)st);
+        mm_free(pl);
+        mm_free(sl);
+        return;
+    }
+    m->raw_piece = pt;
+    m->raw_score = st;
+    m->raw_piece_len = pl;
+    m->raw_score_len = sl;
+    m->nraw = cnt;
+    m->raw_ok = 1;
+    *vb = vstart;
+    *ve = vend;
 }
 
 int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t errlen) {
@@ -1117,27 +1175,39 @@ int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t er
         tk_errf(errbuf, errlen, "out of memory");
         return MM_ENOMEM;
     }
-    json_t *root = json_loadb(esc ? esc : json, esc ? n2 : len, JSON_ALLOW_NUL, &je);
+    const char *src = esc ? esc : json;
+    size_t srcn = esc ? n2 : len;
+    size_t vb = 0, ve = 0;
+    char *cut = NULL;
+    if (memmem(src, srcn, "\"Unigram\"", 9))
+        scan_unigram_vocab(&tok->model, src, srcn, &vb, &ve);
+    if (tok->model.raw_ok) {
+        /* the same document with the vocab array emptied */
+        cut = mm_malloc(srcn - (ve - vb) + 3);
+        if (!cut) {
+            raw_free(&tok->model);
+            mm_free(esc);
+            tk_errf(errbuf, errlen, "out of memory");
+            return MM_ENOMEM;
+        }
+        memcpy(cut, src, vb);
+        memcpy(cut + vb, "[]", 2);
+        memcpy(cut + vb + 2, src + ve, srcn - ve);
+    }
+    json_t *root = cut ? json_loadb(cut, srcn - (ve - vb) + 2, JSON_ALLOW_NUL, &je)
+                       : json_loadb(src, srcn, JSON_ALLOW_NUL, &je);
+    mm_free(cut);
     if (!root) {
+        raw_free(&tok->model);
         mm_free(esc);
         tk_errf(errbuf, errlen, "tokenizer.json: %s (line %d, column %d)", je.text, je.line,
                 je.column);
         return json_error_code(&je) == json_error_out_of_memory ? MM_ENOMEM : MM_EPARSE;
     }
-    json_t *jm = json_object_get(root, "model");
-    if (json_is_object(jm) && json_is_array(json_object_get(jm, "vocab")))
-        find_unigram_scores(&tok->model, esc ? esc : json, esc ? n2 : len);
-    /* load_model zeroes the model: keep the score texts across it */
-    const char **st = tok->model.score_txt;
-    uint32_t *sl = tok->model.score_len;
     int rc = load_root(tok, root, errbuf, errlen);
-    mm_free((void *)st);
-    mm_free(sl);
-    tok->model.score_txt = NULL;
-    tok->model.score_len = NULL;
-    tok->model.nscore_txt = 0;
+    raw_free(&tok->model);
     json_decref(root);
-    mm_free(esc);
+    mm_free(esc); /* the raw entries pointed into it */
     return rc;
 }
 

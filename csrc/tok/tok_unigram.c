@@ -282,43 +282,157 @@ static double serde_f64(double d) {
     return neg ? -f : f;
 }
 
+/* JSON string unescape of s[0..n) into out (room for n bytes); returns the
+ * length, or -1 on a bad escape or a lone surrogate. */
+static long json_unescape(const char *s, size_t n, char *out) {
+    size_t w = 0;
+    for (size_t i = 0; i < n;) {
+        char c = s[i];
+        if (c != '\\') {
+            out[w++] = c;
+            i++;
+            continue;
+        }
+        if (i + 1 >= n)
+            return -1;
+        char e = s[i + 1];
+        i += 2;
+        switch (e) {
+        case '"': out[w++] = '"'; break;
+        case '\\': out[w++] = '\\'; break;
+        case '/': out[w++] = '/'; break;
+        case 'b': out[w++] = '\b'; break;
+        case 'f': out[w++] = '\f'; break;
+        case 'n': out[w++] = '\n'; break;
+        case 'r': out[w++] = '\r'; break;
+        case 't': out[w++] = '\t'; break;
+        case 'u': {
+            uint32_t cp = 0;
+            for (int k = 0; k < 2; k++) {
+                if (i + 4 > n)
+                    return -1;
+                uint32_t v = 0;
+                for (int q = 0; q < 4; q++) {
+                    char h = s[i + (size_t)q];
+                    int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                          : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                    if (d < 0)
+                        return -1;
+                    v = v * 16 + (uint32_t)d;
+                }
+                i += 4;
+                if (k == 0) {
+                    if (v >= 0xDC00 && v <= 0xDFFF)
+                        return -1;
+                    if (v < 0xD800 || v > 0xDBFF) {
+                        cp = v;
+                        break;
+                    }
+                    cp = v;
+                    if (i + 2 > n || s[i] != '\\' || s[i + 1] != 'u')
+                        return -1;
+                    i += 2;
+                } else {
+                    if (v < 0xDC00 || v > 0xDFFF)
+                        return -1;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (v - 0xDC00);
+                }
+            }
+            w += (size_t)tk_u8enc(cp, out + w);
+            break;
+        }
+        default:
+            return -1;
+        }
+    }
+    return (long)w;
+}
+
 int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, init_pow10);
     json_t *v = json_object_get(jm, "vocab");
     if (!json_is_array(v))
         FAIL(MM_EFORMAT, "Unigram \"vocab\" must be an array of [piece, score]");
-    size_t n = json_array_size(v);
+    /* the pieces: from the raw text tok_load kept aside, or from jansson */
+    int raw = m->raw_ok && json_array_size(v) == 0;
+    size_t n = raw ? m->nraw : json_array_size(v);
     if (n >= (1u << 22))
         FAIL(MM_EFORMAT, "Unigram vocab too large");
-    int rc0 = tk_map_reserve(&m->vocab, n);
-    if (rc0)
-        return rc0;
+    const char **pp = mm_malloc((n ? n : 1) * sizeof(char *));
+    uint32_t *pl = mm_malloc((n ? n : 1) * sizeof(uint32_t));
+    char *ubuf = NULL;
+    int rc = 0;
+    if (!pp || !pl) {
+        rc = MM_ENOMEM;
+        goto out;
+    }
     m->scores = mm_malloc((n ? n : 1) * sizeof(double));
-    if (!m->scores)
-        return MM_ENOMEM;
+    if (!m->scores) {
+        rc = MM_ENOMEM;
+        goto out;
+    }
+    if (raw) {
+        size_t tot = 0;
+        for (size_t i = 0; i < n; i++)
+            tot += m->raw_piece_len[i];
+        ubuf = mm_malloc(tot + 1);
+        if (!ubuf) {
+            rc = MM_ENOMEM;
+            goto out;
+        }
+        size_t w = 0;
+        for (size_t i = 0; i < n; i++) {
+            long l = json_unescape(m->raw_piece[i], m->raw_piece_len[i], ubuf + w);
+            if (l < 0) {
+                tk_errf(errbuf, errlen, "Unigram vocab entry %zu: bad string escape", i);
+                rc = MM_EPARSE;
+                goto out;
+            }
+            if (tk_u8check(ubuf + w, (size_t)l) != (size_t)-1) {
+                tk_errf(errbuf, errlen, "Unigram vocab entry %zu is not valid UTF-8", i);
+                rc = MM_EPARSE;
+                goto out;
+            }
+            pp[i] = ubuf + w;
+            pl[i] = (uint32_t)l;
+            w += (size_t)l;
+            m->scores[i] = serde_parse(m->raw_score[i], m->raw_score_len[i]);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(v, i);
+            json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
+            if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc)) {
+                tk_errf(errbuf, errlen, "Unigram vocab entry %zu must be [piece, score]", i);
+                rc = MM_EFORMAT;
+                goto out;
+            }
+            pp[i] = json_string_value(p);
+            pl[i] = (uint32_t)json_string_length(p);
+            m->scores[i] = serde_f64(json_number_value(sc));
+        }
+    }
+    rc = tk_map_reserve(&m->vocab, n);
+    if (rc)
+        goto out;
     size_t total = 0;
     m->min_score = INFINITY;
     for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(v, i);
-        json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
-        if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc))
-            FAIL(MM_EFORMAT, "Unigram vocab entry %zu must be [piece, score]", i);
-        if (m->nscore_txt == n)
-            m->scores[i] = serde_parse(m->score_txt[i], m->score_len[i]);
-        else
-            m->scores[i] = serde_f64(json_number_value(sc));
         if (m->scores[i] < m->min_score)
             m->min_score = m->scores[i];
-        total += json_string_length(p);
-        int rc = tk_model_add_piece(m, json_string_value(p), json_string_length(p), (int32_t)i);
+        total += pl[i];
+        rc = tk_model_add_piece(m, pp[i], pl[i], (int32_t)i);
         if (rc)
-            return rc;
+            goto out;
     }
     json_t *unk = json_object_get(jm, "unk_id");
     if (json_is_integer(unk)) {
-        if (json_integer_value(unk) < 0 || (size_t)json_integer_value(unk) >= n)
-            FAIL(MM_EFORMAT, "Unigram unk_id out of range");
+        if (json_integer_value(unk) < 0 || (size_t)json_integer_value(unk) >= n) {
+            tk_errf(errbuf, errlen, "Unigram unk_id out of range");
+            rc = MM_EFORMAT;
+            goto out;
+        }
         m->unk_id = (int32_t)json_integer_value(unk);
     }
     m->byte_fallback = json_is_true(json_object_get(jm, "byte_fallback"));
@@ -328,8 +442,10 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         m->byte_ids[b] = tk_map_get(&m->vocab, name, 6);
     }
     struct tk_trie *t = mm_calloc(1, sizeof(*t));
-    if (!t)
-        return MM_ENOMEM;
+    if (!t) {
+        rc = MM_ENOMEM;
+        goto out;
+    }
     m->trie = t;
     size_t slots = 64;
     while (slots < n * 4 + 2) /* grown on demand: most pieces share prefixes */
@@ -337,20 +453,25 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     t->slots = mm_calloc(slots, sizeof(trie_slot));
     t->capnodes = total + 1;
     t->value = mm_malloc(t->capnodes * sizeof(int32_t));
-    if (!t->slots || !t->value)
-        return MM_ENOMEM;
+    if (!t->slots || !t->value) {
+        rc = MM_ENOMEM;
+        goto out;
+    }
     t->mask = slots - 1;
     t->nnodes = 1;
     t->value[0] = -1;
     for (size_t i = 0; i < n; i++) {
-        json_t *p = json_array_get(json_array_get(v, i), 0);
-        int rc = trie_insert(t, json_string_value(p), json_string_length(p), (int32_t)i);
+        rc = trie_insert(t, pp[i], pl[i], (int32_t)i);
         if (rc == MM_EFORMAT)
-            FAIL(MM_EFORMAT, "Unigram vocab too large (more than 2^24 trie nodes)");
+            tk_errf(errbuf, errlen, "Unigram vocab too large (more than 2^24 trie nodes)");
         if (rc)
-            return rc;
+            goto out;
     }
-    return 0;
+out:
+    mm_free((void *)pp);
+    mm_free(pl);
+    mm_free(ubuf);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- viterbi */
