@@ -70,14 +70,17 @@ class CMakeBuild(build_ext):
                 shutil.copy2(src, out_path)
             elif name.endswith(".so"):
                 shutil.copy2(src, os.path.join(out_dir, name))
-                # --inplace builds into build/lib* and setuptools copies back
-                # only the extension itself: put the shim in the source
-                # package too, where the in-place _core looks for it.
-                inplace_dir = os.path.join(root, "pymodelmgr")
-                if os.path.abspath(out_dir) != inplace_dir and (
-                        self.inplace or getattr(self, "editable_mode", False)
-                        or os.path.exists(os.path.join(inplace_dir, "_core" + suffix))):
-                    shutil.copy2(src, os.path.join(inplace_dir, name))
+
+    def copy_extensions_to_source(self):
+        # --inplace (and editable installs) build into build/lib* and copy back
+        # only the Extensions setuptools knows; the shim (libmm_torch.so) must
+        # sit beside the in-place _core too, where the native backend looks.
+        super().copy_extensions_to_source()
+        root = os.path.dirname(os.path.abspath(__file__))
+        built = os.path.join(os.path.abspath(self.build_lib), "pymodelmgr")
+        for name in os.listdir(built):
+            if name.endswith(".so") and not name.startswith("_core"):
+                shutil.copy2(os.path.join(built, name), os.path.join(root, "pymodelmgr", name))
 
 
 setup(ext_modules=[CMakeExtension("pymodelmgr._core")], cmdclass={"build_ext": CMakeBuild})
