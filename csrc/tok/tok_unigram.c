@@ -403,7 +403,7 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(v, i);
             json_t *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
-            if (!json_is_array(e) || !json_is_string(p) || !json_is_number(sc)) {
+            if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_string(p) || !json_is_number(sc)) {
                 tk_errf(errbuf, errlen, "Unigram vocab entry %zu must be [piece, score]", i);
                 rc = MM_EFORMAT;
                 goto out;

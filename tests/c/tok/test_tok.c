@@ -186,6 +186,37 @@ static void test_bpe(void) {
     mm_tok_free(t);
 }
 
+/* Unigram vocab read by the raw scanner: escapes, surrogate pairs, exponent
+ * scores; and a shape it does not expect falls back to jansson. */
+static void test_unigram_raw(void) {
+    const char *js =
+        "{\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[[\"<unk>\",0.0],"
+        "[\"\\u00e9\",-1e0],[\"\\ud83d\\ude00\",-2.5E+0],[\"a\\\"b\",-3],[\"x\\ty\",-0.4e1],"
+        "[\"\\u0000\",-5.5]]},\"pre_tokenizer\":{\"type\":\"WhitespaceSplit\"}}";
+    mm_tok_t *t = load(js);
+    if (!t)
+        return;
+    CHECK(mm_tok_token_to_id(t, "\xc3\xa9", 2) == 1);
+    CHECK(mm_tok_token_to_id(t, "\xf0\x9f\x98\x80", 4) == 2);
+    CHECK(mm_tok_token_to_id(t, "a\"b", 3) == 3);
+    CHECK(mm_tok_token_to_id(t, "x\ty", 3) == 4);
+    CHECK(mm_tok_token_to_id(t, "\0", 1) == 5);
+    char err[256];
+    mm_tok_encoding e;
+    CHECK(mm_tok_encode(t, "\xc3\xa9\xf0\x9f\x98\x80 a\"b q", 12, NULL, 0, NULL, &e, err, sizeof err) == 0);
+    int32_t want[] = {1, 2, 3, 0};
+    CHECK(ids_eq(&e, want, 4));
+    mm_tok_encoding_clear(&e);
+    mm_tok_free(t);
+    /* a lone surrogate is a parse error, as jansson says for other strings */
+    const char *bad = "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"\\ud83d\",0.0]]}}";
+    t = NULL;
+    CHECK(mm_tok_new_from_json(bad, strlen(bad), &t, err, sizeof err) == MM_EPARSE && t == NULL);
+    /* entries that are not [string, number] go through jansson and fail there */
+    const char *odd = "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"a\",0.0,1]]}}";
+    CHECK(mm_tok_new_from_json(odd, strlen(odd), &t, err, sizeof err) != 0 && t == NULL);
+}
+
 static void test_load_errors(void) {
     char err[256];
     mm_tok_t *t = NULL;
@@ -366,6 +397,8 @@ int main(int argc, char **argv) {
         test_wordpiece();
     if (!strcmp(which, "all") || !strcmp(which, "bpe"))
         test_bpe();
+    if (!strcmp(which, "all") || !strcmp(which, "unigram_raw"))
+        test_unigram_raw();
     if (!strcmp(which, "all") || !strcmp(which, "load_errors"))
         test_load_errors();
     if (!strcmp(which, "all") || !strcmp(which, "oom"))
