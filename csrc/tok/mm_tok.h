@@ -16,6 +16,21 @@
  * errbuf is not NULL, write a one-line message into it (NUL-terminated,
  * truncated to errlen).  Input text must be valid UTF-8: anything else is
  * rejected with MM_EINVAL and a message giving the byte offset.
+ *
+ * Typical use from a worker thread (a batch truncated at N, no padding):
+ *
+ *     mm_tok_params p;
+ *     mm_tok_default_params(tok, &p);   // add_special_tokens=1, no padding
+ *     p.max_length = N;                  // total length, [CLS]/[SEP] included
+ *     mm_tok_encoding enc[n];
+ *     int rc = mm_tok_encode_batch(tok, n, texts, lens, NULL, NULL, &p, enc,
+ *                                  err, sizeof err);
+ *     // enc[i].ids / .attention_mask / .type_ids, enc[i].len entries each
+ *     for (i = 0; i < n; i++) mm_tok_encoding_clear(&enc[i]);
+ *
+ *     char *text; size_t tl;
+ *     rc = mm_tok_decode(tok, ids, nids, 1, &text, &tl, err, sizeof err);
+ *     ... mm_free(text);
  */
 #ifndef MM_TOK_H
 #define MM_TOK_H
