@@ -151,13 +151,17 @@ class Tokenizer:
     ) -> List[Encoding]:
         """Encodes many texts (and, optionally, as many pair texts).
 
-        Options are those of :meth:`encode`; ``padding="longest"`` pads every
+        ``texts`` may also be a list of ``(text, pair)`` tuples, as
+        ``tokenizers`` accepts.  Options are those of :meth:`encode`; ``padding="longest"`` pads every
         encoding to the longest of the batch.  ``num_threads`` splits the
         batch over that many C threads (0: all cores; small batches stay on
         one thread).  Returns one :class:`Encoding` per text, in order.
         """
         texts = list(texts)
-        if pairs is not None:
+        if pairs is None and texts and all(isinstance(t, (tuple, list)) and len(t) == 2 for t in texts):
+            # the reference's form: [(text, pair), ...]
+            texts, pairs = [t[0] for t in texts], [t[1] for t in texts]
+        elif pairs is not None:
             pairs = list(pairs)
         raw = self._t.encode_batch(
             texts, pairs, add_special_tokens, max_length or 0, truncation, truncation_side,

@@ -215,6 +215,8 @@ def test_pairs_and_no_specials(pair_of_tokenizers):
     for i, (a, b) in enumerate(zip(r, o)):
         assert (a.ids, a.type_ids, a.attention_mask) == (b.ids, b.type_ids, b.attention_mask), (name, i)
         assert [tuple(x) for x in a.offsets] == b.offsets, (name, i, firsts[i], seconds[i])
+    o2 = mine.encode_batch(list(zip(firsts[:100], seconds[:100])))
+    assert [e.ids for e in o2] == [e.ids for e in r[:100]]
     r = ref.encode_batch(corpus[:1000], add_special_tokens=False)
     o = mine.encode_batch(corpus[:1000], add_special_tokens=False)
     assert [e.ids for e in r] == [e.ids for e in o]
