@@ -261,6 +261,19 @@ void tk_bpe_tokenize(tk_ctx *cx, const tk_model *m, tk_nstr s, tk_tokens *out) {
     for (size_t i = 0; i < s.n;) {
         size_t cl = (size_t)tk_u8len((unsigned char)s.s[i]);
         int first = i == 0, last = i + cl >= s.n;
+        if (!m->prefix_len && !m->suffix_len) {
+            /* the common case (GPT-2 style): look the character up in place */
+            int32_t id0 = tk_map_get(&m->vocab, s.s + i, cl);
+            if (id0 >= 0) {
+                if (unk_id >= 0) {
+                    add_sym(sy, &ns, unk_id, unk_start, unk_len);
+                    unk_id = -1;
+                }
+                add_sym(sy, &ns, id0, (uint32_t)i, (uint32_t)cl);
+                i += cl;
+                continue;
+            }
+        }
         size_t kl = (first ? 0 : m->prefix_len) + cl + (last ? m->suffix_len : 0);
         if (kl > kcap) {
             kcap = kl * 2;
