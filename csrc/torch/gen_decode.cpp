@@ -101,21 +101,21 @@ void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
         return;
     at::Device dev = st.cross_k.empty() ? at::Device(at::kCPU) : st.cross_k[0].device();
     auto lopts = at::TensorOptions().dtype(at::kLong);
-    at::Tensor g = at::tensor(gidx, lopts).to(dev);
     std::vector<int64_t> rows;
     rows.reserve(gidx.size() * st.group);
     for (int64_t x : gidx)
         for (int64_t j = 0; j < st.group; j++)
             rows.push_back(x * st.group + j);
     at::Tensor r = at::tensor(rows, lopts).to(dev);
-    int64_t G = st.groups();
+    int64_t N = st.rows();
     for (size_t l = 0; l < st.cross_k.size(); l++) {
-        st.cross_k[l] = st.cross_k[l].index_select(0, g);
-        st.cross_v[l] = st.cross_v[l].index_select(0, g);
+        st.cross_k[l] = st.cross_k[l].index_select(0, r);
+        st.cross_v[l] = st.cross_v[l].index_select(0, r);
     }
-    /* a per-group bias follows its groups; a broadcast one ([1, ...]) stays */
-    if (st.cross_bias.defined() && G > 1 && st.cross_bias.size(0) == G)
-        st.cross_bias = st.cross_bias.index_select(0, g);
+    /* a per-row bias follows its rows; a broadcast one ([1, ...]) stays */
+    if (st.cross_bias.defined() && N > 1 && st.cross_bias.size(0) == N)
+        st.cross_bias = st.cross_bias.index_select(0, r);
+    st.n_groups = (int64_t)gidx.size();
     reorder_rows(st, r);
 }
 
@@ -127,9 +127,20 @@ void Seq2Seq::start(DecState &st, const at::Tensor &enc, const at::Tensor &mask,
     st.cap = cap;
     st.cross_k.assign(L, at::Tensor());
     st.cross_v.assign(L, at::Tensor());
-    for (int64_t l = 0; l < L; l++)
+    /* One copy per row, as transformers holds them: the attention kernels
+     * then see the shapes a lone transformers call sees (one query per
+     * row), which keeps the arithmetic, and so near-tied beams, identical. */
+    for (int64_t l = 0; l < L; l++) {
         cross_kv(l, enc, &st.cross_k[l], &st.cross_v[l]);
+        if (group > 1) {
+            st.cross_k[l] = st.cross_k[l].repeat_interleave(group, 0);
+            st.cross_v[l] = st.cross_v[l].repeat_interleave(group, 0);
+        }
+    }
     st.cross_bias = cross_bias(mask, padded);
+    if (group > 1 && st.cross_bias.defined() && st.cross_bias.size(0) == G && padded)
+        st.cross_bias = st.cross_bias.repeat_interleave(group, 0);
+    st.n_groups = G;
     auto opts = at::TensorOptions().dtype(dtype_).device(device_);
     st.self_k.clear();
     st.self_v.clear();
@@ -160,14 +171,11 @@ void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const a
 
 at::Tensor Seq2Seq::cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                  const at::Tensor &bias, double scale) {
-    int64_t N = q.size(0), H = q.size(1), hd = q.size(3), G = st.cross_k[l].size(0);
-    int64_t g = st.group;
-    /* [N, H, 1, hd] -> [G, group, H, hd] -> [G, H, group, hd] */
-    at::Tensor qq = q.view({G, g, H, hd}).transpose(1, 2);
+    int64_t N = q.size(0), H = q.size(1), hd = q.size(3);
     std::optional<at::Tensor> am;
     if (bias.defined())
         am = bias;
-    at::Tensor a = at::scaled_dot_product_attention(qq, st.cross_k[l], st.cross_v[l], am, 0.0,
+    at::Tensor a = at::scaled_dot_product_attention(q, st.cross_k[l], st.cross_v[l], am, 0.0,
                                                     false, scale);
     return a.transpose(1, 2).reshape({N, H * hd});
 }

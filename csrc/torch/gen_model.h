@@ -11,9 +11,11 @@
  *     or a single greedy / sampled row);
  *   - self-attention keys and values per layer, [rows, heads, cap, head_dim],
  *     filled up to `len` positions (a preallocated cache, no concatenation);
- *   - cross-attention keys and values per layer, [groups, heads, src, hd],
- *     computed once from the encoder output.  The rows of a group attend as
- *     `group` queries of one attention call, so beams never copy them.
+ *   - cross-attention keys and values per layer, [rows, heads, src, hd],
+ *     computed once from the encoder output and copied to each row of the
+ *     group (transformers' layout: the kernels then do the arithmetic a lone
+ *     transformers call does, bit for bit).  Rows of a group share one
+ *     source, so beam reordering never touches them.
  * Reordering rows (beam search) and dropping finished groups are index
  * selects on these tensors (reorder_rows / keep_groups below).
  */
@@ -51,12 +53,13 @@ struct DecState {
     int64_t len = 0;   /* decoder positions already cached */
     int64_t cap = 0;   /* positions allocated in the self-attention cache */
     std::vector<at::Tensor> self_k, self_v;   /* per layer [rows, H, cap, hd] */
-    std::vector<at::Tensor> cross_k, cross_v; /* per layer [groups, H, S, hd] */
-    /* Added to cross-attention scores, per group or broadcast ([1 or groups,
+    std::vector<at::Tensor> cross_k, cross_v; /* per layer [rows, H, S, hd] */
+    int64_t n_groups = 0;
+    /* Added to cross-attention scores, per row or broadcast ([1 or rows,
      * ...]); a bool mask, a float bias, or undefined (no padding, no bias). */
     at::Tensor cross_bias;
     int64_t rows() const { return self_k.empty() ? 0 : self_k[0].size(0); }
-    int64_t groups() const { return cross_k.empty() ? 0 : cross_k[0].size(0); }
+    int64_t groups() const { return n_groups; }
 };
 
 /* Keeps rows `idx` (int64 on the model's device) of the self-attention
@@ -99,8 +102,8 @@ class Seq2Seq {
      * and returns the filled views [rows, H, len+1, hd]. */
     static void cache_append(DecState &st, int64_t l, const at::Tensor &k, const at::Tensor &v,
                              at::Tensor *kk, at::Tensor *vv);
-    /* Attention of each group's rows over its encoder entry.  q: [rows, H,
-     * 1, hd]; bias is added to the scores (may be undefined); scale as sdpa.
+    /* Attention of each row over its encoder entry.  q: [rows, H, 1, hd];
+     * bias is added to the scores (may be undefined); scale as sdpa.
      * Returns [rows, H * hd]. */
     static at::Tensor cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                    const at::Tensor &bias, double scale);

@@ -1,10 +1,11 @@
 """ctypes bindings to libmm_torch.so's generation ABI (csrc/torch/mm_torch_gen.h)
 and the tiny seeded models the generation tests share.
 
-The library is looked for in $MM_TORCH_LIB, then pymodelmgr/ (where
-`make build` / `python3 setup.py build_ext --inplace` copies it), then
-build/*/pymodelmgr/.  Tests skip when it is missing or was built without the
-generation entry points.
+The library is $MM_TORCH_LIB when set, else the newest of pymodelmgr/
+(where `make build` / `python3 setup.py build_ext --inplace` copies it) and
+build/*/pymodelmgr/ (a `cmake --build ... --target mm_torch` in progress).
+Tests skip when it is missing or was built without the generation entry
+points.
 """
 import ctypes
 import glob
@@ -56,16 +57,12 @@ class Result(ctypes.Structure):
 
 
 def find_lib():
-    cands = []
     if os.environ.get("MM_TORCH_LIB"):
-        cands.append(os.environ["MM_TORCH_LIB"])
-    cands.append(os.path.join(ROOT, "pymodelmgr", "libmm_torch.so"))
-    cands += sorted(glob.glob(os.path.join(ROOT, "build", "*", "pymodelmgr", "libmm_torch.so")),
-                    key=lambda p: -os.path.getmtime(p))
-    for c in cands:
-        if os.path.exists(c):
-            return c
-    return None
+        return os.environ["MM_TORCH_LIB"]
+    cands = [os.path.join(ROOT, "pymodelmgr", "libmm_torch.so")]
+    cands += glob.glob(os.path.join(ROOT, "build", "*", "pymodelmgr", "libmm_torch.so"))
+    cands = [c for c in cands if os.path.exists(c)]
+    return max(cands, key=os.path.getmtime) if cands else None
 
 
 _LIB = None
@@ -186,34 +183,72 @@ class Generator:
 
 
 # ---- tiny models ----
+#
+# Random models are degenerate (the same token forever, never an EOS), which
+# would leave most of the decoding rules untested.  The helpers below give
+# them a spread of next-token choices (a larger init for T5 v1.0, a random
+# final_logits_bias for BART) and point the EOS row of the output projection
+# at the mean decoder state, so that roughly a third of greedy runs stop
+# early.  The constants were tuned once for these seeds.
 
-def make_t5(path, gated, vocab=256, seed=0):
+def _decoder_direction(m, vocab, t5):
+    g = torch.Generator().manual_seed(123)
+    hs = []
+    with torch.no_grad():
+        for _ in range(10):
+            ids = torch.randint(3, vocab, (1, 12), generator=g)
+            dec = torch.randint(3, vocab, (1, 12), generator=g)
+            if t5:
+                enc = m.encoder(input_ids=ids).last_hidden_state
+                h = m.decoder(input_ids=dec, encoder_hidden_states=enc).last_hidden_state
+            else:
+                enc = m.model.encoder(input_ids=ids).last_hidden_state
+                h = m.model.decoder(input_ids=dec, encoder_hidden_states=enc).last_hidden_state
+            hs.append(h[0])
+    mu = torch.cat(hs).mean(0)
+    return mu / mu.norm()
+
+
+def make_t5(path, gated, vocab=256, seed=0, eos_gain=None, emb_scale=None, head_std=None):
+    """T5 v1.0 (ReLU, tied embedding, d_model^-0.5 output scale) or v1.1
+    (gated GELU, an lm_head of its own)."""
     from transformers import T5Config, T5ForConditionalGeneration
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, relative_attention_max_distance=20,
                    feed_forward_proj="gated-gelu" if gated else "relu",
-                   tie_word_embeddings=not gated, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1)
+                   initializer_factor=1.0 if gated else 3.0,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     m = T5ForConditionalGeneration(cfg).eval()
-    if gated:  # v1.1: an lm_head of its own
-        with torch.no_grad():
-            m.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 32))
-        m.config.tie_word_embeddings = False
+    with torch.no_grad():
+        if gated:  # v1.1: untie the output projection
+            std = 0.5 if head_std is None else head_std
+            m.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 32) * std)
+            m.config.scale_decoder_outputs = False
+        else:
+            m.shared.weight.mul_(0.4 if emb_scale is None else emb_scale)
+        gain = eos_gain if eos_gain is not None else (4.0 if gated else 4.5)
+        m.lm_head.weight[1] = gain * _decoder_direction(m, vocab, True)
     m.save_pretrained(path)
     return m
 
 
-def make_bart(path, vocab=256, seed=0, max_pos=64):
+def make_bart(path, vocab=256, seed=0, max_pos=64, generation=None):
+    """BART shaped like bart-large-cnn: decoder start </s>, forced <s>, forced
+    </s> at max_length - 1, a final_logits_bias; `generation` adds settings
+    to its generation_config.json."""
     from transformers import BartConfig, BartForConditionalGeneration
     torch.manual_seed(seed)
     cfg = BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                     decoder_ffn_dim=64, max_position_embeddings=max_pos, forced_bos_token_id=0,
-                     init_std=0.2)
+                     decoder_ffn_dim=64, max_position_embeddings=max_pos, init_std=0.5)
     m = BartForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         m.final_logits_bias.normal_(0, 0.5)
+        m.final_logits_bias[0, 2] = 4.5
+    m.generation_config.forced_bos_token_id = 0
+    for k, v in (generation or {}).items():
+        setattr(m.generation_config, k, v)
     m.save_pretrained(path)
     return m
 
