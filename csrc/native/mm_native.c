@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include "mm_alloc.h"
 #include "mm_err.h"
@@ -498,6 +499,37 @@ static void post_process(const float *v, size_t dim, const task_plan *tp, float 
     (void)dim;
 }
 
+/* sentence_bert_config.json do_lower_case: sentence-transformers puts a
+ * Lowercase normalizer in front of the tokenizer's own, i.e. it lowercases
+ * the whole text, code point by code point.  Writes the lowercased copy of
+ * text[0..len) into *buf (grown as needed); invalid UTF-8 is copied as is
+ * (the tokenizer rejects it with a message).  0 or MM_ENOMEM. */
+static int lowercase_utf8(const char *text, size_t len, char **buf, size_t *cap, size_t *out_len) {
+    if (len * 4 + 1 > *cap) {
+        size_t ncap = len * 4 + 1;
+        char *nb = mm_realloc(*buf, ncap);
+        if (!nb)
+            return MM_ENOMEM;
+        *buf = nb;
+        *cap = ncap;
+    }
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)text;
+    size_t i = 0, o = 0;
+    while (i < len) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate(p + i, (utf8proc_ssize_t)(len - i), &cp);
+        if (k <= 0) {
+            (*buf)[o++] = text[i++];
+            continue;
+        }
+        o += (size_t)utf8proc_encode_char(utf8proc_tolower(cp), (utf8proc_uint8_t *)*buf + o);
+        i += (size_t)k;
+    }
+    (*buf)[o] = '\0';
+    *out_len = o;
+    return 0;
+}
+
 static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     const size_t maxlen = s->info.max_seq_length;
     const size_t dim = s->info.dim;
@@ -506,8 +538,8 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     vec64 ids = {0}, types = {0};
     row *rows = NULL;
     size_t nrows = 0, rows_cap = 0;
-    char *textbuf = NULL;
-    size_t textcap = 0;
+    char *textbuf = NULL, *lowbuf = NULL;
+    size_t textcap = 0, lowcap = 0;
     int64_t *bids = NULL, *bmask = NULL, *btype = NULL, *bplen = NULL;
     float *bout = NULL;
     if (!plans)
@@ -588,6 +620,16 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
                 textbuf[plen_bytes + len] = '\0';
                 text = textbuf;
                 len += plen_bytes;
+            }
+            if (s->info.do_lower_case) {
+                size_t lo_len = 0;
+                if (lowercase_utf8(text, len, &lowbuf, &lowcap, &lo_len) != 0) {
+                    mm_task_fail(t, MM_ENOMEM, "out of memory");
+                    failed = 1;
+                    break;
+                }
+                text = lowbuf;
+                len = lo_len;
             }
             if (vec_reserve(&ids, maxlen) || vec_reserve(&types, maxlen)) {
                 mm_task_fail(t, MM_ENOMEM, "out of memory");
@@ -690,6 +732,7 @@ done:
     mm_free(types.p);
     mm_free(rows);
     mm_free(textbuf);
+    mm_free(lowbuf);
     mm_free(bids);
     mm_free(bmask);
     mm_free(btype);

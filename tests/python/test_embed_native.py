@@ -232,3 +232,38 @@ async def test_bad_inputs(make_mm, minilm_st):
     assert_close(np.array(r.data["embeddings"], dtype=np.float32), minilm_st.encode(odd))
     r = await mm.task("one string", "embedding", d, device="cpu")
     assert r.success and len(r.data["embeddings"]) == 1
+
+
+async def test_do_lower_case(make_mm, tmp_path):
+    """sentence_bert_config.json do_lower_case=true over a cased tokenizer:
+    sentence-transformers lowercases the text first; so must we."""
+    import json as _json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from test_embed_shim import minilm_dir as _d
+
+    d = tmp_path / "m"
+    make_encoder("bert", d)
+    with open(os.path.join(_d(), "vocab.txt"), encoding="utf-8") as f:
+        vocab = {w.rstrip("\n"): i for i, w in enumerate(f)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(str(d))
+    (d / "modules.json").write_text(_json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(_json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    (d / "sentence_bert_config.json").write_text(_json.dumps({"max_seq_length": 40, "do_lower_case": True}))
+    st = st_model(d)
+    items = ["Hello World", "ÉCOLE Straße ΣΊΣΥΦΟΣ", "MiXeD CaSe TeXt with Numbers 123"] + texts(30, seed=17)
+    mm = make_mm(**SLOW_OK)
+    r = await mm.task(items, "embedding", str(d), device="cpu")
+    assert r.success, r.error
+    assert_close(np.array(r.data["embeddings"], dtype=np.float32), st.encode(items))
