@@ -87,7 +87,8 @@ typedef struct mm_torch_gen_params {
     double temperature;
     int64_t top_k;          /* 0: off (default 50, applied when sampling) */
     double top_p;           /* 1.0: off */
-    int64_t seed;           /* sampling seed; -1: nondeterministic */
+    int64_t seed;           /* sampling seed (each input of a call draws from its own
+                               generator seeded with it); -1: nondeterministic */
     int64_t num_return_sequences;
 } mm_torch_gen_params;
 
@@ -102,9 +103,9 @@ typedef struct mm_torch_gen_result {
     const int64_t *ids;     /* all sequences back to back */
     const size_t *offsets;  /* n_sequences + 1 entries: sequence k is
                                ids[offsets[k] .. offsets[k+1]) */
-    const float *scores;    /* per sequence: beam score (length-normalized), or
-                               the sum of log-probabilities of the chosen tokens
-                               for greedy / sampling (processed distribution) */
+    const float *scores;    /* per sequence: the beam score (sum of log-probs /
+                               length ** length_penalty, transformers'
+                               sequences_scores); 0 for greedy / sampling */
 } mm_torch_gen_result;
 
 int mm_torch_gen_abi_version(void);
@@ -132,8 +133,13 @@ int mm_torch_gen_check_params(const mm_torch_gen_t *h, const mm_torch_gen_params
 
 /* Generates for n_inputs prompts at once: input i is ids[i][0 .. lens[i]).
  * All inputs share one encoder pass and one decoder step per token; a
- * finished input stops costing compute; results do not depend on which
- * other inputs share the call.  On success *out is a new result (free with
+ * finished input stops costing compute.  Each input's settings, logits
+ * processors, beam bookkeeping and random stream are its own, so results do
+ * not depend on which other inputs share the call, except through the
+ * floating-point effect of batch shape on the matrix / attention kernels
+ * (last-bit changes of a logit, which can flip a hypothesis only where two
+ * candidates tie to ~1e-6).  A lone request is bit-identical to a lone
+ * transformers call on the same device and dtype.  On success *out is a new result (free with
  * mm_torch_gen_result_free).  Blocks; any thread.  Errors: MM_EINVAL (bad
  * params, empty input, id out of range, input over hard_input_limit),
  * MM_ENOMEM, MM_EINTERNAL. */

@@ -1,0 +1,482 @@
+/* mm_native_gen.c: text generation for the native backend (issue 6).
+ *
+ * Defines mm_native_gen_backend, the vtable mm_native.c forwards
+ * MM_TASK_TEXT_GENERATION models to.  A worker's state holds the model
+ * directory, the C tokenizer twice over (mm_native_tok for encoding with
+ * Hugging Face truncation, mm_tok for decoding with special tokens skipped)
+ * and a libmm_torch.so generation handle (mm_torch_gen.h, resolved through
+ * mm_native_shim_sym, so libtorch is loaded only with the first real model).
+ *
+ * run() groups the batch's tasks by their kwargs text: tasks asking for the
+ * same settings share one mm_torch_gen_run call (one encoder pass, one
+ * decoder step per token for all of their inputs); each group's inputs are
+ * encoded (truncated at the model's input limit unless truncate=false, which
+ * makes an over-long input an INVALID_ARGUMENT error), generated, decoded
+ * and written back as num_return_sequences texts per input.
+ *
+ * check() validates kwargs on the submitting thread without a model: known
+ * keys only, each of the right type and range, inputs non-empty strings.
+ * Limits that depend on the model (max_new_tokens against the position
+ * table) are checked by the shim at run time and fail the task with its
+ * message.
+ */
+#include "mm_native.h"
+#include "mm_native_tok.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../torch/mm_torch_gen.h"
+#include "mm_alloc.h"
+#include "mm_err.h"
+#include "mm_log.h"
+#include "mm_task.h"
+#include "mm_tok.h"
+
+typedef struct gen_api {
+    mm_torch_gen_default_load_params_fn default_load_params;
+    mm_torch_gen_load_fn load;
+    mm_torch_gen_info_get_fn info;
+    mm_torch_gen_default_params_fn default_params;
+    mm_torch_gen_check_params_fn check_params;
+    mm_torch_gen_run_fn run;
+    mm_torch_gen_result_free_fn result_free;
+    mm_torch_gen_free_fn free;
+} gen_api;
+
+typedef struct gstate {
+    gen_api api;          /* resolved at load; owned by this worker */
+    char dir[4096];
+    mm__ntok *enc;
+    mm_tok_t *dec;
+    mm_torch_gen_t *gen;
+    mm_torch_gen_info info;
+} gstate;
+
+static int resolve_api(gen_api *a, char *err, size_t errlen) {
+#define SYM(field, name)                                   \
+    do {                                                   \
+        a->field = mm_native_shim_sym(name, err, errlen);  \
+        if (!a->field)                                     \
+            return MM_ELOAD;                               \
+    } while (0)
+    SYM(default_load_params, "mm_torch_gen_default_load_params");
+    SYM(load, "mm_torch_gen_load");
+    SYM(info, "mm_torch_gen_info_get");
+    SYM(default_params, "mm_torch_gen_default_params");
+    SYM(check_params, "mm_torch_gen_check_params");
+    SYM(run, "mm_torch_gen_run");
+    SYM(result_free, "mm_torch_gen_result_free");
+    SYM(free, "mm_torch_gen_free");
+#undef SYM
+    return 0;
+}
+
+/* ---- kwargs ---- */
+
+typedef enum { K_INT, K_NUM, K_BOOL, K_EARLY, K_TOKEN } kind;
+
+typedef struct kwdef {
+    const char *name;
+    kind k;
+    size_t off; /* into mm_torch_gen_params */
+    long long min;
+} kwdef;
+
+#define OFF(f) offsetof(mm_torch_gen_params, f)
+static const kwdef KW[] = {
+    {"max_length", K_INT, OFF(max_length), 1},
+    {"max_new_tokens", K_INT, OFF(max_new_tokens), 1},
+    {"min_length", K_INT, OFF(min_length), 0},
+    {"min_new_tokens", K_INT, OFF(min_new_tokens), 0},
+    {"num_beams", K_INT, OFF(num_beams), 1},
+    {"length_penalty", K_NUM, OFF(length_penalty), 0},
+    {"early_stopping", K_EARLY, OFF(early_stopping), 0},
+    {"no_repeat_ngram_size", K_INT, OFF(no_repeat_ngram_size), 0},
+    {"repetition_penalty", K_NUM, OFF(repetition_penalty), 0},
+    {"forced_bos_token_id", K_TOKEN, OFF(forced_bos_token_id), 0},
+    {"forced_eos_token_id", K_TOKEN, OFF(forced_eos_token_id), 0},
+    {"do_sample", K_BOOL, OFF(do_sample), 0},
+    {"temperature", K_NUM, OFF(temperature), 0},
+    {"top_k", K_INT, OFF(top_k), 0},
+    {"top_p", K_NUM, OFF(top_p), 0},
+    {"seed", K_INT, OFF(seed), 0},
+    {"num_return_sequences", K_INT, OFF(num_return_sequences), 1},
+};
+#undef OFF
+
+/* Applies the kwargs in json over *p (p may be NULL: validate only) and
+ * reads truncate.  0, or MM_EINVAL naming every bad key in err. */
+static int apply_kwargs(const char *json, mm_torch_gen_params *p, int *truncate, char *err,
+                        size_t errlen) {
+    json_error_t je;
+    json_t *root = json_loads(json ? json : "{}", 0, &je);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        snprintf(err, errlen, "generation kwargs are not a JSON object");
+        return MM_EINVAL;
+    }
+    char bad[400] = "";
+    size_t used = 0;
+#define BAD(...)                                                                           \
+    do {                                                                                   \
+        if (used < sizeof bad)                                                             \
+            used += (size_t)snprintf(bad + used, sizeof bad - used, "%s", used ? "; " : ""); \
+        if (used < sizeof bad)                                                             \
+            used += (size_t)snprintf(bad + used, sizeof bad - used, __VA_ARGS__);          \
+    } while (0)
+    if (truncate)
+        *truncate = 1;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        if (!strcmp(key, "truncate")) {
+            if (!json_is_boolean(v))
+                BAD("truncate must be true or false");
+            else if (truncate)
+                *truncate = json_is_true(v);
+            continue;
+        }
+        const kwdef *d = NULL;
+        for (size_t i = 0; i < sizeof KW / sizeof KW[0]; i++)
+            if (!strcmp(KW[i].name, key))
+                d = &KW[i];
+        if (!d) {
+            BAD("unknown argument %s", key);
+            continue;
+        }
+        char *f = p ? (char *)p + d->off : NULL;
+        switch (d->k) {
+        case K_INT:
+            if (!json_is_integer(v) || json_integer_value(v) < d->min) {
+                BAD("%s must be an integer >= %lld", key, d->min);
+                break;
+            }
+            if (f)
+                *(int64_t *)f = (int64_t)json_integer_value(v);
+            break;
+        case K_TOKEN:
+            if (json_is_null(v)) {
+                if (f)
+                    *(int64_t *)f = -1;
+            } else if (!json_is_integer(v) || json_integer_value(v) < 0) {
+                BAD("%s must be a token id or null", key);
+            } else if (f) {
+                *(int64_t *)f = (int64_t)json_integer_value(v);
+            }
+            break;
+        case K_NUM:
+            if (!json_is_number(v)) {
+                BAD("%s must be a number", key);
+                break;
+            }
+            if (f)
+                *(double *)f = json_number_value(v);
+            break;
+        case K_BOOL:
+            if (!json_is_boolean(v)) {
+                BAD("%s must be true or false", key);
+                break;
+            }
+            if (f)
+                *(int *)f = json_is_true(v);
+            break;
+        case K_EARLY:
+            if (json_is_boolean(v)) {
+                if (f)
+                    *(int *)f = json_is_true(v) ? MM_GEN_EARLY_TRUE : MM_GEN_EARLY_FALSE;
+            } else if (json_is_string(v) && !strcmp(json_string_value(v), "never")) {
+                if (f)
+                    *(int *)f = MM_GEN_EARLY_NEVER;
+            } else {
+                BAD("early_stopping must be true, false or \"never\"");
+            }
+            break;
+        }
+    }
+    /* contradictions visible without the model */
+    json_t *mx = json_object_get(root, "max_length"), *mn = json_object_get(root, "min_length");
+    if (json_is_integer(mx) && json_is_integer(mn) &&
+        json_integer_value(mn) > json_integer_value(mx))
+        BAD("min_length (%lld) is larger than max_length (%lld)",
+            (long long)json_integer_value(mn), (long long)json_integer_value(mx));
+#undef BAD
+    json_decref(root);
+    if (used) {
+        snprintf(err, errlen, "invalid generation arguments: %s", bad);
+        return MM_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- vtable ---- */
+
+static int gen_check(const mm_model_spec *spec, const mm_task_t *task, char *err, size_t errlen) {
+    (void)spec;
+    if (mm_task_get_kind(task) != MM_KIND_RUN)
+        return 0;
+    size_t n = mm_task_n_items(task);
+    if (n == 0) {
+        snprintf(err, errlen, "text_generation needs at least one input text");
+        return MM_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        mm_task_item(task, i, &len);
+        if (len == 0) {
+            snprintf(err, errlen, "input %zu is an empty string", i);
+            return MM_EINVAL;
+        }
+    }
+    return apply_kwargs(mm_task_params_json(task), NULL, NULL, err, errlen);
+}
+
+static void gen_unload(void *state) {
+    gstate *s = state;
+    if (!s)
+        return;
+    if (s->gen)
+        s->api.free(s->gen);
+    mm__ntok_free(s->enc);
+    if (s->dec)
+        mm_tok_free(s->dec);
+    mm_free(s);
+}
+
+static int opt_dtype(const char *options_json, char *out, size_t cap) {
+    json_t *o = json_loads(options_json ? options_json : "{}", 0, NULL);
+    json_t *x = o ? json_object_get(o, "dtype") : NULL;
+    int found = json_is_string(x);
+    if (found)
+        snprintf(out, cap, "%s", json_string_value(x));
+    json_decref(o);
+    return found;
+}
+
+static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
+                    size_t errlen) {
+    *state = NULL;
+    gstate *s = mm_calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return MM_ENOMEM;
+    }
+    int rc = mm_native_resolve_model(spec, s->dir, sizeof s->dir, err, errlen);
+    if (rc == 0)
+        rc = resolve_api(&s->api, err, errlen);
+    if (rc == 0)
+        rc = mm__ntok_load(s->dir, &s->enc, err, errlen);
+    if (rc == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", s->dir);
+        rc = mm_tok_new_from_file(path, &s->dec, err, errlen);
+    }
+    if (rc == 0) {
+        mm_torch_gen_load_params p;
+        s->api.default_load_params(&p);
+        char dtype[32] = "auto";
+        opt_dtype(spec->options_json, dtype, sizeof dtype);
+        p.device = dev->is_gpu ? dev->name : "cpu";
+        p.dtype = dtype;
+        p.num_threads = dev->is_gpu ? 0 : (dev->cpu_threads > 0 ? dev->cpu_threads : 0);
+        rc = s->api.load(s->dir, &p, &s->gen, err, errlen);
+    }
+    if (rc != 0) {
+        gen_unload(s);
+        return rc;
+    }
+    s->api.info(s->gen, &s->info);
+    mm_log(MM_LOG_INFO, "native: %s loaded for text generation on %s (%s, %s)",
+           spec->model_name, s->info.device, s->info.arch, s->info.dtype);
+    *state = s;
+    return 0;
+}
+
+/* Runs the tasks tasks[idx[0..m)] that share one kwargs text. */
+static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m) {
+    char err[512];
+    err[0] = '\0';
+    mm_torch_gen_params p;
+    int truncate = 1;
+    s->api.default_params(s->gen, &p);
+    int rc = apply_kwargs(mm_task_params_json(tasks[idx[0]]), &p, &truncate, err, sizeof err);
+    if (rc == 0)
+        rc = s->api.check_params(s->gen, &p, err, sizeof err);
+    if (rc != 0) {
+        for (size_t k = 0; k < m; k++)
+            mm_task_fail(tasks[idx[k]], rc, "%s", err);
+        return;
+    }
+    size_t maxlen = (size_t)s->info.max_input_length;
+    size_t total = 0;
+    for (size_t k = 0; k < m; k++)
+        total += mm_task_n_items(tasks[idx[k]]);
+    int64_t **ids = mm_calloc(total ? total : 1, sizeof *ids);
+    size_t *lens = mm_calloc(total ? total : 1, sizeof *lens);
+    char *failed = mm_calloc(m, 1);
+    int64_t *scratch = mm_malloc((maxlen + 8) * sizeof *scratch);
+    int64_t *tscratch = mm_malloc((maxlen + 8) * sizeof *tscratch); /* type ids, unused */
+    size_t cap = maxlen + 8, in = 0;
+    if (!ids || !lens || !failed || !scratch || !tscratch) {
+        for (size_t k = 0; k < m; k++)
+            mm_task_fail(tasks[idx[k]], MM_ENOMEM, "out of memory");
+        goto out;
+    }
+    /* 1. encode */
+    for (size_t k = 0; k < m; k++) {
+        mm_task_t *t = tasks[idx[k]];
+        size_t n = mm_task_n_items(t);
+        for (size_t i = 0; i < n && !failed[k]; i++) {
+            size_t len = 0, full = 0;
+            const char *text = mm_task_item(t, i, &len);
+            rc = mm__ntok_encode(s->enc, text, len, truncate ? maxlen : 0, scratch, tscratch,
+                                 cap, &full, err, sizeof err);
+            if (rc == 0 && !truncate && full > maxlen) {
+                rc = MM_EINVAL;
+                snprintf(err, sizeof err, "input %zu has %zu tokens, more than the model's %zu "
+                         "(pass truncate=true to cut it)", i, full, maxlen);
+            }
+            if (rc == 0 && full == 0) {
+                rc = MM_EINVAL;
+                snprintf(err, sizeof err, "input %zu encodes to no tokens", i);
+            }
+            size_t got = full < cap ? full : cap;
+            if (truncate && got > maxlen)
+                got = maxlen;
+            if (rc == 0 && !(ids[in + i] = mm_malloc(got * sizeof(int64_t))))
+                rc = MM_ENOMEM;
+            if (rc != 0) {
+                mm_task_fail(t, rc, "%s", rc == MM_ENOMEM ? "out of memory" : err);
+                failed[k] = 1;
+                break;
+            }
+            memcpy(ids[in + i], scratch, got * sizeof(int64_t));
+            lens[in + i] = got;
+        }
+        in += n;
+    }
+    /* 2. generate for the tasks still standing (compact their inputs) */
+    size_t live = 0;
+    in = 0;
+    for (size_t k = 0; k < m; k++) {
+        size_t n = mm_task_n_items(tasks[idx[k]]);
+        for (size_t i = 0; i < n; i++, in++) {
+            if (failed[k])
+                continue;
+            ids[live] = ids[in];
+            lens[live] = lens[in];
+            if (live != in)
+                ids[in] = NULL;
+            live++;
+        }
+    }
+    if (live == 0)
+        goto out;
+    mm_torch_gen_result *res = NULL;
+    rc = s->api.run(s->gen, (const int64_t *const *)ids, lens, live, &p, &res, err, sizeof err);
+    if (rc != 0) {
+        for (size_t k = 0; k < m; k++)
+            if (!failed[k])
+                mm_task_fail(tasks[idx[k]], rc, "%s", err);
+        goto out;
+    }
+    /* 3. decode and write back */
+    size_t nrs = res->num_return_sequences, seq = 0;
+    int32_t *buf = NULL;
+    size_t bufcap = 0;
+    for (size_t k = 0; k < m; k++) {
+        if (failed[k])
+            continue;
+        mm_task_t *t = tasks[idx[k]];
+        size_t n = mm_task_n_items(t);
+        for (size_t j = 0; j < n * nrs; j++, seq++) {
+            size_t a = res->offsets[seq], b = res->offsets[seq + 1];
+            if (b - a > bufcap) {
+                int32_t *nb = mm_realloc(buf, (b - a) * sizeof *nb);
+                if (!nb) {
+                    mm_task_fail(t, MM_ENOMEM, "out of memory");
+                    seq += n * nrs - j;
+                    break;
+                }
+                buf = nb;
+                bufcap = b - a;
+            }
+            for (size_t x = a; x < b; x++)
+                buf[x - a] = (int32_t)res->ids[x];
+            char *text = NULL;
+            size_t tl = 0;
+            rc = mm_tok_decode(s->dec, buf, b - a, 1, &text, &tl, err, sizeof err);
+            if (rc == 0)
+                rc = mm_task_result_text(t, j, nrs, text, tl);
+            mm_free(text);
+            if (rc != 0) {
+                mm_task_fail(t, rc, "decoding the output failed: %s", err);
+                seq += n * nrs - j;
+                break;
+            }
+        }
+    }
+    mm_free(buf);
+    s->api.result_free(res);
+out:
+    if (ids)
+        for (size_t i = 0; i < total; i++)
+            mm_free(ids[i]);
+    mm_free(ids);
+    mm_free(lens);
+    mm_free(failed);
+    mm_free(scratch);
+    mm_free(tscratch);
+}
+
+static void gen_run(void *state, mm_task_t **tasks, size_t n) {
+    gstate *s = state;
+    size_t *idx = mm_calloc(n ? n : 1, sizeof *idx);
+    char *done = mm_calloc(n ? n : 1, 1);
+    if (!idx || !done) {
+        for (size_t i = 0; i < n; i++)
+            mm_task_fail(tasks[i], MM_ENOMEM, "out of memory");
+        mm_free(idx);
+        mm_free(done);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        if (mm_task_get_kind(tasks[i]) != MM_KIND_RUN) {
+            done[i] = 1;
+            continue;
+        }
+        const char *kw = mm_task_params_json(tasks[i]);
+        size_t m = 0;
+        for (size_t j = i; j < n; j++) {
+            if (!done[j] && mm_task_get_kind(tasks[j]) == MM_KIND_RUN &&
+                !strcmp(kw, mm_task_params_json(tasks[j]))) {
+                idx[m++] = j;
+                done[j] = 1;
+            }
+        }
+        run_group(s, tasks, idx, m);
+    }
+    mm_free(idx);
+    mm_free(done);
+}
+
+static int gen_info(void *state, mm_backend_info *info) {
+    gstate *s = state;
+    info->memory_bytes = s->info.memory_bytes;
+    return 0;
+}
+
+const mm_backend_vtable mm_native_gen_backend = {
+    .name = "native-gen",
+    .accepts = NULL,
+    .check = gen_check,
+    .load = gen_load,
+    .run = gen_run,
+    .unload = gen_unload,
+    .info = gen_info,
+    .cost = NULL,
+};
