@@ -24,7 +24,6 @@
 #include "tok_internal.h"
 
 extern regex_t *tk_gpt2_re;
-extern regex_t *tk_word_re;
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_init_rc;
@@ -39,9 +38,6 @@ static void global_init(void) {
     static const char gpt2[] =
         "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
     g_init_rc = tk_regex_compile(gpt2, sizeof(gpt2) - 1, &tk_gpt2_re, NULL, 0);
-    static const char word[] = "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]";
-    if (!g_init_rc)
-        g_init_rc = tk_regex_compile(word, sizeof(word) - 1, &tk_word_re, NULL, 0);
 }
 
 /* ------------------------------------------------------------- loading */
@@ -238,18 +234,8 @@ static void effective_params(const mm_tok_t *tok, const mm_tok_params *in, mm_to
 
 /* -------------------------------------------------------- added tokens */
 
-regex_t *tk_word_re;
-
-/* Rust regex \w (the reference checks single_word with it): Alphabetic,
- * marks, decimal digits, connector punctuation, join controls. */
-static int is_word_char(uint32_t c) {
-    if (c < 0x80)
-        return tk_is_alnum(c) || c == '_';
-    char b[4];
-    int l = tk_u8enc(c, b);
-    return onig_match(tk_word_re, (const UChar *)b, (const UChar *)b + l, (const UChar *)b, NULL,
-                      ONIG_OPTION_NONE) > 0;
-}
+/* Rust regex \\w (the reference checks single_word with it). */
+static int is_word_char(uint32_t c) { return tk_is_rust_word(c); }
 
 static uint32_t last_char(const char *s, size_t n) {
     size_t p = n - 1;

@@ -80,7 +80,11 @@ int tk_is_whitespace(uint32_t c);  /* Rust char::is_whitespace (White_Space) */
 int tk_is_alnum(uint32_t c);       /* Rust char::is_alphanumeric */
 int tk_is_numeric(uint32_t c);     /* Rust char::is_numeric (N*) */
 int tk_is_bert_punct(uint32_t c);  /* ASCII punctuation or Unicode P* */
-int tk_is_mn(uint32_t c);          /* nonspacing mark */
+int tk_is_mn(uint32_t c);          /* nonspacing mark (BertNormalizer) */
+int tk_is_mark(uint32_t c);        /* combining mark (StripAccents) */
+int tk_nf_keep(uint32_t c, int compat); /* the reference does not decompose c */
+int tk_is_rust_word(uint32_t c);   /* Rust regex \\w */
+int tk_is_rust_space(uint32_t c);  /* Rust regex \\s */
 int tk_is_control_bert(uint32_t c);
 int tk_is_cjk(uint32_t c);
 

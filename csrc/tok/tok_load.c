@@ -223,14 +223,7 @@ static int load_pre(tk_pre *p, json_t *j, int depth, char *errbuf, size_t errlen
     if (!strcmp(t, "BertPreTokenizer")) {
         p->type = TK_P_BERT;
     } else if (!strcmp(t, "Whitespace")) {
-        p->type = TK_P_WHITESPACE;
-        /* the reference compiles this one with Rust's regex crate, whose \\w
-         * and \\s are these Unicode properties (Oniguruma's \\w differs, e.g. on
-         * U+200D ZERO WIDTH JOINER) */
-        static const char pat[] =
-            "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]+"
-            "|[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}\\p{White_Space}]+";
-        TRY(tk_regex_compile(pat, sizeof(pat) - 1, &p->re, errbuf, errlen));
+        p->type = TK_P_WHITESPACE; /* \\w+|[^\\w\\s]+, done without a regex (tok_pretok.c) */
     } else if (!strcmp(t, "WhitespaceSplit")) {
         p->type = TK_P_WSSPLIT;
     } else if (!strcmp(t, "Punctuation")) {

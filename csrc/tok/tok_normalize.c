@@ -88,11 +88,8 @@ static int m_drop_mn(const tk_norm *n, uint32_t c, uint32_t out[8]) {
  * BertNormalizer's accent stripping, which drops only Mn. */
 static int m_drop_marks(const tk_norm *n, uint32_t c, uint32_t out[8]) {
     (void)n;
-    if (c >= 0x300) {
-        int k = utf8proc_category((utf8proc_int32_t)c);
-        if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_MC || k == UTF8PROC_CATEGORY_ME)
-            return 0;
-    }
+    if (tk_is_mark(c))
+        return 0;
     out[0] = c;
     return 1;
 }
@@ -114,7 +111,9 @@ static uint32_t compose_pair(uint32_t a, uint32_t b) {
         return 0;
     utf8proc_int32_t buf[2] = {(utf8proc_int32_t)a, (utf8proc_int32_t)b};
     utf8proc_ssize_t r = utf8proc_normalize_utf32(buf, 2, UTF8PROC_COMPOSE | UTF8PROC_STABLE);
-    return r == 1 ? (uint32_t)buf[0] : 0;
+    if (r != 1 || tk_nf_keep((uint32_t)buf[0], 0))
+        return 0; /* a composite the reference's tables do not know */
+    return (uint32_t)buf[0];
 }
 
 /* Unicode normal form with per-character alignment: every character is
@@ -135,7 +134,7 @@ static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
         uint32_t a0 = s->a[2 * i], a1 = s->a[2 * (i + (size_t)l - 1) + 1];
         utf8proc_int32_t tmp[32];
         utf8proc_ssize_t k;
-        if (c < 0x80) {
+        if (c < 0x80 || tk_nf_keep(c, compat)) {
             tmp[0] = (utf8proc_int32_t)c;
             k = 1;
         } else {

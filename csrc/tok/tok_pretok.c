@@ -151,6 +151,28 @@ static void bytelevel(tk_ctx *cx, const tk_pre *p, tk_pieces *out, tk_nstr s) {
     }
 }
 
+/* Whitespace: the pieces of \\w+|[^\\w\\s]+ with the reference's (Rust regex)
+ * classes -- runs of word characters, runs of other non-space characters,
+ * spaces dropped. */
+static void whitespace(tk_ctx *cx, tk_pieces *out, tk_nstr s) {
+    size_t i = 0, start = 0;
+    int cur = 0; /* 0 none, 1 word run, 2 other run */
+    while (i < s.n) {
+        int l;
+        uint32_t c = tk_u8dec((const unsigned char *)s.s + i, &l);
+        int k = tk_is_rust_word(c) ? 1 : tk_is_rust_space(c) ? 0 : 2;
+        if (k != cur) {
+            if (cur)
+                tk_pieces_push(cx, out, tk_nstr_sub(s, start, i), -1);
+            cur = k;
+            start = i;
+        }
+        i += (size_t)l;
+    }
+    if (cur)
+        tk_pieces_push(cx, out, tk_nstr_sub(s, start, s.n), -1);
+}
+
 static void pre_one(tk_ctx *cx, const tk_pre *p, tk_pieces *out, tk_nstr s) {
     switch (p->type) {
     case TK_P_BERT: {
@@ -161,7 +183,7 @@ static void pre_one(tk_ctx *cx, const tk_pre *p, tk_pieces *out, tk_nstr s) {
         break;
     }
     case TK_P_WHITESPACE:
-        split_regex(cx, p->re, out, s, TK_B_REMOVED, 1);
+        whitespace(cx, out, s);
         break;
     case TK_P_WSSPLIT:
         split_pred(cx, p, out, s, pr_ws, TK_B_REMOVED);

@@ -202,21 +202,60 @@ int tk_is_numeric(uint32_t c) {
     return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
 }
 
+/* The reference's own character classes (tok_unicode_tables.c, generated
+ * by gen/gen_unicode_tables.py): its Unicode data is older than utf8proc's,
+ * and parity means agreeing with it on characters assigned since. */
+extern const uint32_t tk_tab_punct[][2], tk_tab_control[][2], tk_tab_mn[][2], tk_tab_marks[][2],
+    tk_tab_nfd_keep[][2], tk_tab_nfkd_keep[][2], tk_tab_word[][2], tk_tab_space[][2];
+extern const size_t tk_tab_punct_n, tk_tab_control_n, tk_tab_mn_n, tk_tab_marks_n,
+    tk_tab_nfd_keep_n, tk_tab_nfkd_keep_n, tk_tab_word_n, tk_tab_space_n;
+
+static int in_ranges(const uint32_t (*t)[2], size_t n, uint32_t c) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < t[mid][0])
+            hi = mid;
+        else if (c > t[mid][1])
+            lo = mid + 1;
+        else
+            return 1;
+    }
+    return 0;
+}
+
 int tk_is_bert_punct(uint32_t c) {
     if (c < 0x80)
         return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
                (c >= 123 && c <= 126);
-    int k = cat(c);
-    return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
+    return in_ranges(tk_tab_punct, tk_tab_punct_n, c);
 }
 
-int tk_is_mn(uint32_t c) { return c >= 0x300 && cat(c) == UTF8PROC_CATEGORY_MN; }
+int tk_is_mn(uint32_t c) { return c >= 0x300 && in_ranges(tk_tab_mn, tk_tab_mn_n, c); }
+
+int tk_is_mark(uint32_t c) { return c >= 0x300 && in_ranges(tk_tab_marks, tk_tab_marks_n, c); }
 
 int tk_is_control_bert(uint32_t c) {
-    if (c == '\t' || c == '\n' || c == '\r')
-        return 0;
-    int k = cat(c);
-    return k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CO;
+    if (c < 0x80)
+        return (c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F;
+    return in_ranges(tk_tab_control, tk_tab_control_n, c);
+}
+
+int tk_is_rust_word(uint32_t c) {
+    if (c < 0x80)
+        return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c == '_';
+    return in_ranges(tk_tab_word, tk_tab_word_n, c);
+}
+
+int tk_is_rust_space(uint32_t c) {
+    if (c < 0x80)
+        return c == ' ' || (c >= 0x09 && c <= 0x0D);
+    return in_ranges(tk_tab_space, tk_tab_space_n, c);
+}
+
+int tk_nf_keep(uint32_t c, int compat) {
+    return compat ? in_ranges(tk_tab_nfkd_keep, tk_tab_nfkd_keep_n, c)
+                  : in_ranges(tk_tab_nfd_keep, tk_tab_nfd_keep_n, c);
 }
 
 int tk_is_cjk(uint32_t c) {
