@@ -306,3 +306,27 @@ def test_invalid_input_rejected(ours):
         ours.Tokenizer.from_str('{"model": {"type": "Frobnicator", "vocab": {}}}')
     with pytest.raises(OSError):
         ours.Tokenizer.from_file("/nonexistent/tokenizer.json")
+
+
+def test_random_code_points(pair_of_tokenizers):
+    """Strings of random code points from every plane: catches Unicode-table
+    differences (the reference's tables are older or newer than ours)."""
+    import random
+
+    name, ref, mine, corpus = pair_of_tokenizers
+    rng = random.Random(4242)
+
+    def rc():
+        r = rng.random()
+        c = (rng.randint(0x20, 0x7E) if r < 0.3 else rng.randint(0x80, 0x2FFF) if r < 0.6
+             else rng.randint(0x3000, 0xFFFF) if r < 0.8 else rng.randint(0x10000, 0x10FFFF))
+        return chr(0x41 if 0xD800 <= c < 0xE000 else c)
+
+    texts = ["".join(rc() for _ in range(rng.randint(1, 12))) for _ in range(4000)]
+    r = ref.encode_batch(texts)
+    o = mine.encode_batch(texts, num_threads=1)
+    bad = [(t, a.tokens, b.tokens) for t, a, b in zip(texts, r, o) if a.ids != b.ids]
+    assert not bad, f"{name}: {len(bad)} of {len(texts)} differ; first: {bad[:2]!r}"
+    rd = ref.decode_batch([e.ids for e in r])
+    od = mine.decode_batch([e.ids for e in r])
+    assert rd == od
