@@ -83,6 +83,7 @@ int tk_is_bert_punct(uint32_t c);  /* ASCII punctuation or Unicode P* */
 int tk_is_mn(uint32_t c);          /* nonspacing mark (BertNormalizer) */
 int tk_is_mark(uint32_t c);        /* combining mark (StripAccents) */
 int tk_nf_keep(uint32_t c, int compat); /* the reference does not decompose c */
+uint32_t tk_lower_fix(uint32_t c);  /* the reference's lowercase where utf8proc's differs, else 0 */
 int tk_is_rust_word(uint32_t c);   /* Rust regex \\w */
 int tk_is_rust_space(uint32_t c);  /* Rust regex \\s */
 int tk_is_control_bert(uint32_t c);

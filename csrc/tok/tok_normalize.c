@@ -28,7 +28,9 @@ static int lower_full(uint32_t c, uint32_t out[3]) {
         out[1] = 0x307;
         return 2;
     }
-    out[0] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
+    out[0] = tk_lower_fix(c);
+    if (!out[0])
+        out[0] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
     return 1;
 }
 

@@ -253,6 +253,23 @@ int tk_is_rust_space(uint32_t c) {
     return in_ranges(tk_tab_space, tk_tab_space_n, c);
 }
 
+extern const uint32_t tk_tab_lower_fix[][2];
+extern const size_t tk_tab_lower_fix_n;
+
+uint32_t tk_lower_fix(uint32_t c) {
+    size_t lo = 0, hi = tk_tab_lower_fix_n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < tk_tab_lower_fix[mid][0])
+            hi = mid;
+        else if (c > tk_tab_lower_fix[mid][0])
+            lo = mid + 1;
+        else
+            return tk_tab_lower_fix[mid][1];
+    }
+    return 0;
+}
+
 int tk_nf_keep(uint32_t c, int compat) {
     return compat ? in_ranges(tk_tab_nfkd_keep, tk_tab_nfkd_keep_n, c)
                   : in_ranges(tk_tab_nfd_keep, tk_tab_nfd_keep_n, c);
