@@ -283,6 +283,9 @@ static void opt_str(const char *options_json, const char *key, char *out, size_t
     json_decref(o);
 }
 
+/* The generation vtable, or NULL when that part is not linked in. */
+static const mm_backend_vtable *gen_backend(void) { return &mm_native_gen_backend; }
+
 static int native_accepts(const char *model_name) {
     return model_name && model_name[0] && strncmp(model_name, "synthetic/", 10) != 0;
 }
@@ -290,13 +293,12 @@ static int native_accepts(const char *model_name) {
 static int native_check(const mm_model_spec *spec, const mm_task_t *task, char *err,
                         size_t errlen) {
     if (spec->task_type == MM_TASK_TEXT_GENERATION) {
-        if (!&mm_native_gen_backend) {
+        const mm_backend_vtable *g = gen_backend();
+        if (!g) {
             snprintf(err, errlen, "native text generation is not built into this pymodelmgr");
             return MM_EUNSUPPORTED;
         }
-        return mm_native_gen_backend.check
-                   ? mm_native_gen_backend.check(spec, task, err, errlen)
-                   : 0;
+        return g->check ? g->check(spec, task, err, errlen) : 0;
     }
     if (mm_task_get_kind(task) != MM_KIND_RUN)
         return 0;
@@ -326,12 +328,12 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
         return MM_ENOMEM;
     }
     if (spec->task_type == MM_TASK_TEXT_GENERATION) {
-        if (!&mm_native_gen_backend) {
+        s->gen = gen_backend();
+        if (!s->gen) {
             mm_free(s);
             snprintf(err, errlen, "native text generation is not built into this pymodelmgr");
             return MM_EUNSUPPORTED;
         }
-        s->gen = &mm_native_gen_backend;
         int rc = s->gen->load(spec, dev, &s->gen_state, err, errlen);
         if (rc != 0) {
             mm_free(s);

@@ -33,7 +33,11 @@ int mm_native_set_lib_dir(const char *dir);
 /* Optional: a vtable for MM_TASK_TEXT_GENERATION models, defined by the
  * generation part when it is linked in.  mm_native_backend forwards check,
  * load, run, unload, info and cost of generation models to it. */
+#ifdef MM_HAVE_NATIVE_GEN
+extern const mm_backend_vtable mm_native_gen_backend;
+#else
 extern const mm_backend_vtable mm_native_gen_backend __attribute__((weak));
+#endif
 
 /* Opens libmm_torch.so once (thread-safe) and returns the address of
  * symbol, or NULL with a message in err naming what is missing (the
