@@ -83,6 +83,7 @@ int tk_is_bert_punct(uint32_t c);  /* ASCII punctuation or Unicode P* */
 int tk_is_mn(uint32_t c);          /* nonspacing mark (BertNormalizer) */
 int tk_is_mark(uint32_t c);        /* combining mark (StripAccents) */
 int tk_nf_keep(uint32_t c, int compat); /* the reference does not decompose c */
+int tk_ccc0(uint32_t c);            /* combining class 0 to the reference */
 uint32_t tk_lower_fix(uint32_t c);  /* the reference's lowercase where utf8proc's differs, else 0 */
 int tk_is_rust_word(uint32_t c);   /* Rust regex \\w */
 int tk_is_rust_space(uint32_t c);  /* Rust regex \\s */
@@ -105,6 +106,7 @@ typedef struct {
 void tk_nbuf_putc(tk_ctx *cx, tk_nbuf *b, uint32_t cp, uint32_t os, uint32_t oe);
 void tk_nbuf_put(tk_ctx *cx, tk_nbuf *b, const char *s, size_t n, uint32_t os, uint32_t oe);
 tk_nstr tk_nstr_sub(tk_nstr s, size_t from, size_t to);
+void tk_replay_changes(tk_ctx *cx, tk_nstr *s, const uint32_t *cp, const int32_t *chg, size_t n);
 
 /* ----------------------------------------------------------- vocab map */
 

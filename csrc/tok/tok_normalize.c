@@ -34,6 +34,33 @@ static int lower_full(uint32_t c, uint32_t out[3]) {
     return 1;
 }
 
+/* Replays a (char, change) list over s the way the reference's
+ * NormalizedString::transform does: change <= 0 takes the range of the next
+ * input char and consumes 1 - change chars; change > 0 is an insertion that
+ * copies the range of the byte before the cursor. */
+void tk_replay_changes(tk_ctx *cx, tk_nstr *s, const uint32_t *cp, const int32_t *chg, size_t n) {
+    tk_nbuf b = {0};
+    size_t off = 0;
+    for (size_t q = 0; q < n; q++) {
+        uint32_t os = 0, oe = 0;
+        if (chg[q] > 0) {
+            if (off) {
+                os = s->a[2 * (off - 1)];
+                oe = s->a[2 * (off - 1) + 1];
+            }
+        } else if (s->n) {
+            size_t at = off < s->n ? off : s->n - 1;
+            os = s->a[2 * at];
+            oe = s->a[2 * at + 1];
+            size_t consume = 1 + (size_t)(-chg[q]);
+            while (consume-- > 0 && off < s->n)
+                off += (size_t)tk_u8len((unsigned char)s->s[off]);
+        }
+        tk_nbuf_putc(cx, &b, cp[q], os, oe);
+    }
+    *s = b.t;
+}
+
 typedef int (*char_map_fn)(const tk_norm *n, uint32_t c, uint32_t out[8]);
 
 /* Generic per-character rewrite: fn returns how many chars replace c. */
@@ -104,7 +131,10 @@ static int is_ascii_only(const tk_nstr *s) {
 }
 
 static int ccc(uint32_t c) {
-    return c < 0x300 ? 0 : utf8proc_get_property((utf8proc_int32_t)c)->combining_class;
+    if (c < 0x300)
+        return 0;
+    int k = utf8proc_get_property((utf8proc_int32_t)c)->combining_class;
+    return k && tk_ccc0(c) ? 0 : k; /* marks newer than the reference's tables */
 }
 
 /* Canonical composition of a pair, or 0 when they do not compose. */
@@ -118,22 +148,22 @@ static uint32_t compose_pair(uint32_t a, uint32_t b) {
     return (uint32_t)buf[0];
 }
 
-/* Unicode normal form with per-character alignment: every character is
- * decomposed on its own (its pieces keep its original range), marks are put
- * in canonical order, and for NFC/NFKC pairs are recomposed; a composed
- * character keeps the range of its starter, as in the reference. */
+/* Unicode normal forms.  Like the reference, we build a list of (char,
+ * change) pairs -- each input character's first decomposed char has change
+ * 0 and the rest +1; canonical reordering moves pairs, changes included;
+ * composing B into starter A leaves A's pair with change(A) + change(B) - 1
+ * -- and then replay it over the input (tk_replay_changes) to give every
+ * output char the original range the reference gives it. */
 static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
     if (is_ascii_only(s))
         return;
     utf8proc_option_t dopt = UTF8PROC_DECOMPOSE | (compat ? UTF8PROC_COMPAT : 0);
     size_t cap = s->n + 16, n = 0;
     uint32_t *cp = tk_alloc(cx, cap * sizeof(uint32_t));
-    uint32_t *os = tk_alloc(cx, cap * sizeof(uint32_t));
-    uint32_t *oe = tk_alloc(cx, cap * sizeof(uint32_t));
+    int32_t *chg = tk_alloc(cx, cap * sizeof(int32_t));
     for (size_t i = 0; i < s->n;) {
         int l;
         uint32_t c = tk_u8dec((const unsigned char *)s->s + i, &l);
-        uint32_t a0 = s->a[2 * i], a1 = s->a[2 * (i + (size_t)l - 1) + 1];
         utf8proc_int32_t tmp[32];
         utf8proc_ssize_t k;
         if (c < 0x80 || tk_nf_keep(c, compat)) {
@@ -150,24 +180,22 @@ static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
         if (n + (size_t)k > cap) {
             size_t nc = (n + (size_t)k) * 2;
             cp = tk_grow(cx, cp, n * sizeof(uint32_t), nc * sizeof(uint32_t));
-            os = tk_grow(cx, os, n * sizeof(uint32_t), nc * sizeof(uint32_t));
-            oe = tk_grow(cx, oe, n * sizeof(uint32_t), nc * sizeof(uint32_t));
+            chg = tk_grow(cx, chg, n * sizeof(int32_t), nc * sizeof(int32_t));
             cap = nc;
         }
         for (utf8proc_ssize_t q = 0; q < k; q++) {
             uint32_t d = (uint32_t)tmp[q];
+            int32_t ch = q == 0 ? 0 : 1;
             /* canonical ordering: bubble a mark left past higher classes */
             size_t j = n++;
             int cc = ccc(d);
             while (cc && j > 0 && ccc(cp[j - 1]) > cc) {
                 cp[j] = cp[j - 1];
-                os[j] = os[j - 1];
-                oe[j] = oe[j - 1];
+                chg[j] = chg[j - 1];
                 j--;
             }
             cp[j] = d;
-            os[j] = a0;
-            oe[j] = a1;
+            chg[j] = ch;
         }
         i += (size_t)l;
     }
@@ -184,13 +212,13 @@ static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
                     uint32_t m = compose_pair(cp[starter], c);
                     if (m) {
                         cp[starter] = m;
+                        chg[starter] += chg[i] - 1;
                         continue;
                     }
                 }
             }
             cp[w] = c;
-            os[w] = os[i];
-            oe[w] = oe[i];
+            chg[w] = chg[i];
             if (cc == 0) {
                 starter = (long)w;
                 last = 0;
@@ -201,10 +229,7 @@ static void unicode_nf(tk_ctx *cx, tk_nstr *s, int compose, int compat) {
         }
         n = w;
     }
-    tk_nbuf b = {0};
-    for (size_t i = 0; i < n; i++)
-        tk_nbuf_putc(cx, &b, cp[i], os[i], oe[i]);
-    *s = b.t;
+    tk_replay_changes(cx, s, cp, chg, n);
 }
 
 static void strip_ws(tk_nstr *s, int left, int right) {

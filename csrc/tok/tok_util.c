@@ -270,6 +270,11 @@ uint32_t tk_lower_fix(uint32_t c) {
     return 0;
 }
 
+extern const uint32_t tk_tab_ccc0[][2];
+extern const size_t tk_tab_ccc0_n;
+
+int tk_ccc0(uint32_t c) { return in_ranges(tk_tab_ccc0, tk_tab_ccc0_n, c); }
+
 int tk_nf_keep(uint32_t c, int compat) {
     return compat ? in_ranges(tk_tab_nfkd_keep, tk_tab_nfkd_keep_n, c)
                   : in_ranges(tk_tab_nfd_keep, tk_tab_nfd_keep_n, c);

@@ -325,7 +325,8 @@ def test_random_code_points(pair_of_tokenizers):
     texts = ["".join(rc() for _ in range(rng.randint(1, 12))) for _ in range(4000)]
     r = ref.encode_batch(texts)
     o = mine.encode_batch(texts, num_threads=1)
-    bad = [(t, a.tokens, b.tokens) for t, a, b in zip(texts, r, o) if a.ids != b.ids]
+    bad = [(t, a.tokens, b.tokens, a.offsets, b.offsets) for t, a, b in zip(texts, r, o)
+           if a.ids != b.ids or [tuple(x) for x in a.offsets] != b.offsets]
     assert not bad, f"{name}: {len(bad)} of {len(texts)} differ; first: {bad[:2]!r}"
     rd = ref.decode_batch([e.ids for e in r])
     od = mine.decode_batch([e.ids for e in r])
