@@ -106,6 +106,7 @@ typedef struct {
 void tk_nbuf_putc(tk_ctx *cx, tk_nbuf *b, uint32_t cp, uint32_t os, uint32_t oe);
 void tk_nbuf_put(tk_ctx *cx, tk_nbuf *b, const char *s, size_t n, uint32_t os, uint32_t oe);
 tk_nstr tk_nstr_sub(tk_nstr s, size_t from, size_t to);
+long tk_json_unescape(const char *s, size_t n, char *out); /* -1 on a bad escape */
 void tk_replay_changes(tk_ctx *cx, tk_nstr *s, const uint32_t *cp, const int32_t *chg, size_t n);
 
 /* ----------------------------------------------------------- vocab map */

@@ -309,9 +309,48 @@ static int model_set_id(tk_model *m, const char *k, size_t kl, json_int_t id) {
 }
 
 /* {"token": id, ...} */
+/* The vocab from the raw entries scan_vocab_object found. */
+static int load_vocab_raw(tk_model *m, char *errbuf, size_t errlen) {
+    size_t n = m->nraw, tot = 0;
+    for (size_t i = 0; i < n; i++)
+        tot += m->raw_piece_len[i];
+    char *buf = mm_malloc(tot + 1);
+    if (!buf)
+        return MM_ENOMEM;
+    int rc = tk_map_reserve(&m->vocab, n);
+    for (size_t i = 0; i < n && !rc; i++) {
+        long l = tk_json_unescape(m->raw_piece[i], m->raw_piece_len[i], buf);
+        if (l < 0 || tk_u8check(buf, (size_t)l) != (size_t)-1) {
+            tk_errf(errbuf, errlen, "vocab key %zu: bad string", i);
+            rc = MM_EPARSE;
+            break;
+        }
+        const char *t = m->raw_score[i];
+        size_t tl = m->raw_score_len[i];
+        long long id = 0;
+        for (size_t q = 0; q < tl; q++) {
+            if (t[q] < '0' || t[q] > '9' || id >= (1 << 22)) {
+                id = -1;
+                break;
+            }
+            id = id * 10 + (t[q] - '0');
+        }
+        if (id < 0 || id >= (1 << 22)) {
+            tk_errf(errbuf, errlen, "vocab id out of range");
+            rc = MM_EFORMAT;
+            break;
+        }
+        rc = model_set_id(m, buf, (size_t)l, (json_int_t)id);
+    }
+    mm_free(buf);
+    return rc;
+}
+
 int tk_load_vocab_object(tk_model *m, json_t *v, char *errbuf, size_t errlen) {
     if (!json_is_object(v))
         FAIL(MM_EFORMAT, "model \"vocab\" must be an object");
+    if (m->raw_ok == 2 && json_object_size(v) == 0)
+        return load_vocab_raw(m, errbuf, errlen);
     const char *k;
     json_t *val;
     json_object_foreach(v, k, val) {
@@ -1159,48 +1198,181 @@ static void scan_unigram_vocab(tk_model *m, const char *j, size_t n, size_t *vb,
     *ve = vend;
 }
 
+/* The same for a {"token": id, ...} vocab (WordPiece, BPE, WordLevel):
+ * records each key's raw text and its value's; raw_ok = 2. */
+static void scan_vocab_object(tk_model *m, const char *j, size_t n, size_t *vb, size_t *ve) {
+    int depth = 0, in_model = 0, in_vocab = 0, ok = 1, want = 0; /* want: 0 key, 1 value, 2 comma */
+    char key1[16] = "", key2[16] = "";
+    size_t cap = 0, cnt = 0, vstart = 0, vend = 0;
+    const char **pt = NULL, **st = NULL;
+    uint32_t *pl = NULL, *sl = NULL;
+    size_t i = 0;
+    while (i < n && ok) {
+        char c = j[i];
+        if (c == '"') {
+            size_t k = i + 1;
+            while (k < n && j[k] != '"')
+                k += j[k] == '\\' ? 2 : 1;
+            if (k >= n)
+                break;
+            size_t a = k + 1;
+            while (a < n && (j[a] == ' ' || j[a] == '\n' || j[a] == '\r' || j[a] == '\t'))
+                a++;
+            int is_key = a < n && j[a] == ':';
+            if (in_vocab) {
+                if (depth != 3 || !is_key || want != 0) {
+                    ok = 0;
+                    break;
+                }
+                if (cnt == cap) {
+                    size_t nc = cap ? cap * 2 : 4096;
+                    const char **np = mm_realloc((void *)pt, nc * sizeof(char *));
+                    if (np) pt = np;
+                    const char **ns = np ? mm_realloc((void *)st, nc * sizeof(char *)) : NULL;
+                    if (ns) st = ns;
+                    uint32_t *npl = ns ? mm_realloc(pl, nc * sizeof(uint32_t)) : NULL;
+                    if (npl) pl = npl;
+                    uint32_t *nsl = npl ? mm_realloc(sl, nc * sizeof(uint32_t)) : NULL;
+                    if (nsl) sl = nsl;
+                    if (!nsl) {
+                        ok = 0;
+                        break;
+                    }
+                    cap = nc;
+                }
+                pt[cnt] = j + i + 1;
+                pl[cnt] = (uint32_t)(k - i - 1);
+                want = 1;
+                i = a + 1; /* past the ':' */
+                continue;
+            }
+            if (is_key && (depth == 1 || depth == 2)) {
+                size_t l = k - i - 1 < 15 ? k - i - 1 : 15;
+                char *dst = depth == 1 ? key1 : key2;
+                memcpy(dst, j + i + 1, l);
+                dst[l] = 0;
+            }
+            i = k + 1;
+            continue;
+        }
+        if (in_vocab) {
+            if (c == '}' && depth == 3 && want != 1) {
+                in_vocab = 0;
+                vend = i + 1;
+                in_model = 0;
+                key1[0] = 0;
+                depth--;
+                i++;
+                continue;
+            }
+            if (c == ',' && want == 2) {
+                want = 0;
+                i++;
+                continue;
+            }
+            if (want == 1 && (c == '-' || (c >= '0' && c <= '9'))) {
+                size_t k = i;
+                while (k < n && (j[k] == '-' || j[k] == '+' || j[k] == '.' || j[k] == 'e' ||
+                                 j[k] == 'E' || (j[k] >= '0' && j[k] <= '9')))
+                    k++;
+                st[cnt] = j + i;
+                sl[cnt] = (uint32_t)(k - i);
+                cnt++;
+                want = 2;
+                i = k;
+                continue;
+            }
+            if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+                i++;
+                continue;
+            }
+            ok = 0;
+            break;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+            if (depth == 2 && c == '{' && !strcmp(key1, "model"))
+                in_model = 1;
+            else if (depth == 3 && c == '{' && in_model && !strcmp(key2, "vocab")) {
+                in_vocab = 1;
+                vstart = i;
+                want = 0;
+            }
+            i++;
+            continue;
+        }
+        if (c == '}' || c == ']') {
+            if (depth == 2 && in_model)
+                in_model = 0;
+            depth--;
+            i++;
+            continue;
+        }
+        i++;
+    }
+    if (!ok || !vend) {
+        mm_free((void *)pt);
+        mm_free((void *)st);
+        mm_free(pl);
+        mm_free(sl);
+        return;
+    }
+    m->raw_piece = pt;
+    m->raw_score = st;
+    m->raw_piece_len = pl;
+    m->raw_score_len = sl;
+    m->nraw = cnt;
+    m->raw_ok = 2;
+    *vb = vstart;
+    *ve = vend;
+}
+
 int tk_load(mm_tok_t *tok, const char *json, size_t len, char *errbuf, size_t errlen) {
     json_error_t je;
-    size_t n2 = 0;
-    int oom = 0;
-    char *esc = escape_nul_keys(json, len, &n2, &oom);
-    if (oom) {
-        tk_errf(errbuf, errlen, "out of memory");
-        return MM_ENOMEM;
-    }
-    const char *src = esc ? esc : json;
-    size_t srcn = esc ? n2 : len;
+    /* big vocabularies are read from the raw text (see scan_unigram_vocab);
+     * jansson gets the document with the vocab emptied */
     size_t vb = 0, ve = 0;
     char *cut = NULL;
-    if (memmem(src, srcn, "\"Unigram\"", 9))
-        scan_unigram_vocab(&tok->model, src, srcn, &vb, &ve);
+    size_t cutn = 0;
+    if (memmem(json, len, "\"Unigram\"", 9))
+        scan_unigram_vocab(&tok->model, json, len, &vb, &ve);
+    if (!tok->model.raw_ok)
+        scan_vocab_object(&tok->model, json, len, &vb, &ve);
     if (tok->model.raw_ok) {
-        /* the same document with the vocab array emptied */
-        cut = mm_malloc(srcn - (ve - vb) + 3);
+        cut = mm_malloc(len - (ve - vb) + 3);
         if (!cut) {
             raw_free(&tok->model);
-            mm_free(esc);
             tk_errf(errbuf, errlen, "out of memory");
             return MM_ENOMEM;
         }
-        memcpy(cut, src, vb);
-        memcpy(cut + vb, "[]", 2);
-        memcpy(cut + vb + 2, src + ve, srcn - ve);
+        memcpy(cut, json, vb);
+        memcpy(cut + vb, tok->model.raw_ok == 2 ? "{}" : "[]", 2);
+        memcpy(cut + vb + 2, json + ve, len - ve);
+        cutn = len - (ve - vb) + 2;
     }
-    json_t *root = cut ? json_loadb(cut, srcn - (ve - vb) + 2, JSON_ALLOW_NUL, &je)
-                       : json_loadb(src, srcn, JSON_ALLOW_NUL, &je);
+    const char *src = cut ? cut : json;
+    size_t srcn = cut ? cutn : len;
+    size_t n2 = 0;
+    int oom = 0;
+    char *esc = escape_nul_keys(src, srcn, &n2, &oom);
+    if (oom) {
+        raw_free(&tok->model);
+        mm_free(cut);
+        tk_errf(errbuf, errlen, "out of memory");
+        return MM_ENOMEM;
+    }
+    json_t *root = json_loadb(esc ? esc : src, esc ? n2 : srcn, JSON_ALLOW_NUL, &je);
+    mm_free(esc);
     mm_free(cut);
     if (!root) {
         raw_free(&tok->model);
-        mm_free(esc);
         tk_errf(errbuf, errlen, "tokenizer.json: %s (line %d, column %d)", je.text, je.line,
                 je.column);
         return json_error_code(&je) == json_error_out_of_memory ? MM_ENOMEM : MM_EPARSE;
     }
     int rc = load_root(tok, root, errbuf, errlen);
-    raw_free(&tok->model);
+    raw_free(&tok->model); /* the raw entries pointed into json */
     json_decref(root);
-    mm_free(esc); /* the raw entries pointed into it */
     return rc;
 }
 

@@ -282,72 +282,6 @@ static double serde_f64(double d) {
     return neg ? -f : f;
 }
 
-/* JSON string unescape of s[0..n) into out (room for n bytes); returns the
- * length, or -1 on a bad escape or a lone surrogate. */
-static long json_unescape(const char *s, size_t n, char *out) {
-    size_t w = 0;
-    for (size_t i = 0; i < n;) {
-        char c = s[i];
-        if (c != '\\') {
-            out[w++] = c;
-            i++;
-            continue;
-        }
-        if (i + 1 >= n)
-            return -1;
-        char e = s[i + 1];
-        i += 2;
-        switch (e) {
-        case '"': out[w++] = '"'; break;
-        case '\\': out[w++] = '\\'; break;
-        case '/': out[w++] = '/'; break;
-        case 'b': out[w++] = '\b'; break;
-        case 'f': out[w++] = '\f'; break;
-        case 'n': out[w++] = '\n'; break;
-        case 'r': out[w++] = '\r'; break;
-        case 't': out[w++] = '\t'; break;
-        case 'u': {
-            uint32_t cp = 0;
-            for (int k = 0; k < 2; k++) {
-                if (i + 4 > n)
-                    return -1;
-                uint32_t v = 0;
-                for (int q = 0; q < 4; q++) {
-                    char h = s[i + (size_t)q];
-                    int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                          : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
-                    if (d < 0)
-                        return -1;
-                    v = v * 16 + (uint32_t)d;
-                }
-                i += 4;
-                if (k == 0) {
-                    if (v >= 0xDC00 && v <= 0xDFFF)
-                        return -1;
-                    if (v < 0xD800 || v > 0xDBFF) {
-                        cp = v;
-                        break;
-                    }
-                    cp = v;
-                    if (i + 2 > n || s[i] != '\\' || s[i + 1] != 'u')
-                        return -1;
-                    i += 2;
-                } else {
-                    if (v < 0xDC00 || v > 0xDFFF)
-                        return -1;
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (v - 0xDC00);
-                }
-            }
-            w += (size_t)tk_u8enc(cp, out + w);
-            break;
-        }
-        default:
-            return -1;
-        }
-    }
-    return (long)w;
-}
-
 int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, init_pow10);
@@ -383,7 +317,7 @@ int tk_unigram_load(tk_model *m, json_t *jm, char *errbuf, size_t errlen) {
         }
         size_t w = 0;
         for (size_t i = 0; i < n; i++) {
-            long l = json_unescape(m->raw_piece[i], m->raw_piece_len[i], ubuf + w);
+            long l = tk_json_unescape(m->raw_piece[i], m->raw_piece_len[i], ubuf + w);
             if (l < 0) {
                 tk_errf(errbuf, errlen, "Unigram vocab entry %zu: bad string escape", i);
                 rc = MM_EPARSE;

@@ -208,6 +208,19 @@ static void test_unigram_raw(void) {
     CHECK(ids_eq(&e, want, 4));
     mm_tok_encoding_clear(&e);
     mm_tok_free(t);
+    /* an object vocab read raw: escaped keys, U+0000, a quote */
+    const char *wl = "{\"model\":{\"type\":\"WordLevel\",\"unk_token\":\"<u>\",\"vocab\":{\"<u>\":0,"
+                     "\"\\u0000\":1,\"a\\\"b\":2 , \"\\u00e9\" : 3,\"\\ud83d\\ude00\":4}},"
+                     "\"pre_tokenizer\":{\"type\":\"WhitespaceSplit\"}}";
+    mm_tok_t *w = load(wl);
+    if (w) {
+        CHECK(mm_tok_token_to_id(w, "\0", 1) == 1);
+        CHECK(mm_tok_token_to_id(w, "a\"b", 3) == 2);
+        CHECK(mm_tok_token_to_id(w, "\xc3\xa9", 2) == 3);
+        CHECK(mm_tok_token_to_id(w, "\xf0\x9f\x98\x80", 4) == 4);
+        CHECK(mm_tok_vocab_size(w) == 5);
+        mm_tok_free(w);
+    }
     /* a lone surrogate is a parse error, as jansson says for other strings */
     const char *bad = "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"\\ud83d\",0.0]]}}";
     t = NULL;
