@@ -30,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <utf8proc.h>
 
@@ -134,8 +136,75 @@ void *mm_native_shim_sym(const char *symbol, char *err, size_t errlen) {
 
 /* ------------------------------------------------------------------ hub */
 
+/* Download progress goes to the log (the pymodelmgr logger), at most every
+ * two seconds and once at the end, so a long first load is never silent. */
+typedef struct progress_log {
+    const char *model;
+    int64_t last_ns;
+    int started;
+} progress_log;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int log_progress(const mm_hub_progress *p, void *ud) {
+    progress_log *pl = ud;
+    if (p->model_total == 0)
+        return 0;
+    int64_t now = now_ns();
+    int done = p->model_done >= p->model_total;
+    if (!pl->started) {
+        pl->started = 1;
+        pl->last_ns = now;
+        if (done)
+            return 0;
+        mm_log(MM_LOG_INFO, "downloading %s: %d file(s), %.1f MB", pl->model, p->file_count,
+               p->model_total / 1e6);
+        return 0;
+    }
+    if (done || now - pl->last_ns >= 2000000000LL) {
+        pl->last_ns = now;
+        mm_log(MM_LOG_INFO, "downloading %s: %.1f / %.1f MB (%.0f%%), file %d of %d%s%s",
+               pl->model, p->model_done / 1e6, p->model_total / 1e6,
+               100.0 * (double)p->model_done / (double)p->model_total, p->file_index + 1,
+               p->file_count, p->file && p->file[0] ? ": " : "", p->file ? p->file : "");
+    }
+    return 0;
+}
+
+/* An id for what a local folder holds now: weights' size and mtime, so the
+ * embedding cache forgets vectors when the folder's weights change. */
+static void local_revision(const char *dir, char *out, size_t cap) {
+    static const char *const names[] = {"model.safetensors", "model.safetensors.index.json",
+                                        "config.json", NULL};
+    unsigned long long h = 1469598103934665603ULL;
+    for (const char *const *n = names; *n; n++) {
+        char path[4200];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, *n);
+        if (stat(path, &sb) != 0)
+            continue;
+        unsigned long long v[3] = {(unsigned long long)sb.st_size,
+                                   (unsigned long long)sb.st_mtim.tv_sec,
+                                   (unsigned long long)sb.st_mtim.tv_nsec};
+        for (int i = 0; i < 3; i++) {
+            h ^= v[i];
+            h *= 1099511628211ULL;
+        }
+    }
+    snprintf(out, cap, "local-%016llx", h);
+}
+
 int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, char *err,
                             size_t errlen) {
+    return mm_native_resolve_model_rev(spec, dir, cap, NULL, 0, err, errlen);
+}
+
+int mm_native_resolve_model_rev(const mm_model_spec *spec, char *dir, size_t cap, char *rev,
+                                size_t revcap, char *err, size_t errlen) {
     mm_hub_params *hp = mm_malloc(sizeof *hp);
     mm_hub_result *res = mm_malloc(sizeof *res);
     int rc = MM_ENOMEM;
@@ -146,6 +215,9 @@ int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, ch
     mm_hub_default_params(hp);
     if (spec->cache_dir && spec->cache_dir[0])
         snprintf(hp->cache_dir, sizeof hp->cache_dir, "%s", spec->cache_dir);
+    progress_log pl = {spec->model_name, 0, 0};
+    hp->progress = log_progress;
+    hp->progress_ud = &pl;
     rc = mm_hub_snapshot(hp, spec->model_name, spec->revision, res, err, errlen);
     if (rc == 0) {
         if (strlen(res->path) >= cap) {
@@ -153,6 +225,12 @@ int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, ch
             rc = MM_ENOBUFS;
         } else {
             memcpy(dir, res->path, strlen(res->path) + 1);
+            if (rev && revcap) {
+                if (res->commit[0])
+                    snprintf(rev, revcap, "%s", res->commit);
+                else
+                    local_revision(res->path, rev, revcap);
+            }
         }
     }
 out:
@@ -256,6 +334,7 @@ typedef struct nstate {
     mm__ntok *tok;
     json_t *prompts;            /* {"query": "query: "} */
     const char *default_prompt; /* borrowed from prompts, or NULL */
+    char revision[64];          /* the commit loaded (or a local folder's content id) */
     size_t micro_tokens, micro_items;
     struct {
         char *text;
@@ -343,7 +422,8 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
         return 0;
     }
 
-    int rc = mm_native_resolve_model(spec, s->dir, sizeof s->dir, err, errlen);
+    int rc = mm_native_resolve_model_rev(spec, s->dir, sizeof s->dir, s->revision,
+                                         sizeof s->revision, err, errlen);
     if (rc != 0)
         goto fail;
     pthread_mutex_lock(&g_shim_mu);
@@ -402,6 +482,7 @@ static int native_info(void *state, mm_backend_info *info) {
         return s->gen->info ? s->gen->info(s->gen_state, info) : 0;
     info->memory_bytes = s->info.memory_bytes;
     info->embedding_dim = s->info.dim;
+    snprintf(info->revision, sizeof info->revision, "%s", s->revision);
     return 0;
 }
 
@@ -760,4 +841,5 @@ const mm_backend_vtable mm_native_backend = {
     .unload = native_unload,
     .info = native_info,
     .cost = native_cost,
+    .embed_cacheable = 1,
 };

@@ -50,4 +50,10 @@ void *mm_native_shim_sym(const char *symbol, char *err, size_t errlen);
 int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, char *err,
                             size_t errlen);
 
+/* The same, also writing what was loaded into rev (revcap bytes): the
+ * resolved commit, or for a local folder an id of its weights' size and
+ * mtime.  Download progress is logged (INFO) every two seconds. */
+int mm_native_resolve_model_rev(const mm_model_spec *spec, char *dir, size_t cap, char *rev,
+                                size_t revcap, char *err, size_t errlen);
+
 #endif

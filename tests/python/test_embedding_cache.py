@@ -90,3 +90,44 @@ async def test_generation_is_never_cached(make_mm):
     for _ in range(2):
         r = await m.task("a", "text_generation", "synthetic/text_generation", device="cpu")
         assert r.data["device"] == "cpu"
+
+
+async def test_native_model_cache_is_bit_identical(make_mm, minilm_dir):
+    import os
+
+    import pymodelmgr
+
+    if not os.path.exists(os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")):
+        import pytest
+
+        pytest.skip("the native backend is not built")
+    m = cache_on(make_mm)
+    texts = ["the cat sat on the mat", "a dog barked", "stocks fell"]
+    first = await m.task(texts, "embedding", minilm_dir, device="cpu")
+    assert first.success, first.error
+    again = await m.task(texts[::-1] + ["new text"], "embedding", minilm_dir, device="cpu")
+    assert again.data["cache_hits"] == 3
+    assert again.data["embeddings"][:3] == first.data["embeddings"][::-1]
+    plain = make_mm()
+    ref = await plain.task(["new text"], "embedding", minilm_dir, device="cpu")
+    assert again.data["embeddings"][3] == ref.data["embeddings"][0]
+
+
+async def test_download_progress_is_logged(hub_env, caplog):
+    import logging
+    import os
+
+    import pymodelmgr
+    from pymodelmgr import ModelManager, ModelManagerSettings
+
+    if not os.path.exists(os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")):
+        import pytest
+
+        pytest.skip("the native backend is not built")
+    caplog.set_level(logging.INFO, logger="pymodelmgr")
+    async with ModelManager(ModelManagerSettings(fake_gpus="none",
+                                                 cache_dir=str(hub_env.cache_dir))) as m:
+        r = await m.task(["hi"], "embedding", "sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+        assert r.success, r.error
+    lines = [rec.message for rec in caplog.records if "downloading" in rec.message]
+    assert lines and "MB" in lines[-1] and "100%" in lines[-1]
