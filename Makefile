@@ -37,7 +37,7 @@ test-tsan:
 	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 $(CTEST)
 
 test-py: build
-	$(PY) -m pytest -q tests/python
+	$(PY) -m pytest -q --durations=15 tests/python
 
 bench: build
 	$(PY) benchmarks/bench_overhead.py
