@@ -161,8 +161,9 @@ void mm_tok_encoding_clear(mm_tok_encoding *enc);
 int mm_tok_decode(const mm_tok_t *tok, const int32_t *ids, size_t n, int skip_special_tokens,
                   char **out, size_t *out_len, char *errbuf, size_t errlen);
 
-/* The token string of an id (added tokens included), or NULL.  The string
- * lives as long as the tokenizer. */
+/* The token string of an id (added tokens included; a normalized added
+ * token answers with its normalized form, as the reference does), or NULL.
+ * The string lives as long as the tokenizer. */
 const char *mm_tok_id_to_token(const mm_tok_t *tok, int32_t id);
 
 /* As mm_tok_id_to_token, also giving the byte length (tokens may contain
