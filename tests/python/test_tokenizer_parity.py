@@ -191,7 +191,7 @@ def test_encode_decode_corpus(pair_of_tokenizers):
     o = mine.encode_batch(corpus, num_threads=2)
     bad = []
     for i, (a, b) in enumerate(zip(r, o)):
-        for field in ("ids", "attention_mask", "type_ids", "tokens", "offsets"):
+        for field in ("ids", "attention_mask", "type_ids", "tokens", "offsets", "special_tokens_mask"):
             va, vb = getattr(a, field), getattr(b, field)
             if field == "offsets":
                 va = [tuple(x) for x in va]
