@@ -77,7 +77,6 @@ size_t tk_u8check(const char *s, size_t n);
 /* ------------------------------------------------------------- unicode */
 
 int tk_is_whitespace(uint32_t c);  /* Rust char::is_whitespace (White_Space) */
-int tk_is_alnum(uint32_t c);       /* Rust char::is_alphanumeric */
 int tk_is_numeric(uint32_t c);     /* Rust char::is_numeric (N*) */
 int tk_is_bert_punct(uint32_t c);  /* ASCII punctuation or Unicode P* */
 int tk_is_mn(uint32_t c);          /* nonspacing mark (BertNormalizer) */
@@ -164,10 +163,6 @@ void tk_tokens_push(tk_ctx *cx, tk_tokens *t, int32_t id, const char *tok, size_
                     uint32_t os, uint32_t oe);
 
 /* -------------------------------------------------------- components */
-
-typedef struct tk_regex {
-    regex_t *re;
-} tk_regex;
 
 enum tk_norm_type {
     TK_N_BERT, TK_N_LOWER, TK_N_NFC, TK_N_NFD, TK_N_NFKC, TK_N_NFKD, TK_N_STRIP_ACCENTS,

@@ -643,7 +643,7 @@ static size_t count_chars(const char *s, size_t n) {
 }
 
 static void pc_replace(tk_ctx *cx, pc_list *l, size_t old_chars, const char *rep, size_t rl) {
-    size_t first = l->n, newc = 0;
+    size_t newc = 0;
     for (size_t k = 0; k < rl;) {
         int len;
         uint32_t c = tk_u8dec((const unsigned char *)rep + k, &len);
@@ -657,7 +657,6 @@ static void pc_replace(tk_ctx *cx, pc_list *l, size_t old_chars, const char *rep
     } else if (newc < old_chars && l->n > 0) {
         l->chg[l->n - 1] -= (int32_t)(old_chars - newc);
     }
-    (void)first;
 }
 
 void tk_precompiled_normalize(tk_ctx *cx, const tk_norm *n, tk_nstr *s) {

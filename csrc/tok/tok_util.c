@@ -2,7 +2,8 @@
  *
  * The per-call arena (tk_ctx) with its longjmp-on-OOM contract, UTF-8
  * helpers, the Unicode predicates the reference library uses (Rust's
- * char::is_whitespace and friends, expressed with utf8proc categories), the
+ * char::is_whitespace and friends, from the generated tables in
+ * tok_unicode_tables.c so they agree with the reference's Unicode data), the
  * aligned-text builder, the immutable vocabulary map, and the one generic
  * "split by matches with a delimiter behavior" routine that most
  * pre-tokenizers reduce to.
@@ -185,23 +186,6 @@ int tk_is_whitespace(uint32_t c) {
            c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-static int cat(uint32_t c) { return utf8proc_category((utf8proc_int32_t)c); }
-
-int tk_is_alnum(uint32_t c) {
-    if (c < 0x80)
-        return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
-    int k = cat(c);
-    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
-           (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
-}
-
-int tk_is_numeric(uint32_t c) {
-    if (c < 0x80)
-        return c >= '0' && c <= '9';
-    int k = cat(c);
-    return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
-}
-
 /* The reference's own character classes (tok_unicode_tables.c, generated
  * by gen/gen_unicode_tables.py): its Unicode data is older than utf8proc's,
  * and parity means agreeing with it on characters assigned since. */
@@ -239,6 +223,15 @@ int tk_is_control_bert(uint32_t c) {
     if (c < 0x80)
         return (c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F;
     return in_ranges(tk_tab_control, tk_tab_control_n, c);
+}
+
+extern const uint32_t tk_tab_numeric[][2];
+extern const size_t tk_tab_numeric_n;
+
+int tk_is_numeric(uint32_t c) {
+    if (c < 0x80)
+        return c >= '0' && c <= '9';
+    return in_ranges(tk_tab_numeric, tk_tab_numeric_n, c);
 }
 
 int tk_is_rust_word(uint32_t c) {

@@ -161,6 +161,14 @@ def main():
                 assert p == "a" and pieces[k + 1][0] == chr(c) and pieces[k + 2][0] == "a", (hex(c), pieces[k:k + 3])
                 k += 3
         assert k == len(pieces)
+    # Rust char::is_numeric, as the Digits pre-tokenizer sees it
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    numeric = set()
+    for i in range(0, len(todo), 4000):
+        chunk = todo[i:i + 4000]
+        for piece, _ in digits.pre_tokenize_str("a".join(chr(c) for c in chunk)):
+            if len(piece) == 1 and piece != "a":
+                numeric.add(ord(piece))
     # control characters dropped by BertNormalizer's clean_text
     clean = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False,
                                        lowercase=False)
@@ -210,6 +218,7 @@ def main():
     emit_ranges("tk_tab_punct", punct, "BertPreTokenizer / Punctuation: ASCII punctuation or P*")
     emit_ranges("tk_tab_word", word, "Rust regex \\w (Whitespace pre-tokenizer, single_word added tokens)")
     emit_ranges("tk_tab_space", space, "Rust regex \\s")
+    emit_ranges("tk_tab_numeric", numeric, "Rust char::is_numeric (Digits pre-tokenizer)")
     emit_ranges("tk_tab_control", control, "BertNormalizer clean_text drops these (with U+0000 and U+FFFD)")
     emit_ranges("tk_tab_mn", mn, "BertNormalizer strip_accents drops these after NFD (Mn)")
     emit_ranges("tk_tab_marks", marks, "StripAccents drops these (combining marks)")
