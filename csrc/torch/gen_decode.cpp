@@ -841,7 +841,11 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
         cur_len++;
         if (keep.empty())
             break;
-        reorder_rows(st, at::tensor(reorder, lopts).to(dev));
+        bool identity = true;
+        for (size_t i = 0; i < reorder.size() && identity; i++)
+            identity = reorder[i] == (int64_t)i;
+        if (!identity)
+            reorder_rows(st, at::tensor(reorder, lopts).to(dev));
         if ((int64_t)keep.size() != G) {
             keep_groups(st, keep);
             std::vector<int64_t> ng;
