@@ -6,7 +6,7 @@ JOBS   ?= 2
 CTEST  := ctest --output-on-failure --timeout 300 -j$(JOBS)
 C_ONLY := -DMM_BUILD_PYTHON=OFF -DMM_BUILD_TORCH=OFF -DMM_WERROR=ON
 
-.PHONY: setup deps build demo test test-c test-asan test-tsan test-py bench clean
+.PHONY: setup deps build demo test test-c test-asan test-tsan test-fuzz test-py bench clean
 
 setup: build demo
 
@@ -19,7 +19,7 @@ build: deps
 demo: build
 	$(PY) -m pymodelmgr demo
 
-test: build test-c test-asan test-tsan test-py
+test: build test-c test-asan test-tsan test-fuzz test-py
 
 test-c:
 	cmake -S . -B build/c $(C_ONLY) -DCMAKE_BUILD_TYPE=Debug >/dev/null
@@ -35,6 +35,10 @@ test-tsan:
 	cmake -S . -B build/tsan $(C_ONLY) -DMM_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build build/tsan -j$(JOBS)
 	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 $(CTEST)
+
+# libFuzzer (clang) on the tokenizer.json loader and encode, about a minute.
+test-fuzz:
+	bash tests/fuzz/run_fuzz.sh 60
 
 test-py: build
 	$(PY) -m pytest -q --durations=15 tests/python
