@@ -33,6 +33,12 @@ typedef struct mm_model_spec {
     const char *cache_dir;  /* model cache root */
     const char *options_json; /* backend-wide settings as JSON ("{}" when none) */
     int n_workers;          /* how many workers share this model */
+
+    /* For load(): report download progress (bytes done and total; any
+     * thread, as often as convenient: it only stores two counters), so
+     * status() can show a model that is still downloading.  May be NULL. */
+    void (*progress)(void *progress_ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
 } mm_model_spec;
 
 /* Limits and footprint a loaded backend reports. */

@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 
 #include "mm_alloc.h"
@@ -312,6 +313,13 @@ static mm_model *model_find(mm_engine_t *e, const char *name) {
     return m;
 }
 
+/* spec.progress: two relaxed stores, so a backend may call it per chunk. */
+static void model_progress(void *ctx, uint64_t done, uint64_t total) {
+    mm_model *m = ctx;
+    atomic_store_explicit(&m->dl_total, total, memory_order_relaxed);
+    atomic_store_explicit(&m->dl_done, done, memory_order_relaxed);
+}
+
 static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backend_vtable *vt,
                         const mm_placement *pl, mm_model **out, char *err, size_t errlen) {
     mm_model *m = mm_calloc(1, sizeof *m);
@@ -337,6 +345,8 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
     m->spec.cache_dir = e->params.cache_dir;
     m->spec.options_json = e->params.backend_options_json;
     m->spec.n_workers = pl->n_workers;
+    m->spec.progress = model_progress;
+    m->spec.progress_ctx = m;
     m->keep_alive_ms = a->has_keep_alive ? a->keep_alive_ms : e->params.default_keep_alive_ms;
     m->batch_items = e->params.max_batch_items;
     m->batch_tokens = e->params.max_batch_tokens;
@@ -417,8 +427,14 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
     t->single_input = a->single_input;
     t->user_flags = a->user_flags;
     if (vt->check && a->kind == MM_KIND_RUN) {
-        mm_model_spec spec = {a->model_name, a->type, a->revision ? a->revision : "main",
-                              e->params.cache_dir, e->params.backend_options_json, pl.n_workers};
+        mm_model_spec spec;
+        memset(&spec, 0, sizeof spec);
+        spec.model_name = a->model_name;
+        spec.task_type = a->type;
+        spec.revision = a->revision ? a->revision : "main";
+        spec.cache_dir = e->params.cache_dir;
+        spec.options_json = e->params.backend_options_json;
+        spec.n_workers = pl.n_workers;
         rc = vt->check(&spec, t, err, errlen);
         if (rc < 0) {
             mm__task_destroy(t);
@@ -740,6 +756,10 @@ static void fill_status(const mm_model *m, int64_t now, double wall, mm_model_st
     snprintf(s->model_name, sizeof s->model_name, "%s", m->name);
     s->task_type = m->spec.task_type;
     snprintf(s->state, sizeof s->state, "%s", state_name(m->state));
+    s->download_done = atomic_load_explicit(&m->dl_done, memory_order_relaxed);
+    s->download_total = atomic_load_explicit(&m->dl_total, memory_order_relaxed);
+    if (m->state == MM_MS_LOADING && s->download_total && s->download_done < s->download_total)
+        snprintf(s->state, sizeof s->state, "downloading");
     snprintf(s->device_request, sizeof s->device_request, "%s", m->device_request);
     s->n_devices = m->n_workers < 16 ? m->n_workers : 16;
     for (int i = 0; i < s->n_devices; i++)

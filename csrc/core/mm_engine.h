@@ -120,6 +120,7 @@ typedef struct mm_model_status {
     double loaded_at;            /* wall-clock seconds, 0 if not yet */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
     uint64_t memory_bytes;
+    uint64_t download_done, download_total; /* bytes, while (or after) loading downloads */
     char backend[32];
     char error[512];
 } mm_model_status;

@@ -67,6 +67,7 @@ typedef struct mm_model {
     double last_used_wall, loaded_wall;
     size_t in_flight;
     int kick_pending; /* deferred submits wait for mm_engine_kick */
+    _Atomic uint64_t dl_done, dl_total; /* download progress, from load(); lock-free */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
     uint64_t memory_bytes;
     size_t batch_items, batch_tokens; /* effective budgets */

@@ -8,7 +8,8 @@
  *
  * Options: dim (16), load_ms (0), item_us (0, per input item), batch_us (0,
  * per batch), max_items / max_tokens (batch limits it reports), mem_mb (0,
- * memory it reports), fail=load (every load fails), fail_loads=N (the first
+ * memory it reports), download_mb (load_ms becomes a pretend download of that
+ * size, reported as progress), fail=load (every load fails), fail_loads=N (the first
  * N loads of this name in this process fail).  An input item containing
  * "__fail__" fails its task with TASK_FAILED.
  */
@@ -27,7 +28,7 @@
 
 typedef struct synth_opts {
     mm_task_type type;
-    long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads;
+    long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads, download_mb;
     int fail_load;
 } synth_opts;
 
@@ -91,6 +92,8 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
             bad = parse_long(v, 0, 1L << 30, &o->mem_mb);
         else if (!strcmp(k, "fail_loads"))
             bad = parse_long(v, 0, 1L << 30, &o->fail_loads);
+        else if (!strcmp(k, "download_mb"))
+            bad = parse_long(v, 0, 1L << 20, &o->download_mb);
         else if (!strcmp(k, "fail")) {
             if (!strcmp(v, "load"))
                 o->fail_load = 1;
@@ -99,7 +102,8 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
         } else {
             snprintf(err, errlen,
                      "unknown synthetic option \"%.60s\" (known: dim, load_ms, item_us, "
-                     "batch_us, max_items, max_tokens, mem_mb, fail=load, fail_loads)",
+                     "batch_us, max_items, max_tokens, mem_mb, download_mb, fail=load, "
+                     "fail_loads)",
                      k);
             return MM_EINVAL;
         }
@@ -229,7 +233,17 @@ static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **st
                  o.type == MM_TASK_EMBEDDING ? "embedding" : "text_generation");
         return MM_EINVAL;
     }
-    sleep_us(o.load_ms * 1000);
+    if (o.download_mb > 0 && spec->progress) {
+        /* A pretend download: load_ms spread over 20 progress steps. */
+        uint64_t total = (uint64_t)o.download_mb << 20;
+        for (int step = 0; step <= 20; step++) {
+            spec->progress(spec->progress_ctx, total * (uint64_t)step / 20, total);
+            if (step < 20)
+                sleep_us(o.load_ms * 1000 / 20);
+        }
+    } else {
+        sleep_us(o.load_ms * 1000);
+    }
     long nth = next_load_number(spec->model_name);
     if (o.fail_load || nth <= o.fail_loads) {
         snprintf(err, errlen, "synthetic load failure injected (load #%ld)", nth);

@@ -139,6 +139,7 @@ void *mm_native_shim_sym(const char *symbol, char *err, size_t errlen) {
 /* Download progress goes to the log (the pymodelmgr logger), at most every
  * two seconds and once at the end, so a long first load is never silent. */
 typedef struct progress_log {
+    const mm_model_spec *spec;
     const char *model;
     int64_t last_ns;
     int started;
@@ -154,6 +155,8 @@ static int log_progress(const mm_hub_progress *p, void *ud) {
     progress_log *pl = ud;
     if (p->model_total == 0)
         return 0;
+    if (pl->spec->progress)
+        pl->spec->progress(pl->spec->progress_ctx, p->model_done, p->model_total);
     int64_t now = now_ns();
     int done = p->model_done >= p->model_total;
     if (!pl->started) {
@@ -215,7 +218,7 @@ int mm_native_resolve_model_rev(const mm_model_spec *spec, char *dir, size_t cap
     mm_hub_default_params(hp);
     if (spec->cache_dir && spec->cache_dir[0])
         snprintf(hp->cache_dir, sizeof hp->cache_dir, "%s", spec->cache_dir);
-    progress_log pl = {spec->model_name, 0, 0};
+    progress_log pl = {spec, spec->model_name, 0, 0};
     hp->progress = log_progress;
     hp->progress_ud = &pl;
     rc = mm_hub_snapshot(hp, spec->model_name, spec->revision, res, err, errlen);

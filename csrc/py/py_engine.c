@@ -296,7 +296,14 @@ static PyObject *status_dict(const mm_model_status *s) {
     PyObject *last = s->last_used > 0 ? PyFloat_FromDouble(s->last_used) : Py_NewRef(Py_None);
     PyObject *loaded = s->loaded_at > 0 ? PyFloat_FromDouble(s->loaded_at) : Py_NewRef(Py_None);
     PyObject *error = s->error[0] ? PyUnicode_FromString(s->error) : Py_NewRef(Py_None);
-    if (!keep || !until || !last || !loaded || !error) {
+    PyObject *download =
+        s->download_total
+            ? Py_BuildValue("{s:K,s:K,s:d}", "done_bytes", (unsigned long long)s->download_done,
+                            "total_bytes", (unsigned long long)s->download_total, "fraction",
+                            (double)s->download_done / (double)s->download_total)
+            : Py_NewRef(Py_None);
+    if (!keep || !until || !last || !loaded || !error || !download) {
+        Py_XDECREF(download);
         Py_XDECREF(keep);
         Py_XDECREF(until);
         Py_XDECREF(last);
@@ -307,7 +314,7 @@ static PyObject *status_dict(const mm_model_status *s) {
     }
     return Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:N,s:i,s:i,s:n,s:n,s:N,s:N,s:N,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
-        "s:K,s:s,s:N}",
+        "s:K,s:s,s:N,s:N}",
         "model_name", s->model_name, "task_type", mm_task_type_name(s->task_type), "state",
         s->state, "device", s->device_request, "devices", devices, "workers", s->workers,
         "workers_loaded", s->workers_loaded, "queue_depth", (Py_ssize_t)s->queue_depth,
@@ -318,7 +325,7 @@ static PyObject *status_dict(const mm_model_status *s) {
         (unsigned long long)s->timed_out, "cancelled", (unsigned long long)s->cancelled,
         "batches", (unsigned long long)s->batches, "items", (unsigned long long)s->items,
         "memory_bytes", (unsigned long long)s->memory_bytes, "backend", s->backend, "error",
-        error);
+        error, "download", download);
 }
 
 static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {

@@ -55,3 +55,23 @@ async def test_task_on_a_gated_model_without_token_fails_with_auth_required(hub_
     finally:
         await m.close()
     assert not r.success and r.error.code == "AUTH_REQUIRED" and "HF_TOKEN" in r.error.message
+
+
+async def test_status_shows_the_download_of_a_real_model(hub_env):
+    import asyncio
+
+    from pymodelmgr import ModelManager, ModelManagerSettings
+
+    hub_env.hub.faults.slow_chunk_s = 0.0015  # ~1400 chunks of 64 KiB: about two seconds
+    hub_env.hub.faults.match = "model.safetensors"
+    async with ModelManager(ModelManagerSettings(fake_gpus="none",
+                                                 cache_dir=hub_env.cache_dir)) as m:
+        pre = asyncio.ensure_future(m.task(None, "embedding", MINILM_REPO, device="cpu"))
+        fractions = []
+        while not pre.done():
+            await asyncio.sleep(0.05)
+            for st in (await m.status()).data["models"]:
+                if st["state"] == "downloading":
+                    fractions.append(st["download"]["fraction"])
+        assert (await pre).success
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] < 1

@@ -427,3 +427,19 @@ async def test_cache_dir_hf_means_the_huggingface_cache(hub_env, monkeypatch, tm
         r = await m.task(["x"], "embedding", "sentence-transformers/all-MiniLM-L6-v2", device="cpu")
     assert r.success, r.error
     assert (hf / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots").is_dir()
+
+
+async def test_status_shows_a_download_in_progress(mm):
+    name = "synthetic/embedding?load_ms=600&download_mb=90"
+    pre = asyncio.ensure_future(mm.task(None, "embedding", name, device="cpu"))
+    seen = []
+    for _ in range(60):
+        await asyncio.sleep(0.02)
+        st = await model_status(mm, name)
+        if st and st["state"] == "downloading":
+            seen.append(st["download"]["fraction"])
+    assert (await pre).success
+    assert seen and 0 <= seen[0] < 1 and seen == sorted(seen)
+    st = await model_status(mm, name)
+    assert st["state"] == "ready" and st["download"]["total_bytes"] == 90 << 20
+    assert st["download"]["fraction"] == 1.0
