@@ -127,9 +127,9 @@ class ModelManager:
             if fut is None or fut.done():
                 continue
             if status == 0:
-                raw = payload.pop("_embeddings_raw", None)
-                if raw is not None:
-                    payload["embeddings"] = _numpy_embeddings(raw)
+                fut.set_result(Result(True, payload, None))
+            elif status == 4:
+                payload["embeddings"] = _numpy_embeddings(payload["embeddings"])
                 fut.set_result(Result(True, payload, None))
             elif status == 1:
                 fut.set_result(Result(False, {}, ErrorInfo(payload[0], payload[1], None)))

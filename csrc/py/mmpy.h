@@ -30,6 +30,8 @@ typedef struct mmpy_channel {
     PyObject *last_model_obj;
     char last_device[32];
     PyObject *last_device_obj;
+    /* Interned result keys, made once per channel (not per result). */
+    PyObject *k_embeddings, *k_generated_text, *k_generated_texts, *k_model_name, *k_device;
 } mmpy_channel;
 
 /* Type specs and their registration (each file exports one). */

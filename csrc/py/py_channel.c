@@ -5,7 +5,8 @@
  * thread: it takes every completed task at once and returns a list of
  * (task_id, status, payload) tuples, where status is 0 success (payload: the
  * result dict), 1 error (payload: (code_name, message)), 2 dropped (payload:
- * the reason) or 3 cancelled (payload: None).
+ * the reason), 3 cancelled (payload: None) or 4 success whose "embeddings"
+ * is (float32 bytes, n, dim), for output="numpy".
  */
 #include <string.h>
 
@@ -140,10 +141,10 @@ static PyObject *cached_device(mmpy_channel *c, const char *dev) {
     return o;
 }
 
-static int set_obj(PyObject *d, const char *key, PyObject *v) {
+static int set_obj(PyObject *d, PyObject *key, PyObject *v) {
     if (!v)
         return -1;
-    int rc = PyDict_SetItemString(d, key, v);
+    int rc = PyDict_SetItem(d, key, v);
     Py_DECREF(v);
     return rc;
 }
@@ -155,7 +156,7 @@ static PyObject *success_dict(mmpy_channel *c, const mm_task_t *t, PyObject *jso
     if (!d)
         return NULL;
     PyObject *v = NULL;
-    const char *key = NULL;
+    PyObject *key = NULL;
     switch (mm_task_result_kind(t)) {
     case MM_RESULT_EMBEDDINGS: {
         size_t n, dim;
@@ -164,35 +165,34 @@ static PyObject *success_dict(mmpy_channel *c, const mm_task_t *t, PyObject *jso
             PyObject *raw = PyBytes_FromStringAndSize((const char *)vec,
                                                       (Py_ssize_t)(n * dim * sizeof(float)));
             v = raw ? Py_BuildValue("(Nnn)", raw, (Py_ssize_t)n, (Py_ssize_t)dim) : NULL;
-            key = "_embeddings_raw";
         } else {
             v = vectors_to_lists(vec, n, dim);
-            key = "embeddings";
         }
+        key = c->k_embeddings;
         break;
     }
     case MM_RESULT_TEXTS: {
         size_t per;
         mm_task_result_n_texts(t, &per);
         v = texts_result(t);
-        key = (mm_task_single_input(t) && per <= 1) ? "generated_text" : "generated_texts";
+        key = (mm_task_single_input(t) && per <= 1) ? c->k_generated_text : c->k_generated_texts;
         break;
     }
     case MM_RESULT_NONE:
         break;
     }
-    if (key && (!v || PyDict_SetItemString(d, key, v) < 0))
+    if (key && (!v || PyDict_SetItem(d, key, v) < 0))
         goto fail;
     Py_CLEAR(v);
     if (merge_extras(d, t, json_loads) < 0)
         goto fail;
     mm_task_kind kind = mm_task_get_kind(t);
     if (kind != MM_KIND_SHUTDOWN &&
-        set_obj(d, "model_name",
+        set_obj(d, c->k_model_name,
                 cached_str(mm_task_model_name(t), &c->last_model, &c->last_model_obj)) < 0)
         goto fail;
     if (kind == MM_KIND_RUN && mm_task_device(t) &&
-        set_obj(d, "device", cached_device(c, mm_task_device(t))) < 0)
+        set_obj(d, c->k_device, cached_device(c, mm_task_device(t))) < 0)
         goto fail;
     if (mm_task_warning(t)) {
         PyObject *w = Py_BuildValue("[s]", mm_task_warning(t));
@@ -215,7 +215,9 @@ static PyObject *convert(mmpy_channel *c, const mm_task_t *t, PyObject *json_loa
     switch (mm_task_get_status(t)) {
     case MM_TS_DONE: {
         PyObject *d = success_dict(c, t, json_loads, flags);
-        return d ? Py_BuildValue("(KiN)", id, 0, d) : NULL;
+        /* status 4: success whose "embeddings" is (bytes, n, dim) for numpy */
+        int st = (flags & MMPY_FLAG_NUMPY) && mm_task_result_kind(t) == MM_RESULT_EMBEDDINGS ? 4 : 0;
+        return d ? Py_BuildValue("(KiN)", id, st, d) : NULL;
     }
     case MM_TS_DROPPED:
         return Py_BuildValue("(Kis)", id, 2, mm_task_error_message(t));
@@ -293,6 +295,16 @@ static PyObject *channel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     }
     self->json_loads = Py_NewRef(st->json_loads);
+    self->k_embeddings = PyUnicode_InternFromString("embeddings");
+    self->k_generated_text = PyUnicode_InternFromString("generated_text");
+    self->k_generated_texts = PyUnicode_InternFromString("generated_texts");
+    self->k_model_name = PyUnicode_InternFromString("model_name");
+    self->k_device = PyUnicode_InternFromString("device");
+    if (!self->k_embeddings || !self->k_generated_text || !self->k_generated_texts ||
+        !self->k_model_name || !self->k_device) {
+        Py_DECREF(self);
+        return NULL;
+    }
     int rc = mm_channel_new(&self->ch);
     if (rc < 0) {
         Py_DECREF(self);
@@ -309,6 +321,11 @@ static void channel_dealloc(mmpy_channel *self) {
     Py_CLEAR(self->json_loads);
     Py_CLEAR(self->last_model_obj);
     Py_CLEAR(self->last_device_obj);
+    Py_CLEAR(self->k_embeddings);
+    Py_CLEAR(self->k_generated_text);
+    Py_CLEAR(self->k_generated_texts);
+    Py_CLEAR(self->k_model_name);
+    Py_CLEAR(self->k_device);
     mm_free(self->last_model);
     tp->tp_free(self);
     Py_DECREF(tp);
