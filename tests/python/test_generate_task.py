@@ -89,3 +89,39 @@ async def test_generation_bad_input(bart_dir):
         assert r.error.code == "INVALID_ARGUMENT"
         emb = await mm.task(["hello"], "embedding", d, device="cpu")
         assert not emb.success
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    import sentencepiece as spm
+    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+
+    work = tmp_path_factory.mktemp("spm")
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 3) + "\nÉcole café naïve ﬁle ＡＢＣ\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(work / "sp"), vocab_size=60,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0)
+    fast = T5TokenizerFast(vocab_file=str(work / "sp.model"), extra_ids=0)
+    d = str(tmp_path_factory.mktemp("tiny-t5"))
+    cfg = T5Config(vocab_size=len(fast), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                   num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+                   tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1)
+    torch.manual_seed(1)
+    model = T5ForConditionalGeneration(cfg).eval()
+    model.save_pretrained(d, safe_serialization=True)
+    fast.save_pretrained(d)
+    return d, model, fast
+
+
+async def test_t5_generation_matches_transformers(t5_dir):
+    d, model, fast = t5_dir
+    prompts = PROMPTS + ["École café naïve ﬁle ＡＢＣ"]
+    async with ModelManager(ModelManagerSettings(fake_gpus="none")) as mm:
+        rs = await asyncio.gather(*(mm.task(p, "text_generation", d, device="cpu", max_length=16)
+                                    for p in prompts))
+    for p, r in zip(prompts, rs):
+        assert r.success, r.error
+        assert r.data["generated_text"] == reference(model, fast, p, max_length=16, num_beams=1,
+                                                     do_sample=False)
