@@ -4,7 +4,9 @@ transformers' generate() on the same machine, in the same run.
 Models: random t5-small-shaped (d_model 512, 6+6 layers, 8 heads, d_ff 2048,
 vocab 32128) and bart-base-shaped (d_model 768, 6+6 layers, 12 heads, ffn
 3072, vocab 50265) models, saved with save_pretrained.  Prompts: --n id lists
-of 8..64 tokens.  Settings: greedy and beam 4, --new tokens at most.
+of 8..64 tokens.  Settings: greedy and beam 4 (early stopping), exactly --new
+new tokens per sequence (min_new_tokens = max_new_tokens, so that random
+weights do not stop at an early EOS).
 
 Modes:
   burst       ours: every prompt in one mm_torch_gen_run call;
@@ -105,9 +107,12 @@ def main():
             ps = prompts(kind, a.n, vocab)
             pad = ref.generation_config.pad_token_id
             for mode in a.modes.split(","):
-                kw = dict(max_new_tokens=a.new, min_length=0, num_beams=1 if mode == "greedy" else 4,
+                # min_new_tokens = max_new_tokens: random models would stop at
+                # an early EOS; this way both sides emit exactly --new tokens
+                kw = dict(max_new_tokens=a.new, min_new_tokens=a.new,
+                          num_beams=1 if mode == "greedy" else 4,
                           early_stopping=mode != "greedy", length_penalty=1.0)
-                gkw = dict(kw, early_stopping=True if mode != "greedy" else False)
+                gkw = dict(kw)
                 # warm up both
                 g.generate(ps[:2], **gkw)
                 with torch.inference_mode():

@@ -12,14 +12,18 @@ from test_generate_helpers import GenError, Generator, make_bart, make_t5, promp
 def bart(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("gen_err") / "bart")
     make_bart(path, max_pos=32)
-    return Generator(path)
+    g = Generator(path)
+    yield g
+    g.close()
 
 
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("gen_err") / "t5")
     make_t5(path, False)
-    return Generator(path)
+    g = Generator(path)
+    yield g
+    g.close()
 
 
 def test_encoder_only_model_is_unsupported_architecture(tmp_path):

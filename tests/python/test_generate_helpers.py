@@ -94,7 +94,6 @@ def lib():
     L.mm_torch_gen_result_free.restype = None
     L.mm_torch_gen_free.argtypes = [ctypes.c_void_p]
     L.mm_torch_gen_free.restype = None
-    L.mm_err_name_for_tests = None
     _LIB = L
     return L
 
@@ -115,6 +114,7 @@ class Generator:
     """One loaded model behind the C ABI."""
 
     def __init__(self, path, device="cpu", dtype="auto"):
+        self.h = None
         self.L = lib()
         p = LoadParams(device.encode(), dtype.encode(), 0)
         h = ctypes.c_void_p()

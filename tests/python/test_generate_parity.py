@@ -45,7 +45,9 @@ def models(tmp_path_factory):
         ref = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
         out[kind] = (ref, Generator(path), prompts(N, 256, "bart" if kind == "bart" else "t5",
                                                   seed={"t5": 1, "t5g": 2, "bart": 3}[kind]))
-    return out
+    yield out
+    for _, g, _ in out.values():
+        g.close()  # free the weights before libtorch's own teardown
 
 
 def mixed_batches(g, ps, kw, seed=0):
