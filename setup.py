@@ -21,6 +21,15 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
+def _install_file(src, dst):
+    """Copies src to dst through a temporary name and an atomic rename: a
+    process that has the old library mapped keeps its (now unlinked) copy,
+    where overwriting in place would change the pages under it."""
+    tmp = dst + ".tmp-%d" % os.getpid()
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -67,20 +76,18 @@ class CMakeBuild(build_ext):
         for name in os.listdir(produced):
             src = os.path.join(produced, name)
             if name == "_core" + suffix:
-                shutil.copy2(src, out_path)
+                _install_file(src, out_path)
             elif name.endswith(".so"):
-                shutil.copy2(src, os.path.join(out_dir, name))
+                _install_file(src, os.path.join(out_dir, name))
 
     def copy_extensions_to_source(self):
-        # --inplace (and editable installs) build into build/lib* and copy back
-        # only the Extensions setuptools knows; the shim (libmm_torch.so) must
-        # sit beside the in-place _core too, where the native backend looks.
-        super().copy_extensions_to_source()
+        # --inplace (and editable installs) build into build/lib* and then copy
+        # into the source tree. Do it ourselves: every .so (setuptools knows only
+        # _core, not the shim), each through an atomic rename.
         root = os.path.dirname(os.path.abspath(__file__))
         built = os.path.join(os.path.abspath(self.build_lib), "pymodelmgr")
         for name in os.listdir(built):
-            if name.endswith(".so") and not name.startswith("_core"):
-                shutil.copy2(os.path.join(built, name), os.path.join(root, "pymodelmgr", name))
-
+            if name.endswith(".so"):
+                _install_file(os.path.join(built, name), os.path.join(root, "pymodelmgr", name))
 
 setup(ext_modules=[CMakeExtension("pymodelmgr._core")], cmdclass={"build_ext": CMakeBuild})
