@@ -57,6 +57,18 @@ const char *mm_task_type_name(mm_task_type t) {
                                                                                : "unknown";
 }
 
+/* Frees what mm_engine_new made; the threads are gone (or never started). */
+static void engine_destroy(mm_engine_t *e) {
+    mm__cache_free_revisions(e);
+    mm_embcache_free(e->cache);
+    pthread_cond_destroy(&e->reaper_cv);
+    pthread_cond_destroy(&e->retire_cv);
+    pthread_mutex_destroy(&e->mu);
+    mm_free((char *)e->params.cache_dir);
+    mm_free((char *)e->params.backend_options_json);
+    mm_free(e);
+}
+
 int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     *out = NULL;
     mm_engine_params defaults;
@@ -67,37 +79,6 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     mm_engine_t *e = mm_calloc(1, sizeof *e);
     if (!e)
         return MM_ENOMEM;
-    e->params = *p;
-    e->params.cache_dir = mm_strdup(p->cache_dir ? p->cache_dir : "data/models");
-    e->params.backend_options_json =
-        mm_strdup(p->backend_options_json ? p->backend_options_json : "{}");
-    e->params.fake_gpus = NULL;
-    e->params.allowed_gpus = NULL;
-    if (!e->params.cache_dir || !e->params.backend_options_json) {
-        mm_free((char *)e->params.cache_dir);
-        mm_free((char *)e->params.backend_options_json);
-        mm_free(e);
-        return MM_ENOMEM;
-    }
-    int rc = mm_devices_discover(p->fake_gpus, &e->gpus);
-    if (rc == 0 && p->allowed_gpus)
-        rc = mm_devices_restrict(&e->gpus, p->allowed_gpus);
-    if (rc < 0) {
-        mm_free((char *)e->params.cache_dir);
-        mm_free((char *)e->params.backend_options_json);
-        mm_free(e);
-        return rc;
-    }
-    if (p->embed_cache_entries > 0 &&
-        mm_embcache_new(p->embed_cache_entries,
-                        p->embed_cache_ttl_ms > 0 ? p->embed_cache_ttl_ms : 3600000,
-                        &e->cache) < 0) {
-        mm_free((char *)e->params.cache_dir);
-        mm_free((char *)e->params.backend_options_json);
-        mm_free(e);
-        return MM_ENOMEM;
-    }
-    e->next_id = 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -105,15 +86,29 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     pthread_cond_init(&e->reaper_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&e->retire_cv, NULL);
-    if (pthread_create(&e->reaper, NULL, mm__reaper_main, e) != 0) {
-        mm_embcache_free(e->cache);
-        pthread_cond_destroy(&e->reaper_cv);
-        pthread_cond_destroy(&e->retire_cv);
-        pthread_mutex_destroy(&e->mu);
-        mm_free((char *)e->params.cache_dir);
-        mm_free((char *)e->params.backend_options_json);
-        mm_free(e);
-        return MM_ENOMEM;
+    e->next_id = 1;
+    e->params = *p;
+    e->params.cache_dir = mm_strdup(p->cache_dir ? p->cache_dir : "data/models");
+    e->params.backend_options_json =
+        mm_strdup(p->backend_options_json ? p->backend_options_json : "{}");
+    e->params.fake_gpus = NULL;
+    e->params.allowed_gpus = NULL;
+    int rc = 0;
+    if (!e->params.cache_dir || !e->params.backend_options_json)
+        rc = MM_ENOMEM;
+    if (rc == 0)
+        rc = mm_devices_discover(p->fake_gpus, &e->gpus);
+    if (rc == 0 && p->allowed_gpus)
+        rc = mm_devices_restrict(&e->gpus, p->allowed_gpus);
+    if (rc == 0 && p->embed_cache_entries > 0)
+        rc = mm_embcache_new(p->embed_cache_entries,
+                             p->embed_cache_ttl_ms > 0 ? p->embed_cache_ttl_ms : 3600000,
+                             &e->cache);
+    if (rc == 0 && pthread_create(&e->reaper, NULL, mm__reaper_main, e) != 0)
+        rc = MM_ENOMEM;
+    if (rc < 0) {
+        engine_destroy(e);
+        return rc;
     }
     *out = e;
     return 0;
@@ -730,14 +725,7 @@ void mm_engine_free(mm_engine_t *e) {
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->reaper, NULL);
     /* The reaper completed the shutdown waiters before it stopped. */
-    mm__cache_free_revisions(e);
-    mm_embcache_free(e->cache);
-    pthread_cond_destroy(&e->reaper_cv);
-    pthread_cond_destroy(&e->retire_cv);
-    pthread_mutex_destroy(&e->mu);
-    mm_free((char *)e->params.cache_dir);
-    mm_free((char *)e->params.backend_options_json);
-    mm_free(e);
+    engine_destroy(e);
 }
 
 static const char *state_name(mm_model_state s) {

@@ -396,6 +396,23 @@ static void test_stress_exactly_once(void) {
     free(s.seen);
 }
 
+static void test_engine_new_oom(void) {
+    /* Each allocation of engine creation (with a cache) may fail: reported,
+     * and nothing leaks. */
+    for (long k = 0; k < 12; k++) {
+        mm_engine_params p;
+        mm_engine_default_params(&p);
+        p.fake_gpus = "none";
+        p.embed_cache_entries = 10;
+        mm_engine_t *e = NULL;
+        mm_alloc_fail_after(k);
+        int rc = mm_engine_new(&p, &e);
+        mm_alloc_fail_after(-1);
+        CHECK((rc == 0 && e) || (rc == MM_ENOMEM && !e));
+        mm_engine_free(e);
+    }
+}
+
 static void test_oom_paths(void) {
     /* Every allocation in submit may fail: the call reports it and leaves
      * nothing behind (ASan would see a leak or a bad free). */
@@ -426,6 +443,7 @@ int main(void) {
     test_placement();
     test_stress_exactly_once();
     test_oom_paths();
+    test_engine_new_oom();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
