@@ -637,24 +637,7 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
         mm_torch_embedder_default_params(&def);
         if (!p)
             p = &def;
-        std::string dev = p->device && *p->device ? p->device : "cpu";
-        if (dev == "gpu")
-            dev = "cuda";
-        at::Device device(at::kCPU);
-        try {
-            device = at::Device(dev);
-        } catch (const c10::Error &) {
-            fail(MM_EINVAL, "unknown device %s", dev.c_str());
-        }
-        if (device.is_cuda()) {
-            if (!at::hasCUDA())
-                fail(MM_EDEVICE, "device %s asked for, but this libtorch has no usable CUDA",
-                     dev.c_str());
-            if (!device.has_index())
-                device = at::Device(at::kCUDA, 0);
-        } else if (!device.is_cpu()) {
-            fail(MM_EUNSUPPORTED, "device %s is not supported (cpu or cuda:N)", dev.c_str());
-        }
+        at::Device device = parse_device(p->device);
         std::string dtype_name;
         at::ScalarType dtype = parse_dtype_name(p->dtype ? p->dtype : "auto", device.is_cuda(),
                                                 &dtype_name);

@@ -25,6 +25,8 @@
 #include <string>
 #include <sys/stat.h>
 
+#include <ATen/Context.h>
+#include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
 extern "C" {
@@ -156,6 +158,31 @@ inline bool jbool(const json_t *o, const char *key, bool def) {
 inline std::string jstr(const json_t *o, const char *key, const std::string &def) {
     json_t *v = jget(o, key);
     return json_is_string(v) ? std::string(json_string_value(v), json_string_length(v)) : def;
+}
+
+/* The device a load asks for: "cpu" (the default), "cuda" / "gpu" (ordinal
+ * 0) or "cuda:N"; anything else, or CUDA without a usable CUDA libtorch,
+ * fails with a message naming it.  Shared by every model family's load. */
+inline at::Device parse_device(const char *name) {
+    std::string dev = name && *name ? name : "cpu";
+    if (dev == "gpu")
+        dev = "cuda";
+    at::Device device(at::kCPU);
+    try {
+        device = at::Device(dev);
+    } catch (const c10::Error &) {
+        fail(MM_EINVAL, "unknown device %s", dev.c_str());
+    }
+    if (device.is_cuda()) {
+        if (!at::hasCUDA())
+            fail(MM_EDEVICE, "device %s asked for, but this libtorch has no usable CUDA",
+                 dev.c_str());
+        if (!device.has_index())
+            device = at::Device(at::kCUDA, 0);
+    } else if (!device.is_cpu()) {
+        fail(MM_EUNSUPPORTED, "device %s is not supported (cpu or cuda:N)", dev.c_str());
+    }
+    return device;
 }
 
 } // namespace mmt
