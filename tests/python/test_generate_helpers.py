@@ -209,16 +209,17 @@ def _decoder_direction(m, vocab, t5):
     return mu / mu.norm()
 
 
-def make_t5(path, gated, vocab=256, seed=0, eos_gain=None, emb_scale=None, head_std=None):
+def make_t5(path, gated, vocab=256, seed=0, eos_gain=None, emb_scale=None, head_std=None,
+            **config):
     """T5 v1.0 (ReLU, tied embedding, d_model^-0.5 output scale) or v1.1
-    (gated GELU, an lm_head of its own)."""
+    (gated GELU, an lm_head of its own); config adds T5Config settings."""
     from transformers import T5Config, T5ForConditionalGeneration
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, relative_attention_max_distance=20,
                    feed_forward_proj="gated-gelu" if gated else "relu",
                    initializer_factor=1.0 if gated else 3.0,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **config)
     m = T5ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         if gated:  # v1.1: untie the output projection
@@ -233,7 +234,7 @@ def make_t5(path, gated, vocab=256, seed=0, eos_gain=None, emb_scale=None, head_
     return m
 
 
-def make_bart(path, vocab=256, seed=0, max_pos=64, generation=None):
+def make_bart(path, vocab=256, seed=0, max_pos=64, generation=None, eos_bias=4.5):
     """BART shaped like bart-large-cnn: decoder start </s>, forced <s>, forced
     </s> at max_length - 1, a final_logits_bias; `generation` adds settings
     to its generation_config.json."""
@@ -245,7 +246,7 @@ def make_bart(path, vocab=256, seed=0, max_pos=64, generation=None):
     m = BartForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         m.final_logits_bias.normal_(0, 0.5)
-        m.final_logits_bias[0, 2] = 4.5
+        m.final_logits_bias[0, 2] = eos_bias
     m.generation_config.forced_bos_token_id = 0
     for k, v in (generation or {}).items():
         setattr(m.generation_config, k, v)
@@ -280,3 +281,50 @@ def hf_generate(model, ids, **kw):
     eos = model.generation_config.eos_token_id
     pad = model.generation_config.pad_token_id
     return [strip(r.tolist(), eos, pad) for r in out]
+
+
+# ---- tiny tokenizers of each kind ----
+
+def train_bart_tokenizer(corpus, vocab_size=320, model_max_length=None):
+    """A byte-level BPE trained on corpus with `tokenizers`, wrapped the way
+    BART's is: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4, <s> ... </s> framing."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    kw = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", **kw)
+
+
+def train_t5_tokenizer(workdir, corpus, vocab_size=60, extra_ids=0, model_max_length=None):
+    """A sentencepiece Unigram (pad=0 </s>=1 <unk>=2, nmt_nfkc charsmap)
+    trained on corpus in workdir, converted by transformers' T5TokenizerFast
+    (so tokenizer.json carries the precompiled charsmap).  The conversion
+    goes through from_pretrained on a folder holding spiece.model:
+    transformers 5 ignores T5TokenizerFast(vocab_file=...) and builds a
+    4-token vocabulary."""
+    import shutil
+    import sentencepiece as spm
+    from transformers import T5TokenizerFast
+    os.makedirs(str(workdir), exist_ok=True)
+    text = os.path.join(str(workdir), "corpus.txt")
+    with open(text, "w", encoding="utf-8") as f:
+        f.write("\n".join(corpus) + "\n")
+    prefix = os.path.join(str(workdir), "sp")
+    spm.SentencePieceTrainer.train(input=text, model_prefix=prefix, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, num_threads=1, minloglevel=2)
+    spm_dir = os.path.join(str(workdir), "spm")
+    os.makedirs(spm_dir, exist_ok=True)
+    shutil.copy(prefix + ".model", os.path.join(spm_dir, "spiece.model"))
+    kw = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tok = T5TokenizerFast.from_pretrained(spm_dir, extra_ids=extra_ids, **kw)
+    assert len(tok) == vocab_size + extra_ids, len(tok)
+    return tok

@@ -16,6 +16,8 @@ if not os.path.exists(os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_generate_helpers import train_bart_tokenizer, train_t5_tokenizer  # noqa: E402
+
 CORPUS = [f"the {a} {b} jumps over the {c} dog number {i}"
           for i, (a, b, c) in enumerate(zip(["quick", "slow", "red", "big"] * 25,
                                             ["brown", "green", "blue", "tiny"] * 25,
@@ -26,20 +28,11 @@ PROMPTS = ["the quick brown fox", "a slow green turtle walks", "number 7 is luck
 
 @pytest.fixture(scope="module")
 def bart_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import BartConfig, BartForConditionalGeneration
 
     d = str(tmp_path_factory.mktemp("tiny-bart"))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    cfg = BartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=2,
+    fast = train_bart_tokenizer(CORPUS, vocab_size=320)
+    cfg = BartConfig(vocab_size=len(fast), d_model=32, encoder_layers=2,
                      decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                      encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                      pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
@@ -93,16 +86,10 @@ async def test_generation_bad_input(bart_dir):
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
-    import sentencepiece as spm
-    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    work = tmp_path_factory.mktemp("spm")
-    corpus = work / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS * 3) + "\nÉcole café naïve ﬁle ＡＢＣ\n", encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(work / "sp"), vocab_size=60,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   character_coverage=1.0)
-    fast = T5TokenizerFast(vocab_file=str(work / "sp.model"), extra_ids=0)
+    fast = train_t5_tokenizer(tmp_path_factory.mktemp("spm"), CORPUS * 3 + ["École café naïve ﬁle ＡＢＣ"],
+                              vocab_size=60)
     d = str(tmp_path_factory.mktemp("tiny-t5"))
     cfg = T5Config(vocab_size=len(fast), d_model=32, d_kv=8, d_ff=64, num_layers=2,
                    num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
