@@ -163,10 +163,24 @@ def served(hub_env, models):
     return hub_env
 
 
+async def loaded(make_mm, served, repo):
+    """A manager with repo downloaded and loaded (pre-load task), so that a
+    burst's waves are not all queued behind the load into one batch."""
+    mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
+    r = await mm.task(None, "text_generation", repo, device="cpu")
+    assert r.success and r.data["preloaded"], r.error
+    return mm
+
+
+async def batches_run(mm, repo):
+    st = await mm.status()
+    return sum(m["batches"] for m in st.data["models"] if m["model_name"] == repo)
+
+
 async def run_mixed(mm, repo, prompts, kw, seed=0):
     """One concurrent burst: every prompt once, shuffled, as single-string
-    tasks mixed with list tasks of 2..6 strings.  Returns the texts in
-    prompt order."""
+    tasks mixed with list tasks of 2..6 strings, submitted in a few waves.
+    Returns the texts in prompt order."""
     rnd = random.Random(seed)
     order = list(range(len(prompts)))
     rnd.shuffle(order)
@@ -176,10 +190,18 @@ async def run_mixed(mm, repo, prompts, kw, seed=0):
         groups.append(order[i:i + k])
         i += k
     assert any(len(g) == 1 for g in groups) and any(len(g) > 1 for g in groups)
-    results = await asyncio.gather(*(
-        mm.task(prompts[g[0]] if len(g) == 1 else [prompts[j] for j in g], "text_generation", repo,
-                device="cpu", **kw)
-        for g in groups))
+    delays = [rnd.choice((0, 0, 0.003, 0.02)) for _ in groups]  # waves: varied batch makeup
+
+    async def one(g, delay):
+        if delay:
+            await asyncio.sleep(delay)
+        return await mm.task(prompts[g[0]] if len(g) == 1 else [prompts[j] for j in g],
+                             "text_generation", repo, device="cpu", **kw)
+
+    before = await batches_run(mm, repo)
+    results = await asyncio.gather(*(one(g, t) for g, t in zip(groups, delays)))
+    # tasks really shared batches
+    assert await batches_run(mm, repo) - before < len(groups)
     texts = [None] * len(prompts)
     for g, r in zip(groups, results):
         assert r.success, r.error
@@ -212,7 +234,7 @@ async def test_parity_through_the_hub(make_mm, served, models, kind, setting):
     d, model, tok = models[kind]
     kw = SETTINGS[setting]
     expect = references(model, tok, PROMPTS, **kw)
-    mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
+    mm = await loaded(make_mm, served, REPOS[kind])
     await check_parity(mm, REPOS[kind], PROMPTS, kw, expect)
     # it came from the hub, through the cache: the weights were downloaded once
     assert served.hub.count(contains=f"{REPOS[kind]}/resolve/") > 0
@@ -229,7 +251,7 @@ async def test_defaults_from_generation_config(make_mm, served, models, kind):
     d, model, tok = models[kind]
     prompts = PROMPTS[::4]
     expect = references(model, tok, prompts)
-    mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
+    mm = await loaded(make_mm, served, REPOS[kind])
     await check_parity(mm, REPOS[kind], prompts, {}, expect, seed=1)
 
 
@@ -242,8 +264,8 @@ async def test_seeded_sampling(make_mm, served, models, kind):
     d, model, tok = models[kind]
     prompts = PROMPTS[::2]
     expect = references(model, tok, prompts, seed=1234, **SAMPLING)
-    mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
     repo = REPOS[kind]
+    mm = await loaded(make_mm, served, repo)
     first = await run_mixed(mm, repo, prompts, dict(SAMPLING, seed=1234), seed=2)
     again = await run_mixed(mm, repo, prompts, dict(SAMPLING, seed=1234), seed=3)
     assert first == again  # a different batch composition, the same draws
