@@ -7,6 +7,11 @@
 #   3. prints VRAM (nvidia-smi, whole device) before load, after load, after
 #      release, through the engine (`mm.task(..., device="cuda:0")` and
 #      `release_model`), plus throughput vs sentence-transformers fp16
+#   4. text generation (issue 6): the CPU parity tests against this build, then
+#      benchmarks/gpu_generate.py on cuda:0: t5-small / bart-base shaped random
+#      models in bf16+fp32 (T5) and fp16+bf16 (BART) through the engine: VRAM
+#      before load / after load / after release, tokens/s vs transformers on the
+#      same device and dtype, greedy agreement with transformers
 #
 # Usage: bash benchmarks/gpu_check.sh [--quick]     (JOBS=N for the build)
 # Needs: nvidia-smi, python3 with torch (CUDA), transformers, sentence-transformers,
@@ -99,3 +104,19 @@ EOF
 
 echo "== bench_embed on cuda (a, b)"
 python3 benchmarks/bench_embed.py --device cuda --parts ab --n 20000 --m 5000
+
+echo "== generation: CPU parity against this build"
+if [ "$QUICK" = "--quick" ]; then
+  python3 -m pytest -q -x tests/python/test_generate_parity.py -k "greedy or early_stopping_true" \
+    -W ignore::DeprecationWarning
+else
+  python3 -m pytest -q tests/python/test_generate_parity.py tests/python/test_generate_hub.py \
+    -W ignore::DeprecationWarning
+fi
+
+echo "== generation on cuda:0: VRAM, tokens/s, agreement with transformers"
+if [ "$QUICK" = "--quick" ]; then
+  python3 benchmarks/gpu_generate.py --device cuda:0 --n 16 --new 16 --check 8
+else
+  python3 benchmarks/gpu_generate.py --device cuda:0 --n 128 --new 32 --check 32
+fi
