@@ -16,7 +16,8 @@ transformers on the same files.
 
 Prompts (56 per model): 1 to ~70 words, some past the input limit, some
 unicode (accents, ligatures, fullwidth, CJK, Cyrillic, emoji, combining
-marks, characters the tokenizers never saw).  They go in as one concurrent
+marks, characters the tokenizers never saw), whitespace only, special
+tokens written as text.  They go in as one concurrent
 burst of single-string tasks mixed with list tasks of 2 to 6 strings.  In a
 mixed batch a beam hypothesis may flip where two candidates tie to ~1e-6
 (see test_generate_parity.py): at most one batched text per model and
@@ -71,6 +72,10 @@ UNICODE_PROMPTS = [
     "tabs\tand\nnewlines  and   spaces",
     "ＦＵＬＬＷＩＤＴＨ ｋａｔａｋａｎａ ｶﾀｶﾅ",
     "straße über über straße " * 12,  # unicode and past the limit
+    "   ",  # whitespace only: T5 encodes it to </s> alone
+    "\u200b zero\u00a0width and nbsp",
+    "<s> </s> <pad> <unk> <mask> <extra_id_0> special tokens written as text",
+    "a" * 300,  # one long word past the limit
 ]
 
 
@@ -274,6 +279,24 @@ async def test_seeded_sampling(make_mm, served, models, kind):
     assert sum(a != b for a, b in zip(first, other)) >= len(prompts) // 4
     greedy = references(model, tok, prompts, **SETTINGS["greedy"])
     assert first != greedy  # it really sampled
+
+
+@pytest.mark.parametrize("kind", ["t5g", "bart"])
+async def test_several_return_sequences(make_mm, served, models, kind):
+    """num_return_sequences=3: a string gives a list of 3 texts, a list of
+    strings a list of such lists; each equals transformers' 3 beams."""
+    d, model, tok = models[kind]
+    kw = dict(num_beams=4, num_return_sequences=3, max_length=16, early_stopping=True)
+    prompts = PROMPTS[:6]
+    ids = [tok(p, truncation=True, return_tensors="pt").input_ids for p in prompts]
+    with torch.no_grad():
+        expect = [tok.batch_decode(model.generate(x, **kw), skip_special_tokens=True) for x in ids]
+    mm = await loaded(make_mm, served, REPOS[kind])
+    one = await mm.task(prompts[0], "text_generation", REPOS[kind], device="cpu", **kw)
+    many = await mm.task(prompts, "text_generation", REPOS[kind], device="cpu", **kw)
+    assert one.success and many.success, (one.error, many.error)
+    assert one.data["generated_texts"] == expect[0]
+    assert many.data["generated_texts"] == expect
 
 
 async def test_truncation_and_limits(make_mm, served, models):
