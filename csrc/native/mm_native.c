@@ -55,6 +55,7 @@ static struct {
     mm_torch_embedder_load_fn load;
     mm_torch_embedder_info_get_fn info;
     mm_torch_embed_fn embed;
+    mm_torch_embed_many_fn embed_many; /* optional (older shims lack it) */
     mm_torch_embedder_free_fn free;
 } g_api; /* written once under g_shim_mu before g_shim is set */
 
@@ -111,6 +112,7 @@ static int shim_open_locked(char *err, size_t errlen) {
     g_api.info = (mm_torch_embedder_info_get_fn)dlsym(h, "mm_torch_embedder_info_get");
     g_api.embed = (mm_torch_embed_fn)dlsym(h, "mm_torch_embed");
     g_api.free = (mm_torch_embedder_free_fn)dlsym(h, "mm_torch_embedder_free");
+    g_api.embed_many = (mm_torch_embed_many_fn)dlsym(h, "mm_torch_embed_many");
     if (!g_api.default_params || !g_api.load || !g_api.info || !g_api.embed || !g_api.free) {
         snprintf(err, errlen, "%s lacks the embedding entry points: rebuild", path);
         dlclose(h);
@@ -339,6 +341,7 @@ typedef struct nstate {
     const char *default_prompt; /* borrowed from prompts, or NULL */
     char revision[64];          /* the commit loaded (or a local folder's content id) */
     size_t micro_tokens, micro_items;
+    int threads; /* intra-op threads of this CPU worker (0: GPU or unknown) */
     struct {
         char *text;
         size_t n;
@@ -455,8 +458,9 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
         if (json_is_string(d))
             s->default_prompt = json_string_value(d);
     }
-    s->micro_tokens = opt_size(spec->options_json, "micro_batch_tokens", dev->is_gpu ? 16384 : 4096);
-    s->micro_items = opt_size(spec->options_json, "micro_batch_items", dev->is_gpu ? 512 : 64);
+    s->micro_tokens = opt_size(spec->options_json, "micro_batch_tokens", dev->is_gpu ? 16384 : 1024);
+    s->micro_items = opt_size(spec->options_json, "micro_batch_items", dev->is_gpu ? 512 : 16);
+    s->threads = dev->is_gpu ? 0 : dev->cpu_threads;
     mm_log(MM_LOG_INFO, "native: %s loaded on %s (%s, %s pooling, dim %zu, max_seq_length %zu)",
            spec->model_name, s->info.device, s->info.arch, s->info.pooling, s->info.dim,
            s->info.max_seq_length);
@@ -766,35 +770,77 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     /* 2. Sort by length; micro-batches under the padded-token budget. */
     if (nrows)
         qsort(rows, nrows, sizeof *rows, cmp_row);
+    /* On a CPU worker with T intra-op threads the shim runs micro-batches
+     * concurrently, one thread each, so a batch is cut into at least T of
+     * them when it has the rows. */
     size_t max_b = s->micro_items;
-    bids = mm_malloc(max_b * maxlen * sizeof *bids);
-    bmask = mm_malloc(max_b * maxlen * sizeof *bmask);
-    btype = mm_malloc(max_b * maxlen * sizeof *btype);
-    bplen = mm_malloc(max_b * sizeof *bplen);
-    bout = mm_malloc(max_b * dim * sizeof *bout);
-    if (nrows && (!bids || !bmask || !btype || !bplen || !bout))
+    if (s->threads > 1 && g_api.embed_many && nrows > 1) {
+        size_t per = (nrows + (size_t)s->threads - 1) / (size_t)s->threads;
+        if (per < max_b)
+            max_b = per;
+    }
+    size_t nmb = 0, padded = 0;
+    for (size_t r0 = 0; r0 < nrows; nmb++) {
+        size_t r1 = r0 + 1;
+        while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
+            r1++;
+        padded += (r1 - r0) * rows[r1 - 1].len;
+        r0 = r1;
+    }
+    mm_torch_batch *mbs = nmb ? mm_calloc(nmb, sizeof *mbs) : NULL;
+    size_t *mb_first = nmb ? mm_calloc(nmb + 1, sizeof *mb_first) : NULL;
+    if (nmb) {
+        bids = mm_malloc(padded * sizeof *bids);
+        bmask = mm_malloc(padded * sizeof *bmask);
+        btype = mm_malloc(padded * sizeof *btype);
+        bplen = mm_malloc(nrows * sizeof *bplen);
+        bout = mm_malloc(nrows * dim * sizeof *bout);
+    }
+    if (nmb && (!mbs || !mb_first || !bids || !bmask || !btype || !bplen || !bout)) {
+        mm_free(mbs);
+        mm_free(mb_first);
         goto oom;
-    for (size_t r0 = 0; r0 < nrows;) {
+    }
+    size_t k = 0, tok_off = 0;
+    for (size_t r0 = 0; r0 < nrows; k++) {
         size_t r1 = r0 + 1;
         while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
             r1++;
         size_t B = r1 - r0, L = rows[r1 - 1].len;
+        int64_t *ti = bids + tok_off, *tm = bmask + tok_off, *tt = btype + tok_off;
         for (size_t b = 0; b < B; b++) {
             const row *rw = &rows[r0 + b];
             for (size_t j = 0; j < L; j++) {
                 int real = j < rw->len;
-                bids[b * L + j] = real ? ids.p[rw->off + j] : s->info.pad_token_id;
-                btype[b * L + j] = real ? types.p[rw->off + j] : 0;
-                bmask[b * L + j] = real;
+                ti[b * L + j] = real ? ids.p[rw->off + j] : s->info.pad_token_id;
+                tt[b * L + j] = real ? types.p[rw->off + j] : 0;
+                tm[b * L + j] = real;
             }
-            bplen[b] = rw->plen;
+            bplen[r0 + b] = rw->plen;
         }
+        mbs[k] = (mm_torch_batch){ti, tm, s->info.uses_type_ids ? tt : NULL,
+                                  s->info.include_prompt ? NULL : bplen + r0, B, L,
+                                  bout + r0 * dim, dim};
+        mb_first[k] = r0;
+        tok_off += B * L;
+        r0 = r1;
+    }
+    if (nmb)
+        mb_first[nmb] = nrows;
+    /* 3. Forwards: all at once through embed_many, else one by one; a failed
+     * call fails the tasks of the rows it covered. */
+    const int many = g_api.embed_many && s->threads > 1;
+    for (size_t k0 = 0; k0 < nmb;) {
+        size_t k1 = many ? nmb : k0 + 1;
+        const mm_torch_batch *mb = &mbs[k0];
         err[0] = '\0';
-        int rc = g_api.embed(s->emb, bids, bmask, s->info.uses_type_ids ? btype : NULL, B, L,
-                             s->info.include_prompt ? NULL : bplen, 0, bout, dim, err,
-                             sizeof err);
-        for (size_t b = 0; b < B; b++) {
-            const row *rw = &rows[r0 + b];
+        int rc = many
+                     ? g_api.embed_many(s->emb, mb, k1 - k0, 0, err, sizeof err)
+                     : g_api.embed(s->emb, mb->ids, mb->mask, mb->type_ids, mb->batch,
+                                   mb->seq_len, mb->prompt_lens, 0, mb->out, dim, err,
+                                   sizeof err);
+        for (size_t r = mb_first[k0]; r < mb_first[k1]; r++) {
+            const row *rw = &rows[r];
             task_plan *tp = &plans[rw->task];
             if (!tp->ok)
                 continue;
@@ -803,10 +849,12 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
                 tp->ok = 0;
                 continue;
             }
-            post_process(bout + b * dim, dim, tp, tp->out + (size_t)rw->item * tp->out_dim);
+            post_process(bout + r * dim, dim, tp, tp->out + (size_t)rw->item * tp->out_dim);
         }
-        r0 = r1;
+        k0 = k1;
     }
+    mm_free(mbs);
+    mm_free(mb_first);
     goto done;
 oom:
     for (size_t ti = 0; ti < n; ti++)

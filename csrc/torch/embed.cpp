@@ -30,9 +30,22 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <map>
 #include <mutex>
+#include <thread>
+#include <vector>
+
+/* MKL's per-thread thread count (exported by libtorch_cpu when it carries
+ * MKL; weak, so a libtorch without MKL still loads the shim). */
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+/* OpenMP's per-thread team size (libgomp, loaded with libtorch_cpu): ATen's
+ * parallel_for sizes its teams from it, so a thread that sets 1 runs ops
+ * inline.  Weak for the same reason. */
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+extern "C" int omp_get_max_threads(void) __attribute__((weak));
 
 namespace mmt {
 namespace {
@@ -701,47 +714,146 @@ MMT_API int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_em
     return 0;
 }
 
+/* While alive, this thread's ATen ops and MKL calls run on it alone (both
+ * settings are per thread, and restored on the way out). */
+struct SingleThreaded {
+    int omp_prev = 0, mkl_prev = 0;
+    SingleThreaded() {
+        if (omp_get_max_threads && omp_set_num_threads) {
+            omp_prev = omp_get_max_threads();
+            omp_set_num_threads(1);
+        }
+        if (MKL_Set_Num_Threads_Local)
+            mkl_prev = MKL_Set_Num_Threads_Local(1);
+    }
+    ~SingleThreaded() {
+        if (omp_prev > 0)
+            omp_set_num_threads(omp_prev);
+        if (MKL_Set_Num_Threads_Local)
+            MKL_Set_Num_Threads_Local(mkl_prev);
+    }
+    SingleThreaded(const SingleThreaded &) = delete;
+    SingleThreaded &operator=(const SingleThreaded &) = delete;
+};
+
+/* Checks one padded batch's arguments against the model (throws). */
+static void check_batch(const Model &m, const int64_t *ids, const int64_t *mask,
+                        const int64_t *type_ids, size_t batch, size_t seq_len, float *out,
+                        size_t out_dim) {
+    if (!ids || !mask || !out)
+        fail(MM_EINVAL, "mm_torch_embed: NULL argument");
+    if (out_dim != (size_t)m.dim)
+        fail(MM_ENOBUFS, "output rows are %zu floats, the model makes %lld", out_dim,
+             (long long)m.dim);
+    if (batch == 0)
+        return;
+    if (seq_len == 0 || seq_len > (size_t)(m.enc.max_pos - m.enc.pos_offset))
+        fail(MM_EINVAL, "sequence length %zu is outside 1..%lld", seq_len,
+             (long long)(m.enc.max_pos - m.enc.pos_offset));
+    const int64_t vocab = m.enc.word.size(0);
+    for (size_t i = 0; i < batch * seq_len; i++)
+        if (ids[i] < 0 || ids[i] >= vocab)
+            fail(MM_EINVAL, "token id %lld is outside the vocabulary (%lld)", (long long)ids[i],
+                 (long long)vocab);
+    if (type_ids && m.enc.type.defined()) {
+        const int64_t nt = m.enc.type.size(0);
+        for (size_t i = 0; i < batch * seq_len; i++)
+            if (type_ids[i] < 0 || type_ids[i] >= nt)
+                fail(MM_EINVAL, "token type id %lld is outside 0..%lld", (long long)type_ids[i],
+                     (long long)nt - 1);
+    }
+}
+
+/* Runs one checked batch; the caller holds an InferenceMode guard. */
+static void embed_batch(const Model &m, const int64_t *ids, const int64_t *mask,
+                        const int64_t *type_ids, size_t batch, size_t seq_len,
+                        const int64_t *prompt_lens, int normalize, float *out, size_t out_dim) {
+    if (batch == 0)
+        return;
+    const int64_t B = (int64_t)batch, L = (int64_t)seq_len;
+    auto lopt = at::TensorOptions().dtype(at::kLong);
+    at::Tensor tid = at::from_blob((void *)ids, {B, L}, lopt).to(m.device);
+    at::Tensor tmask = at::from_blob((void *)mask, {B, L}, lopt).to(m.device);
+    at::Tensor ttype;
+    if (type_ids && m.enc.type.defined())
+        ttype = at::from_blob((void *)type_ids, {B, L}, lopt).to(m.device);
+    at::Tensor tpl;
+    if (prompt_lens)
+        tpl = at::from_blob((void *)prompt_lens, {B}, lopt).to(m.device);
+    at::Tensor v = run(m, tid, tmask, ttype, tpl, normalize).to(at::kCPU, at::kFloat).contiguous();
+    memcpy(out, v.data_ptr<float>(), sizeof(float) * batch * out_dim);
+}
+
 MMT_API int mm_torch_embed(mm_torch_embedder_t *h, const int64_t *ids, const int64_t *mask,
                            const int64_t *type_ids, size_t batch, size_t seq_len,
                            const int64_t *prompt_lens, int normalize, float *out,
                            size_t out_dim, char *err, size_t errlen) {
     return guard(err, errlen, [&] {
-        if (!h || !ids || !mask || !out)
+        if (!h)
             fail(MM_EINVAL, "mm_torch_embed: NULL argument");
         const Model &m = *h->model;
-        if (out_dim != (size_t)m.dim)
-            fail(MM_ENOBUFS, "output rows are %zu floats, the model makes %lld", out_dim,
-                 (long long)m.dim);
-        if (batch == 0)
-            return 0;
-        if (seq_len == 0 || seq_len > (size_t)(m.enc.max_pos - m.enc.pos_offset))
-            fail(MM_EINVAL, "sequence length %zu is outside 1..%lld", seq_len,
-                 (long long)(m.enc.max_pos - m.enc.pos_offset));
-        const int64_t vocab = m.enc.word.size(0);
-        for (size_t i = 0; i < batch * seq_len; i++)
-            if (ids[i] < 0 || ids[i] >= vocab)
-                fail(MM_EINVAL, "token id %lld is outside the vocabulary (%lld)",
-                     (long long)ids[i], (long long)vocab);
-        if (type_ids && m.enc.type.defined()) {
-            const int64_t nt = m.enc.type.size(0);
-            for (size_t i = 0; i < batch * seq_len; i++)
-                if (type_ids[i] < 0 || type_ids[i] >= nt)
-                    fail(MM_EINVAL, "token type id %lld is outside 0..%lld",
-                         (long long)type_ids[i], (long long)nt - 1);
-        }
+        check_batch(m, ids, mask, type_ids, batch, seq_len, out, out_dim);
         c10::InferenceMode im;
-        const int64_t B = (int64_t)batch, L = (int64_t)seq_len;
-        auto lopt = at::TensorOptions().dtype(at::kLong);
-        at::Tensor tid = at::from_blob((void *)ids, {B, L}, lopt).to(m.device);
-        at::Tensor tmask = at::from_blob((void *)mask, {B, L}, lopt).to(m.device);
-        at::Tensor ttype;
-        if (type_ids && m.enc.type.defined())
-            ttype = at::from_blob((void *)type_ids, {B, L}, lopt).to(m.device);
-        at::Tensor tpl;
-        if (prompt_lens)
-            tpl = at::from_blob((void *)prompt_lens, {B}, lopt).to(m.device);
-        at::Tensor v = run(m, tid, tmask, ttype, tpl, normalize).to(at::kCPU, at::kFloat).contiguous();
-        memcpy(out, v.data_ptr<float>(), sizeof(float) * batch * out_dim);
+        embed_batch(m, ids, mask, type_ids, batch, seq_len, prompt_lens, normalize, out, out_dim);
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_embed_many(mm_torch_embedder_t *h, const mm_torch_batch *batches, size_t n,
+                                int normalize, char *err, size_t errlen) {
+    return guard(err, errlen, [&] {
+        if (!h || (n && !batches))
+            fail(MM_EINVAL, "mm_torch_embed_many: NULL argument");
+        const Model &m = *h->model;
+        for (size_t i = 0; i < n; i++) {
+            const mm_torch_batch &b = batches[i];
+            check_batch(m, b.ids, b.mask, b.type_ids, b.batch, b.seq_len, b.out, b.out_dim);
+        }
+        auto one = [&](size_t i) {
+            const mm_torch_batch &b = batches[i];
+            embed_batch(m, b.ids, b.mask, b.type_ids, b.batch, b.seq_len, b.prompt_lens,
+                        normalize, b.out, b.out_dim);
+        };
+        const int nt = at::get_num_threads();
+        if (n < 2 || nt < 2 || !m.device.is_cpu()) {
+            c10::InferenceMode im;
+            for (size_t i = 0; i < n; i++)
+                one(i);
+            return 0;
+        }
+        /* Batch-parallel: nt threads (this one and nt - 1 helpers) each run
+         * whole forwards single-threaded, taking the next batch as they
+         * finish one.  No barrier per operator, so a core taken by another
+         * process slows one thread instead of stalling both at every op.
+         * Each thread holds a SingleThreaded guard while it works. */
+        std::atomic<size_t> next{0};
+        std::mutex emu;
+        std::exception_ptr first_err;
+        auto loop = [&] {
+            try {
+                c10::InferenceMode im;
+                SingleThreaded one_thread;
+                for (size_t i; (i = next.fetch_add(1)) < n;)
+                    one(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lk(emu);
+                if (!first_err)
+                    first_err = std::current_exception();
+                next.store(n);
+            }
+        };
+        std::vector<std::thread> helpers;
+        const size_t nh = std::min((size_t)nt, n) - 1;
+        try {
+            for (size_t t = 0; t < nh; t++)
+                helpers.emplace_back(loop);
+        } catch (...) { /* fewer helpers: the loop still drains every batch */
+        }
+        loop();
+        for (auto &t : helpers)
+            t.join();
+        if (first_err)
+            std::rethrow_exception(first_err);
         return 0;
     });
 }

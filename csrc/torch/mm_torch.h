@@ -92,6 +92,23 @@ int mm_torch_embed(mm_torch_embedder_t *h, const int64_t *ids, const int64_t *ma
                    const int64_t *prompt_lens, int normalize, float *out, size_t out_dim,
                    char *err, size_t errlen);
 
+/* One padded batch for mm_torch_embed_many (fields as mm_torch_embed's). */
+typedef struct mm_torch_batch {
+    const int64_t *ids, *mask, *type_ids, *prompt_lens;
+    size_t batch, seq_len;
+    float *out;
+    size_t out_dim;
+} mm_torch_batch;
+
+/* Runs n batches as mm_torch_embed would, one after another, or on CPU with
+ * more than one intra-op thread, concurrently: each thread runs whole
+ * batches single-threaded (results as mm_torch_embed's to float rounding).
+ * All batches are checked before any runs; on an error the outputs are
+ * undefined.  Optional: a backend resolves it with dlsym and falls back to
+ * mm_torch_embed when it is missing. */
+int mm_torch_embed_many(mm_torch_embedder_t *h, const mm_torch_batch *batches, size_t n,
+                        int normalize, char *err, size_t errlen);
+
 /* Drops the handle; the weights go when the last handle of the model goes,
  * and on CUDA the caching allocator then returns its free blocks to the
  * driver.  NULL is a no-op.  Must not run concurrently with an embed on h. */
@@ -113,6 +130,8 @@ typedef int (*mm_torch_embedder_info_get_fn)(const mm_torch_embedder_t *,
 typedef int (*mm_torch_embed_fn)(mm_torch_embedder_t *, const int64_t *, const int64_t *,
                                  const int64_t *, size_t, size_t, const int64_t *, int,
                                  float *, size_t, char *, size_t);
+typedef int (*mm_torch_embed_many_fn)(mm_torch_embedder_t *, const mm_torch_batch *, size_t,
+                                      int, char *, size_t);
 typedef void (*mm_torch_embedder_free_fn)(mm_torch_embedder_t *);
 typedef int (*mm_torch_set_num_threads_fn)(int);
 

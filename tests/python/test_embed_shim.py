@@ -64,6 +64,13 @@ class EmbedInfo(ctypes.Structure):
                 ("default_prompt_name", ctypes.c_char_p), ("memory_bytes", ctypes.c_uint64)]
 
 
+class Batch(ctypes.Structure):
+    """mm_torch_batch: one padded batch for mm_torch_embed_many."""
+    _fields_ = [("ids", ctypes.c_void_p), ("mask", ctypes.c_void_p), ("type_ids", ctypes.c_void_p),
+                ("prompt_lens", ctypes.c_void_p), ("batch", ctypes.c_size_t),
+                ("seq_len", ctypes.c_size_t), ("out", ctypes.c_void_p), ("out_dim", ctypes.c_size_t)]
+
+
 class ShimError(Exception):
     def __init__(self, code, msg):
         super().__init__(f"{code}: {msg}")
@@ -82,6 +89,8 @@ class Shim:
                                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                                        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                        ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        lib.mm_torch_embed_many.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                            ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
         lib.mm_torch_embedder_free.argtypes = [ctypes.c_void_p]
         lib.mm_torch_embedder_free.restype = None
         lib.mm_torch_version.restype = ctypes.c_char_p
@@ -121,6 +130,23 @@ class Embedder:
         if rc != 0:
             raise ShimError(rc, err.value.decode())
         return out
+
+    def embed_many(self, batches, normalize=-1):
+        """batches: [(ids, mask)]; runs them in one mm_torch_embed_many call."""
+        keep, arr = [], (Batch * len(batches))()
+        for i, (ids, mask) in enumerate(batches):
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            mask = np.ascontiguousarray(mask, dtype=np.int64)
+            out = np.zeros((ids.shape[0], self.dim), dtype=np.float32)
+            keep.append((ids, mask, out))
+            arr[i] = Batch(ids.ctypes.data, mask.ctypes.data, None, None, ids.shape[0],
+                           ids.shape[1], out.ctypes.data, self.dim)
+        err = ctypes.create_string_buffer(1024)
+        rc = self.shim.lib.mm_torch_embed_many(self.h, ctypes.addressof(arr), len(batches),
+                                               normalize, err, 1024)
+        if rc != 0:
+            raise ShimError(rc, err.value.decode())
+        return [k[2] for k in keep]
 
     def close(self):
         if self.h:
@@ -398,6 +424,30 @@ def test_batch_composition_does_not_change_vectors(shim):
         full = shim_encode(emb, st, items, batch=64)
         alone = np.concatenate([shim_encode(emb, st, [t], batch=1) for t in items[:10]])
         assert np.abs(full[:10] - alone).max() <= 1e-6
+    finally:
+        emb.close()
+
+
+def test_embed_many_matches_one_by_one(shim):
+    """mm_torch_embed_many runs batches concurrently, one thread each, on a CPU
+    handle with 2 threads: same vectors as mm_torch_embed one batch at a time,
+    and one bad batch fails the call before anything runs."""
+    d = minilm_dir()
+    st = st_model(d)
+    emb = shim.load(d, threads=2)
+    try:
+        batches = []
+        for i, chunk in enumerate([texts(16, seed=s) for s in range(9)]):
+            f = st.preprocess(chunk)
+            batches.append((f["input_ids"].numpy(), f["attention_mask"].numpy()))
+        many = emb.embed_many(batches)
+        for (ids, mask), got in zip(batches, many):
+            assert np.abs(got - emb.embed(ids, mask)).max() <= 1e-6
+        assert emb.embed_many([]) == []
+        bad = np.array([[101, 999999, 102]])
+        with pytest.raises(ShimError) as e:
+            emb.embed_many(batches[:3] + [(bad, np.ones_like(bad))])
+        assert e.value.code == MM_EINVAL and "vocabulary" in e.value.msg
     finally:
         emb.close()
 
