@@ -88,8 +88,8 @@ async def test_generation_bad_input(bart_dir):
 def t5_dir(tmp_path_factory):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    fast = train_t5_tokenizer(tmp_path_factory.mktemp("spm"), CORPUS * 3 + ["École café naïve ﬁle ＡＢＣ"],
-                              vocab_size=60)
+    fast = train_t5_tokenizer(tmp_path_factory.mktemp("spm"),
+                              CORPUS * 3 + ["École café naïve ﬁle ＡＢＣ"], vocab_size=60)
     d = str(tmp_path_factory.mktemp("tiny-t5"))
     cfg = T5Config(vocab_size=len(fast), d_model=32, d_kv=8, d_ff=64, num_layers=2,
                    num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
