@@ -458,8 +458,8 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
         if (json_is_string(d))
             s->default_prompt = json_string_value(d);
     }
-    s->micro_tokens = opt_size(spec->options_json, "micro_batch_tokens", dev->is_gpu ? 16384 : 1024);
-    s->micro_items = opt_size(spec->options_json, "micro_batch_items", dev->is_gpu ? 512 : 16);
+    s->micro_tokens = opt_size(spec->options_json, "micro_batch_tokens", dev->is_gpu ? 16384 : 2048);
+    s->micro_items = opt_size(spec->options_json, "micro_batch_items", dev->is_gpu ? 512 : 32);
     s->threads = dev->is_gpu ? 0 : dev->cpu_threads;
     mm_log(MM_LOG_INFO, "native: %s loaded on %s (%s, %s pooling, dim %zu, max_seq_length %zu)",
            spec->model_name, s->info.device, s->info.arch, s->info.pooling, s->info.dim,
