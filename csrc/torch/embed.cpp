@@ -27,6 +27,7 @@
  */
 #include "mm_torch.h"
 #include "mmt_common.h"
+#include "mmt_threads.h"
 #include "st_loader.h"
 
 #include <ATen/Context.h>
@@ -38,22 +39,11 @@
 #include <torch/version.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <exception>
 #include <map>
 #include <mutex>
-#include <thread>
 #include <vector>
 
-/* MKL's per-thread thread count (exported by libtorch_cpu when it carries
- * MKL; weak, so a libtorch without MKL still loads the shim). */
-extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
-/* OpenMP's per-thread team size (libgomp, loaded with libtorch_cpu): ATen's
- * parallel_for sizes its teams from it, so a thread that sets 1 runs ops
- * inline.  Weak for the same reason. */
-extern "C" void omp_set_num_threads(int) __attribute__((weak));
-extern "C" int omp_get_max_threads(void) __attribute__((weak));
 
 namespace mmt {
 namespace {
@@ -795,27 +785,6 @@ MMT_API int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_em
     return 0;
 }
 
-/* While alive, this thread's ATen ops and MKL calls run on it alone (both
- * settings are per thread, and restored on the way out). */
-struct SingleThreaded {
-    int omp_prev = 0, mkl_prev = 0;
-    SingleThreaded() {
-        if (omp_get_max_threads && omp_set_num_threads) {
-            omp_prev = omp_get_max_threads();
-            omp_set_num_threads(1);
-        }
-        if (MKL_Set_Num_Threads_Local)
-            mkl_prev = MKL_Set_Num_Threads_Local(1);
-    }
-    ~SingleThreaded() {
-        if (omp_prev > 0)
-            omp_set_num_threads(omp_prev);
-        if (MKL_Set_Num_Threads_Local)
-            MKL_Set_Num_Threads_Local(mkl_prev);
-    }
-    SingleThreaded(const SingleThreaded &) = delete;
-    SingleThreaded &operator=(const SingleThreaded &) = delete;
-};
 
 /* Checks one padded batch's arguments against the model (throws). */
 static void check_batch(const Model &m, const int64_t *ids, const int64_t *mask,
@@ -902,47 +871,14 @@ MMT_API int mm_torch_embed_many(mm_torch_embedder_t *h, const mm_torch_batch *ba
                 one(i);
             return 0;
         }
-        /* Batch-parallel: nt threads (this one and nt - 1 helpers) each run
-         * whole forwards single-threaded, taking the next batch as they
-         * finish one.  No barrier per operator, so a core taken by another
-         * process slows one thread instead of stalling both at every op.
-         * Each thread holds a SingleThreaded guard while it works. */
-        /* Largest first, so the last batches taken are the shortest and the
-         * threads finish together. */
+        /* Batch-parallel (mmt_threads.h), largest batch first. */
         std::vector<size_t> order(n);
         for (size_t i = 0; i < n; i++)
             order[i] = i;
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-            return batches[a].batch * batches[a].seq_len > batches[b].batch * batches[b].seq_len;
+        std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+            return batches[x].batch * batches[x].seq_len > batches[y].batch * batches[y].seq_len;
         });
-        std::atomic<size_t> next{0};
-        std::mutex emu;
-        std::exception_ptr first_err;
-        auto loop = [&] {
-            try {
-                c10::InferenceMode im;
-                SingleThreaded one_thread;
-                for (size_t i; (i = next.fetch_add(1)) < n;)
-                    one(order[i]);
-            } catch (...) {
-                std::lock_guard<std::mutex> lk(emu);
-                if (!first_err)
-                    first_err = std::current_exception();
-                next.store(n);
-            }
-        };
-        std::vector<std::thread> helpers;
-        const size_t nh = std::min((size_t)nt, n) - 1;
-        try {
-            for (size_t t = 0; t < nh; t++)
-                helpers.emplace_back(loop);
-        } catch (...) { /* fewer helpers: the loop still drains every batch */
-        }
-        loop();
-        for (auto &t : helpers)
-            t.join();
-        if (first_err)
-            std::rethrow_exception(first_err);
+        run_pieces(nt, order, one);
         return 0;
     });
 }

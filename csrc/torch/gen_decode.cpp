@@ -33,6 +33,7 @@
 #include "mm_torch_gen.h"
 
 #include "gen_model.h"
+#include "mmt_threads.h"
 #include "st_loader.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -863,10 +864,10 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
         }
 }
 
-void generate(const Model &m, const Resolved &P, const int64_t *const *ids, const size_t *lens,
-              size_t n, Output *out) {
+/* Throws for an empty input, one past the model's limit or an id outside the
+ * vocabulary, naming the input by its index. */
+void check_inputs(const Model &m, const int64_t *const *ids, const size_t *lens, size_t n) {
     const ModelInfo &mi = m.net->info();
-    size_t S = 0;
     for (size_t i = 0; i < n; i++) {
         if (!ids[i] || lens[i] == 0)
             fail(MM_EINVAL, "input %zu is empty", i);
@@ -877,8 +878,15 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
             if (ids[i][j] < 0 || ids[i][j] >= mi.vocab_size)
                 fail(MM_EINVAL, "input %zu holds token id %lld, outside the vocabulary (%lld)", i,
                      (long long)ids[i][j], (long long)mi.vocab_size);
-        S = std::max(S, lens[i]);
     }
+}
+
+/* Decodes n checked inputs as one batch. */
+void generate(const Model &m, const Resolved &P, const int64_t *const *ids, const size_t *lens,
+              size_t n, Output *out) {
+    size_t S = 0;
+    for (size_t i = 0; i < n; i++)
+        S = std::max(S, lens[i]);
     std::vector<int64_t> flat(n * S, m.pad);
     std::vector<uint8_t> msk(n * S, 0);
     bool padded = false;
@@ -910,6 +918,59 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
         m.net->start(st, enc, tm, padded, 1, cap);
         run_rows(m, P, st, n, out);
     }
+}
+
+/* On a CPU handle with T >= 2 intra-op threads, the inputs are dealt into up
+ * to T groups (longest first, round robin, so the groups cost about the
+ * same) that decode concurrently, one single-threaded group per thread
+ * (mmt_threads.h): a decoder step is many small operators, and splitting each
+ * across threads costs more in barriers than it gains.  Every request's
+ * tokens are computed row by row as in any batch, and a sampling request has
+ * its own seeded generator, so grouping changes no result beyond what any
+ * batch composition may. */
+void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids,
+                    const size_t *lens, size_t n, Output *out) {
+    check_inputs(m, ids, lens, n);
+    const int nt = at::get_num_threads();
+    if (n < 2 || nt < 2 || !m.device.is_cpu()) {
+        c10::InferenceMode im;
+        generate(m, P, ids, lens, n, out);
+        return;
+    }
+    const size_t G = std::min((size_t)nt, n);
+    std::vector<size_t> by_len(n);
+    for (size_t i = 0; i < n; i++)
+        by_len[i] = i;
+    std::stable_sort(by_len.begin(), by_len.end(),
+                     [&](size_t x, size_t y) { return lens[x] > lens[y]; });
+    std::vector<std::vector<size_t>> members(G);
+    for (size_t k = 0; k < n; k++)
+        members[k % G].push_back(by_len[k]);
+    std::vector<Output> outs(G);
+    std::vector<size_t> order(G);
+    for (size_t g = 0; g < G; g++) {
+        std::sort(members[g].begin(), members[g].end()); /* request order within a group */
+        order[g] = g;
+    }
+    run_pieces(nt, order, [&](size_t g) {
+        std::vector<const int64_t *> gi;
+        std::vector<size_t> gl;
+        for (size_t i : members[g]) {
+            gi.push_back(ids[i]);
+            gl.push_back(lens[i]);
+        }
+        generate(m, P, gi.data(), gl.data(), gi.size(), &outs[g]);
+    });
+    /* back in input order: each input's sequences are consecutive */
+    const size_t per = outs[0].seqs.size() / members[0].size();
+    out->seqs.assign(n * per, {});
+    out->scores.assign(n * per, 0.0f);
+    for (size_t g = 0; g < G; g++)
+        for (size_t k = 0; k < members[g].size(); k++)
+            for (size_t j = 0; j < per; j++) {
+                out->seqs[members[g][k] * per + j] = std::move(outs[g].seqs[k * per + j]);
+                out->scores[members[g][k] * per + j] = outs[g].scores[k * per + j];
+            }
 }
 
 } // namespace
@@ -1035,10 +1096,7 @@ MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const
         Resolved r;
         check_params(m, p, &r);
         Output o;
-        {
-            c10::InferenceMode im;
-            generate(m, r, ids, lens, n_inputs, &o);
-        }
+        generate_split(m, r, ids, lens, n_inputs, &o);
         size_t total = 0;
         for (const auto &s : o.seqs)
             total += s.size() - 1;

@@ -163,3 +163,26 @@ def test_seeded_beam_sampling(models):
     for p, m in zip(ps[:10], mine):
         torch.manual_seed(5)
         assert m == hf_generate(ref, p, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(max_length=20),
+                                dict(num_beams=4, num_return_sequences=2, max_length=20,
+                                     no_repeat_ngram_size=3),
+                                dict(do_sample=True, seed=5, num_return_sequences=2, max_length=20)],
+                         ids=["greedy", "beam", "sample"])
+def test_requests_split_across_threads_come_back_in_order(models, kw):
+    """With 2 intra-op threads a CPU call deals its requests into 2 groups
+    that decode concurrently; the merged result is in request order, with each
+    request's return sequences together, and equal to the 1-thread run."""
+    _, g, ps = models["t5g"]
+    ps = ps[:11]
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = g.generate(ps, **kw)
+        torch.set_num_threads(2)
+        two = g.generate(ps, **kw)
+    finally:
+        torch.set_num_threads(prev)
+    assert [len(r) for r in two] == [kw.get("num_return_sequences", 1)] * len(ps)
+    assert two == one
