@@ -632,6 +632,8 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     size_t textcap = 0, lowcap = 0;
     int64_t *bids = NULL, *bmask = NULL, *btype = NULL, *bplen = NULL;
     float *bout = NULL;
+    mm_torch_batch *mbs = NULL;
+    size_t *mb_first = NULL;
     if (!plans)
         goto oom;
 
@@ -779,16 +781,22 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
         if (per < max_b)
             max_b = per;
     }
+    /* mb_first[k]: the first row of micro-batch k (at most one per row). */
+    mb_first = mm_calloc(nrows + 1, sizeof *mb_first);
+    if (!mb_first)
+        goto oom;
     size_t nmb = 0, padded = 0;
     for (size_t r0 = 0; r0 < nrows; nmb++) {
         size_t r1 = r0 + 1;
         while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
             r1++;
         padded += (r1 - r0) * rows[r1 - 1].len;
+        mb_first[nmb] = r0;
         r0 = r1;
     }
-    mm_torch_batch *mbs = nmb ? mm_calloc(nmb, sizeof *mbs) : NULL;
-    size_t *mb_first = nmb ? mm_calloc(nmb + 1, sizeof *mb_first) : NULL;
+    mb_first[nmb] = nrows;
+    if (nmb)
+        mbs = mm_calloc(nmb, sizeof *mbs);
     if (nmb) {
         bids = mm_malloc(padded * sizeof *bids);
         bmask = mm_malloc(padded * sizeof *bmask);
@@ -796,16 +804,11 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
         bplen = mm_malloc(nrows * sizeof *bplen);
         bout = mm_malloc(nrows * dim * sizeof *bout);
     }
-    if (nmb && (!mbs || !mb_first || !bids || !bmask || !btype || !bplen || !bout)) {
-        mm_free(mbs);
-        mm_free(mb_first);
+    if (nmb && (!mbs || !bids || !bmask || !btype || !bplen || !bout))
         goto oom;
-    }
-    size_t k = 0, tok_off = 0;
-    for (size_t r0 = 0; r0 < nrows; k++) {
-        size_t r1 = r0 + 1;
-        while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
-            r1++;
+    size_t tok_off = 0;
+    for (size_t k = 0; k < nmb; k++) {
+        size_t r0 = mb_first[k], r1 = mb_first[k + 1];
         size_t B = r1 - r0, L = rows[r1 - 1].len;
         int64_t *ti = bids + tok_off, *tm = bmask + tok_off, *tt = btype + tok_off;
         for (size_t b = 0; b < B; b++) {
@@ -821,12 +824,8 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
         mbs[k] = (mm_torch_batch){ti, tm, s->info.uses_type_ids ? tt : NULL,
                                   s->info.include_prompt ? NULL : bplen + r0, B, L,
                                   bout + r0 * dim, dim};
-        mb_first[k] = r0;
         tok_off += B * L;
-        r0 = r1;
     }
-    if (nmb)
-        mb_first[nmb] = nrows;
     /* 3. Forwards: all at once through embed_many, else one by one; a failed
      * call fails the tasks of the rows it covered. */
     const int many = g_api.embed_many && s->threads > 1;
@@ -853,8 +852,6 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
         }
         k0 = k1;
     }
-    mm_free(mbs);
-    mm_free(mb_first);
     goto done;
 oom:
     for (size_t ti = 0; ti < n; ti++)
@@ -872,6 +869,8 @@ done:
     mm_free(btype);
     mm_free(bplen);
     mm_free(bout);
+    mm_free(mbs);
+    mm_free(mb_first);
 }
 
 static void native_run(void *state, mm_task_t **tasks, size_t n) {
