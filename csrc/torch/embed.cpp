@@ -19,14 +19,13 @@
  * here unconditionally: the caller's `normalize` argument decides (-1 keeps
  * the model's choice), so a task may ask for raw vectors.
  *
- * Weight sharing: loaded models live in a process-wide table keyed by
- * (directory, device, dtype) holding weak references; each handle holds a
- * strong one, so N CPU workers of a model share one copy and the last free
- * drops it.  The table's mutex is held across a load, so two workers that
- * load the same model at once load it once.
+ * Weight sharing: loaded models live in a process-wide table
+ * (mmt_registry.h), so N CPU workers of a model share one copy and the last
+ * free drops it; two workers that load the same model at once load it once.
  */
 #include "mm_torch.h"
 #include "mmt_common.h"
+#include "mmt_registry.h"
 #include "mmt_threads.h"
 #include "st_loader.h"
 
@@ -653,10 +652,7 @@ at::Tensor run(const Model &m, const at::Tensor &ids, const at::Tensor &mask,
     return v;
 }
 
-/* ---- the shared-model table ---- */
-
-std::mutex g_mu;
-std::map<std::string, std::weak_ptr<Model>> g_models; /* guarded by g_mu */
+Registry<Model> g_models; /* mmt_registry.h */
 
 } // namespace
 } // namespace mmt
@@ -731,28 +727,19 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
             at::set_num_threads(p->num_threads);
 
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
-        std::shared_ptr<Model> model;
         bool loaded_it = false;
-        {
-            std::lock_guard<std::mutex> lk(g_mu);
-            auto it = g_models.find(key);
-            if (it != g_models.end())
-                model = it->second.lock();
-            if (!model) {
-                c10::InferenceMode im;
-                auto m = std::make_shared<Model>();
-                m->key = key;
-                m->dir = dir;
-                m->device = device;
-                m->dtype = dtype;
-                m->device_name = device.str();
-                m->dtype_name = dtype_name;
-                load_model(*m);
-                model = m;
-                g_models[key] = model;
-                loaded_it = true;
-            }
-        }
+        std::shared_ptr<Model> model = g_models.get(key, [&] {
+            c10::InferenceMode im;
+            auto m = std::make_shared<Model>();
+            m->key = key;
+            m->dir = dir;
+            m->device = device;
+            m->dtype = dtype;
+            m->device_name = device.str();
+            m->dtype_name = dtype_name;
+            load_model(*m);
+            return m;
+        }, &loaded_it);
         auto *h = new mm_torch_embedder;
         h->model = std::move(model);
         h->loaded_it = loaded_it;
@@ -890,12 +877,8 @@ MMT_API void mm_torch_embedder_free(mm_torch_embedder_t *h) {
     guard(err, sizeof err, [&] {
         std::shared_ptr<Model> m = std::move(h->model);
         delete h;
-        std::lock_guard<std::mutex> lk(g_mu);
-        std::string key = m->key;
-        m.reset(); /* last reference: the Model destructor frees and empties the cache */
-        auto it = g_models.find(key);
-        if (it != g_models.end() && it->second.expired())
-            g_models.erase(it);
+        const std::string key = m->key;
+        g_models.put(std::move(m), key);
         return 0;
     });
 }

@@ -33,6 +33,7 @@
 #include "mm_torch_gen.h"
 
 #include "gen_model.h"
+#include "mmt_registry.h"
 #include "mmt_threads.h"
 #include "st_loader.h"
 
@@ -203,8 +204,7 @@ struct Model {
     mm_torch_gen_params defaults{};
 };
 
-std::mutex g_mu;
-std::map<std::string, std::weak_ptr<Model>> g_models; /* guarded by g_mu */
+Registry<Model> g_models; /* mmt_registry.h */
 
 } // namespace
 
@@ -1010,26 +1010,19 @@ MMT_API int mm_torch_gen_load(const char *dir, const mm_torch_gen_load_params *p
         if (p->num_threads > 0)
             at::set_num_threads(p->num_threads);
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
-        std::shared_ptr<Model> model;
-        {
-            std::lock_guard<std::mutex> lk(g_mu);
-            auto it = g_models.find(key);
-            if (it != g_models.end())
-                model = it->second.lock();
-            if (!model) {
-                c10::InferenceMode im;
-                auto mm = std::make_shared<Model>();
-                mm->key = key;
-                mm->dir = dir;
-                mm->device = device;
-                mm->dtype = dtype;
-                mm->device_name = device.str();
-                mm->dtype_name = dtype_name;
-                load_model(*mm);
-                model = mm;
-                g_models[key] = model;
-            }
-        }
+        bool loaded_it = false;
+        std::shared_ptr<Model> model = g_models.get(key, [&] {
+            c10::InferenceMode im;
+            auto mm = std::make_shared<Model>();
+            mm->key = key;
+            mm->dir = dir;
+            mm->device = device;
+            mm->dtype = dtype;
+            mm->device_name = device.str();
+            mm->dtype_name = dtype_name;
+            load_model(*mm);
+            return mm;
+        }, &loaded_it);
         auto *h = new mm_torch_gen;
         h->model = std::move(model);
         *out = h;
@@ -1139,10 +1132,12 @@ MMT_API void mm_torch_gen_free(mm_torch_gen_t *h) {
         return;
     std::shared_ptr<Model> m = std::move(h->model);
     delete h;
-    std::lock_guard<std::mutex> lk(g_mu);
-    if (m && m.use_count() == 1) {
-        auto it = g_models.find(m->key);
-        if (it != g_models.end() && it->second.lock() == m)
-            g_models.erase(it);
-    }
+    if (!m)
+        return;
+    char err[8];
+    guard(err, sizeof err, [&] {
+        const std::string key = m->key;
+        g_models.put(std::move(m), key);
+        return 0;
+    });
 }
