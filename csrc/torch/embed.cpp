@@ -728,18 +728,8 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
 
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
         bool loaded_it = false;
-        std::shared_ptr<Model> model = g_models.get(key, [&] {
-            c10::InferenceMode im;
-            auto m = std::make_shared<Model>();
-            m->key = key;
-            m->dir = dir;
-            m->device = device;
-            m->dtype = dtype;
-            m->device_name = device.str();
-            m->dtype_name = dtype_name;
-            load_model(*m);
-            return m;
-        }, &loaded_it);
+        std::shared_ptr<Model> model =
+            g_models.get(key, dir, device, dtype, dtype_name, load_model, &loaded_it);
         auto *h = new mm_torch_embedder;
         h->model = std::move(model);
         h->loaded_it = loaded_it;

@@ -1011,18 +1011,8 @@ MMT_API int mm_torch_gen_load(const char *dir, const mm_torch_gen_load_params *p
             at::set_num_threads(p->num_threads);
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
         bool loaded_it = false;
-        std::shared_ptr<Model> model = g_models.get(key, [&] {
-            c10::InferenceMode im;
-            auto mm = std::make_shared<Model>();
-            mm->key = key;
-            mm->dir = dir;
-            mm->device = device;
-            mm->dtype = dtype;
-            mm->device_name = device.str();
-            mm->dtype_name = dtype_name;
-            load_model(*mm);
-            return mm;
-        }, &loaded_it);
+        std::shared_ptr<Model> model =
+            g_models.get(key, dir, device, dtype, dtype_name, load_model, &loaded_it);
         auto *h = new mm_torch_gen;
         h->model = std::move(model);
         *out = h;

@@ -12,6 +12,10 @@
 #ifndef MMT_REGISTRY_H
 #define MMT_REGISTRY_H
 
+#include <c10/core/Device.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/core/ScalarType.h>
+
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,6 +47,26 @@ public:
         auto it = map_.find(key);
         if (it != map_.end() && it->second.expired())
             map_.erase(it);
+    }
+
+    /* get() with the loader every model family uses: a new M named by key,
+     * dir, device and dtype, then load(M &) under InferenceMode. */
+    template <class Load>
+    std::shared_ptr<M> get(const std::string &key, const std::string &dir, c10::Device device,
+                           c10::ScalarType dtype, const std::string &dtype_name, Load load,
+                           bool *loaded) {
+        return get(key, [&] {
+            c10::InferenceMode im;
+            auto m = std::make_shared<M>();
+            m->key = key;
+            m->dir = dir;
+            m->device = device;
+            m->dtype = dtype;
+            m->device_name = device.str();
+            m->dtype_name = dtype_name;
+            load(*m);
+            return m;
+        }, loaded);
     }
 
 private:
