@@ -2,9 +2,8 @@
  *
  * Defines mm_native_gen_backend, the vtable mm_native.c forwards
  * MM_TASK_TEXT_GENERATION models to.  A worker's state holds the model
- * directory, the C tokenizer twice over (mm_native_tok for encoding with
- * Hugging Face truncation, mm_tok for decoding with special tokens skipped)
- * and a libmm_torch.so generation handle (mm_torch_gen.h, resolved through
+ * directory, the C tokenizer (mm_native_tok: encoding with Hugging Face
+ * truncation, decoding with special tokens skipped) and a libmm_torch.so generation handle (mm_torch_gen.h, resolved through
  * mm_native_shim_sym, so libtorch is loaded only with the first real model).
  *
  * run() groups the batch's tasks by their kwargs text: tasks asking for the
@@ -33,7 +32,6 @@
 #include "mm_err.h"
 #include "mm_log.h"
 #include "mm_task.h"
-#include "mm_tok.h"
 
 typedef struct gen_api {
     mm_torch_gen_default_load_params_fn default_load_params;
@@ -49,8 +47,7 @@ typedef struct gen_api {
 typedef struct gstate {
     gen_api api;          /* resolved at load; owned by this worker */
     char dir[4096];
-    mm__ntok *enc;
-    mm_tok_t *dec;
+    mm__ntok *tok;
     mm_torch_gen_t *gen;
     mm_torch_gen_info info;
 } gstate;
@@ -239,9 +236,7 @@ static void gen_unload(void *state) {
         return;
     if (s->gen)
         s->api.free(s->gen);
-    mm__ntok_free(s->enc);
-    if (s->dec)
-        mm_tok_free(s->dec);
+    mm__ntok_free(s->tok);
     mm_free(s);
 }
 
@@ -267,12 +262,7 @@ static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **stat
     if (rc == 0)
         rc = resolve_api(&s->api, err, errlen);
     if (rc == 0)
-        rc = mm__ntok_load(s->dir, &s->enc, err, errlen);
-    if (rc == 0) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/tokenizer.json", s->dir);
-        rc = mm_tok_new_from_file(path, &s->dec, err, errlen);
-    }
+        rc = mm__ntok_load(s->dir, &s->tok, err, errlen);
     if (rc == 0) {
         mm_torch_gen_load_params p;
         s->api.default_load_params(&p);
@@ -331,7 +321,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
         for (size_t i = 0; i < n && !failed[k]; i++) {
             size_t len = 0, full = 0;
             const char *text = mm_task_item(t, i, &len);
-            rc = mm__ntok_encode(s->enc, text, len, truncate ? maxlen : 0, scratch, tscratch,
+            rc = mm__ntok_encode(s->tok, text, len, truncate ? maxlen : 0, scratch, tscratch,
                                  cap, &full, err, sizeof err);
             if (rc == 0 && !truncate && full > maxlen) {
                 rc = MM_EINVAL;
@@ -407,7 +397,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
                 buf[x - a] = (int32_t)res->ids[x];
             char *text = NULL;
             size_t tl = 0;
-            rc = mm_tok_decode(s->dec, buf, b - a, 1, &text, &tl, err, sizeof err);
+            rc = mm__ntok_decode(s->tok, buf, b - a, &text, &tl, err, sizeof err);
             if (rc == 0)
                 rc = mm_task_result_text(t, j, nrs, text, tl);
             mm_free(text);

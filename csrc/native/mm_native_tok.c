@@ -88,6 +88,11 @@ int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char
     return 0;
 }
 
+int mm__ntok_decode(const mm__ntok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
+                    char *err, size_t errlen) {
+    return mm_tok_decode(t->tok, ids, n, 1, out, out_len, err, errlen);
+}
+
 #else /* no tokenizer layer */
 
 struct mm__ntok {
@@ -116,6 +121,15 @@ int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char
                         size_t errlen) {
     (void)t, (void)prompt;
     *out = 0;
+    snprintf(err, errlen, "no tokenizer");
+    return MM_EUNSUPPORTED;
+}
+
+int mm__ntok_decode(const mm__ntok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
+                    char *err, size_t errlen) {
+    (void)t, (void)ids, (void)n;
+    *out = NULL;
+    *out_len = 0;
     snprintf(err, errlen, "no tokenizer");
     return MM_EUNSUPPORTED;
 }

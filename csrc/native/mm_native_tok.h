@@ -38,4 +38,10 @@ int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_
 int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char *err,
                         size_t errlen);
 
+/* Decodes n ids to UTF-8 with special tokens skipped, as Hugging Face's
+ * decode(ids, skip_special_tokens=True): *out (mm_malloc'd, NUL-terminated,
+ * *out_len bytes) is the caller's to mm_free.  0, or a negative code. */
+int mm__ntok_decode(const mm__ntok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
+                    char *err, size_t errlen);
+
 #endif
