@@ -16,6 +16,7 @@
  * MM_EUNSUPPORTED rather than run wrong.
  */
 #include "gen_model.h"
+#include "mmt_linear.h"
 #include "st_loader.h"
 
 #include <cmath>
@@ -51,8 +52,8 @@ class Bart final : public Seq2Seq {
         return x.view({x.size(0), x.size(1), H, -1}).transpose(1, 2);
     }
     at::Tensor ffn(const BartLayer &L, const at::Tensor &h) const {
-        at::Tensor x = apply_act(act_, at::linear(h, L.fc1w, L.fc1b));
-        return ln(h + at::linear(x, L.fc2w, L.fc2b), L.ln_w, L.ln_b);
+        at::Tensor x = apply_act(act_, mmt::linear(h, L.fc1w, L.fc1b));
+        return ln(h + mmt::linear(x, L.fc2w, L.fc2b), L.ln_w, L.ln_b);
     }
 
     int64_t enc_heads_ = 16;
@@ -160,12 +161,12 @@ at::Tensor Bart::encode(const at::Tensor &ids, const at::Tensor &mask, bool padd
     double scale = std::pow((double)(info_.d_model / enc_heads_), -0.5);
     for (const BartLayer &L : enc_) {
         const BartAttn &A = L.self;
-        at::Tensor q = heads(at::linear(h, A.qw, A.qb), enc_heads_),
-                   k = heads(at::linear(h, A.kw, A.kb), enc_heads_),
-                   v = heads(at::linear(h, A.vw, A.vb), enc_heads_);
+        at::Tensor q = heads(mmt::linear(h, A.qw, A.qb), enc_heads_),
+                   k = heads(mmt::linear(h, A.kw, A.kb), enc_heads_),
+                   v = heads(mmt::linear(h, A.vw, A.vb), enc_heads_);
         at::Tensor a = at::scaled_dot_product_attention(q, k, v, am, 0.0, false, scale);
         a = a.transpose(1, 2).reshape({B, S, -1});
-        h = ln(h + at::linear(a, A.ow, A.ob), A.ln_w, A.ln_b);
+        h = ln(h + mmt::linear(a, A.ow, A.ob), A.ln_w, A.ln_b);
         h = ffn(L, h);
     }
     return h;
@@ -173,8 +174,8 @@ at::Tensor Bart::encode(const at::Tensor &ids, const at::Tensor &mask, bool padd
 
 void Bart::cross_kv(int64_t l, const at::Tensor &enc, at::Tensor *k, at::Tensor *v) const {
     const BartAttn &A = dec_[l].cross;
-    *k = heads(at::linear(enc, A.kw, A.kb), info_.heads).contiguous();
-    *v = heads(at::linear(enc, A.vw, A.vb), info_.heads).contiguous();
+    *k = heads(mmt::linear(enc, A.kw, A.kb), info_.heads).contiguous();
+    *v = heads(mmt::linear(enc, A.vw, A.vb), info_.heads).contiguous();
 }
 
 at::Tensor Bart::cross_bias(const at::Tensor &mask, bool padded) const {
@@ -192,22 +193,22 @@ at::Tensor Bart::step(DecState &st, const at::Tensor &tokens) const {
     for (size_t l = 0; l < dec_.size(); l++) {
         const BartLayer &L = dec_[l];
         const BartAttn &A = L.self;
-        at::Tensor q = heads(at::linear(h, A.qw, A.qb), info_.heads),
-                   k = heads(at::linear(h, A.kw, A.kb), info_.heads),
-                   v = heads(at::linear(h, A.vw, A.vb), info_.heads);
+        at::Tensor q = heads(mmt::linear(h, A.qw, A.qb), info_.heads),
+                   k = heads(mmt::linear(h, A.kw, A.kb), info_.heads),
+                   v = heads(mmt::linear(h, A.vw, A.vb), info_.heads);
         at::Tensor kk, vv;
         cache_append(st, (int64_t)l, k, v, &kk, &vv);
         at::Tensor a = at::scaled_dot_product_attention(q, kk, vv, std::nullopt, 0.0, false, scale);
-        h = ln(h + at::linear(a.transpose(1, 2).reshape({N, 1, -1}), A.ow, A.ob), A.ln_w, A.ln_b);
+        h = ln(h + mmt::linear(a.transpose(1, 2).reshape({N, 1, -1}), A.ow, A.ob), A.ln_w, A.ln_b);
 
         const BartAttn &C = L.cross;
-        q = heads(at::linear(h, C.qw, C.qb), info_.heads);
+        q = heads(mmt::linear(h, C.qw, C.qb), info_.heads);
         a = cross_attend(st, (int64_t)l, q, st.cross_bias, scale);
-        h = ln(h + at::linear(a.view({N, 1, -1}), C.ow, C.ob), C.ln_w, C.ln_b);
+        h = ln(h + mmt::linear(a.view({N, 1, -1}), C.ow, C.ob), C.ln_w, C.ln_b);
         h = ffn(L, h);
     }
     st.len = t + 1;
-    at::Tensor logits = at::linear(h, lm_head_).view({N, -1});
+    at::Tensor logits = mmt::linear(h, lm_head_).view({N, -1});
     if (logits_bias_.defined())
         logits = logits + logits_bias_;
     return logits.to(at::kFloat);

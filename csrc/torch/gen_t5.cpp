@@ -18,6 +18,7 @@
  *     shared.weight, encoder.embed_tokens.weight or decoder.embed_tokens.weight.
  */
 #include "gen_model.h"
+#include "mmt_linear.h"
 #include "st_loader.h"
 
 #include <cmath>
@@ -82,12 +83,12 @@ at::Tensor T5::rms(const at::Tensor &x, const at::Tensor &w) const {
 at::Tensor T5::ff(const T5Layer &L, const at::Tensor &x) const {
     at::Tensor n = rms(x, L.ln_ff), h;
     if (gated_)
-        h = apply_act(act_, at::linear(n, L.wi0)) * at::linear(n, L.wi1);
+        h = apply_act(act_, mmt::linear(n, L.wi0)) * mmt::linear(n, L.wi1);
     else
-        h = apply_act(act_, at::linear(n, L.wi));
+        h = apply_act(act_, mmt::linear(n, L.wi));
     if (h.scalar_type() != L.wo.scalar_type())
         h = h.to(L.wo.scalar_type());
-    return x + at::linear(h, L.wo);
+    return x + mmt::linear(h, L.wo);
 }
 
 at::Tensor T5::heads(const at::Tensor &x) const {
@@ -234,11 +235,11 @@ at::Tensor T5::encode(const at::Tensor &ids, const at::Tensor &mask, bool padded
     am = am.contiguous();
     for (const T5Layer &L : enc_) {
         at::Tensor n = rms(h, L.ln_self);
-        at::Tensor q = heads(at::linear(n, L.self.q)), k = heads(at::linear(n, L.self.k)),
-                   v = heads(at::linear(n, L.self.v));
+        at::Tensor q = heads(mmt::linear(n, L.self.q)), k = heads(mmt::linear(n, L.self.k)),
+                   v = heads(mmt::linear(n, L.self.v));
         at::Tensor a = at::scaled_dot_product_attention(q, k, v, am, 0.0, false, 1.0);
         a = a.transpose(1, 2).reshape({B, S, -1});
-        h = h + at::linear(a, L.self.o);
+        h = h + mmt::linear(a, L.self.o);
         h = ff(L, h);
     }
     return rms(h, enc_final_);
@@ -246,8 +247,8 @@ at::Tensor T5::encode(const at::Tensor &ids, const at::Tensor &mask, bool padded
 
 void T5::cross_kv(int64_t l, const at::Tensor &enc, at::Tensor *k, at::Tensor *v) const {
     const T5Layer &L = dec_[l];
-    *k = heads(at::linear(enc, L.cross.k)).contiguous();
-    *v = heads(at::linear(enc, L.cross.v)).contiguous();
+    *k = heads(mmt::linear(enc, L.cross.k)).contiguous();
+    *v = heads(mmt::linear(enc, L.cross.v)).contiguous();
 }
 
 /* transformers' position bias for a layer without relative attention is
@@ -267,24 +268,24 @@ at::Tensor T5::step(DecState &st, const at::Tensor &tokens) const {
     for (size_t l = 0; l < dec_.size(); l++) {
         const T5Layer &L = dec_[l];
         at::Tensor n = rms(h, L.ln_self);
-        at::Tensor q = heads(at::linear(n, L.self.q)), k = heads(at::linear(n, L.self.k)),
-                   v = heads(at::linear(n, L.self.v));
+        at::Tensor q = heads(mmt::linear(n, L.self.q)), k = heads(mmt::linear(n, L.self.k)),
+                   v = heads(mmt::linear(n, L.self.v));
         at::Tensor kk, vv;
         cache_append(st, (int64_t)l, k, v, &kk, &vv);
         at::Tensor a = at::scaled_dot_product_attention(q, kk, vv, self_bias, 0.0, false, 1.0);
-        h = h + at::linear(a.transpose(1, 2).reshape({N, 1, -1}), L.self.o);
+        h = h + mmt::linear(a.transpose(1, 2).reshape({N, 1, -1}), L.self.o);
 
         n = rms(h, L.ln_cross);
-        q = heads(at::linear(n, L.cross.q));
+        q = heads(mmt::linear(n, L.cross.q));
         a = cross_attend(st, (int64_t)l, q, st.cross_bias, 1.0);
-        h = h + at::linear(a.view({N, 1, -1}), L.cross.o);
+        h = h + mmt::linear(a.view({N, 1, -1}), L.cross.o);
         h = ff(L, h);
     }
     st.len = t + 1;
     h = rms(h, dec_final_);
     if (scale_out_)
         h = h * std::pow((double)info_.d_model, -0.5);
-    return at::linear(h, lm_head_).view({N, -1}).to(at::kFloat);
+    return mmt::linear(h, lm_head_).view({N, -1}).to(at::kFloat);
 }
 
 } // namespace

@@ -283,6 +283,29 @@ def hf_generate(model, ids, **kw):
     return [strip(r.tolist(), eos, pad) for r in out]
 
 
+def hf_generate_beside(model, ids, other, **kw):
+    """hf_generate for `ids` run in one padded batch with `other`: the same
+    request through the reference's own arithmetic, moved in the last bits by
+    the batch's shapes.  Returns ids' sequences."""
+    pad = model.generation_config.pad_token_id
+    rows = [torch.tensor(ids), torch.tensor(other)]
+    batch = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+    mask = torch.zeros_like(batch, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        mask[i, :len(r)] = True
+    out = model.generate(input_ids=batch, attention_mask=mask, **kw)
+    eos = model.generation_config.eos_token_id
+    per = kw.get("num_return_sequences", 1)
+    return [strip(r.tolist(), eos, pad) for r in out[:per]]
+
+
+def reference_tie(model, ids, ours, companions, **kw):
+    """True when the reference itself produces `ours` for `ids` once the
+    request shares a batch with one of `companions`: the two results tie to
+    float32 rounding, and which one comes out depends on summation order."""
+    return any(hf_generate_beside(model, ids, c, **kw) == ours for c in companions)
+
+
 # ---- tiny tokenizers of each kind ----
 
 def train_bart_tokenizer(corpus, vocab_size=320, model_max_length=None):

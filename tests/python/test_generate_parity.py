@@ -9,18 +9,23 @@ final_logits_bias, beam settings in generation_config.json).  Prompts are id
 lists of varied length shaped like their tokenizers' output.
 
 The reference is `model.generate()` on each prompt alone.  Ours must equal it
-token for token for a lone request (same kernels, same shapes: bit-identical
-arithmetic).  Ours also runs the prompts shuffled, in mixed batches of
-different sizes: a batch changes the shapes the matrix and attention kernels
-see, so logits may move in the last bit, and a hypothesis can flip where two
-candidates tie to ~1e-6.  Those flips must stay rare (at most one per test);
-everything else must match exactly.
+token for token for a lone request.  A lone request's decoder steps run their
+matrix products through the shim's own kernel (csrc/torch/mmt_skinny.c),
+whose summation order differs from MKL's, so logits may differ from the
+reference's in the last bit; where two hypotheses tie to that precision one
+or the other comes out.  Such a difference passes only when the reference
+itself produces our tokens for the same prompt batched beside another one
+(its own arithmetic moved by the batch's shapes), and at most once per test.
+Ours also runs the prompts shuffled, in mixed batches of different sizes: a
+batch changes the shapes the kernels see, and flips there must stay as rare
+(at most one per test).
 """
 import random
 
 import pytest
 
-from test_generate_helpers import Generator, hf_generate, make_bart, make_t5, prompts, torch
+from test_generate_helpers import (Generator, hf_generate, make_bart, make_t5, prompts,
+                                   reference_tie, torch)
 
 N = 52  # prompts per model for greedy and the main beam setting
 
@@ -71,15 +76,20 @@ def check(models, kind, kw, n=N, seed=0):
     ref, g, ps = models[kind]
     ps = ps[:n]
     batched = mixed_batches(g, ps, kw, seed)
-    bad, flips = [], 0
+    companions = sorted(ps, key=len)
+    companions = [companions[0], companions[-1]]  # the shortest and the longest
+    bad, ties, flips = [], [], 0
     for p, b in zip(ps, batched):
         theirs = hf_generate(ref, p, **kw)
         alone = g.generate([p], **kw)[0]
         if alone != theirs:
-            bad.append((p, alone, theirs))
+            others = [c for c in companions if c != p]
+            (ties if reference_tie(ref, p, alone, others, **kw) else bad).append((p, alone, theirs))
         flips += b != alone
     assert not bad, f"{len(bad)}/{len(ps)} differ; first: prompt {bad[0][0]}\n ours {bad[0][1]}\n" \
                     f" hf   {bad[0][2]}"
+    assert len(ties) <= 1, f"{len(ties)}/{len(ps)} lone results differ from the reference " \
+                           f"(each a tie the reference also flips in a batch)"
     assert flips <= 1, f"{flips}/{len(ps)} batched results differ from lone ones"
     return batched
 

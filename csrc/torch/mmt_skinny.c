@@ -1,0 +1,165 @@
+/* mmt_skinny.c: the matrix products of a decoder step, y = x W^T + b with
+ * only a few rows in x, in float32 on the CPU.
+ *
+ * A decoder step of a lone request (or of its beams) multiplies 1 to 8 rows
+ * by every weight matrix of the decoder and by the vocabulary projection.
+ * That is a matrix-vector product: it reads each weight once and does two
+ * flops per weight, so its speed is the speed of streaming the weights from
+ * memory.  MKL's sgemm/sgemv for this shape reaches 5-10 GB/s on the
+ * vocabulary projection here, where the memory delivers 20-30 GB/s; this
+ * kernel streams the weights at the memory's speed.
+ *
+ * Each output is one dot product, accumulated 16 lanes wide in k order, the
+ * lanes then added in a fixed tree, then a scalar tail, then the bias; the
+ * same for every m and every slice of the outputs, so splitting the work
+ * across threads, or a row's batch neighbours, never change a bit.  The
+ * shapes: one x row against 8 weight rows, or 4 x rows against 4 weight rows
+ * (16 accumulators, each weight vector loaded once for 4 rows).  Short edges
+ * repeat a valid row and drop its results.
+ *
+ * The threaded entry splits the outputs across the OpenMP team of libtorch's
+ * own libgomp (CMake links that copy, so the process holds one runtime).
+ *
+ * GCC's vector extensions keep the code portable; on x86-64 the function is
+ * compiled for AVX-512, AVX2 and the baseline, and the loader picks one. */
+#include "mmt_skinny.h"
+
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+
+/* Floats ahead of each load to prefetch (8 KB: the rows after this block).
+ * The hardware prefetcher alone leaves a third of the bandwidth unused on
+ * the 4 to 8 short interleaved streams these loops read. */
+#define PREFETCH 2048
+
+static inline __attribute__((always_inline)) v16 ld(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+typedef int v16i __attribute__((vector_size(64)));
+
+/* s[i] += s[i + w] for w = 8, 4, 2, 1, as vector adds of shifted halves. */
+static inline __attribute__((always_inline)) float hsum(v16 a) {
+    a += __builtin_shuffle(a, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15});
+    a += __builtin_shuffle(a, (v16i){4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
+    a += __builtin_shuffle(a, (v16i){2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
+    a += __builtin_shuffle(a, (v16i){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+    return a[0];
+}
+
+/* The scalar tail k in [kb, k) of one dot product. */
+static inline __attribute__((always_inline)) float tail(const float *x, const float *w, int64_t kb,
+                                                        int64_t k) {
+    float t = 0.0f;
+    for (int64_t i = kb; i < k; i++)
+        t += x[i] * w[i];
+    return t;
+}
+
+static inline __attribute__((always_inline)) float finish(v16 acc, float t, const float *bias,
+                                                          int64_t j) {
+    float r = hsum(acc) + t;
+    return bias ? r + bias[j] : r;
+}
+
+/* One x row against weight rows j .. j+7 (clamped to last). */
+static inline __attribute__((always_inline)) void k1x8(const float *x, const float *w, int64_t k,
+                                                       int64_t kb, int64_t j, int64_t last,
+                                                       const float *bias, float *y) {
+    const float *wr[8];
+    v16 acc[8];
+    for (int c = 0; c < 8; c++) {
+        wr[c] = w + (j + c <= last ? j + c : last) * k;
+        acc[c] = (v16){0};
+    }
+    for (int64_t i = 0; i < kb; i += 16) {
+        v16 xv = ld(x + i);
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            __builtin_prefetch(wr[c] + i + PREFETCH, 0, 0);
+            acc[c] += xv * ld(wr[c] + i);
+        }
+    }
+    for (int c = 0; c < 8 && j + c <= last; c++)
+        y[j + c] = finish(acc[c], tail(x, wr[c], kb, k), bias, j + c);
+}
+
+/* x rows r .. r+3 (clamped to mlast) against weight rows j .. j+3 (clamped
+ * to last). */
+static inline __attribute__((always_inline)) void k4x4(const float *x, int64_t r, int64_t mlast,
+                                                       const float *w, int64_t k, int64_t kb,
+                                                       int64_t j, int64_t last, const float *bias,
+                                                       float *y, int64_t ldy) {
+    const float *xr[4], *wr[4];
+    v16 acc[4][4];
+    for (int c = 0; c < 4; c++) {
+        xr[c] = x + (r + c <= mlast ? r + c : mlast) * k;
+        wr[c] = w + (j + c <= last ? j + c : last) * k;
+        for (int d = 0; d < 4; d++)
+            acc[c][d] = (v16){0};
+    }
+    for (int64_t i = 0; i < kb; i += 16) {
+        v16 x0 = ld(xr[0] + i), x1 = ld(xr[1] + i), x2 = ld(xr[2] + i), x3 = ld(xr[3] + i);
+#pragma GCC unroll 4
+        for (int d = 0; d < 4; d++) {
+            __builtin_prefetch(wr[d] + i + PREFETCH, 0, 0);
+            v16 wv = ld(wr[d] + i);
+            acc[0][d] += x0 * wv;
+            acc[1][d] += x1 * wv;
+            acc[2][d] += x2 * wv;
+            acc[3][d] += x3 * wv;
+        }
+    }
+    for (int c = 0; c < 4 && r + c <= mlast; c++)
+        for (int d = 0; d < 4 && j + d <= last; d++)
+            y[(r + c) * ldy + j + d] = finish(acc[c][d], tail(xr[c], wr[d], kb, k), bias, j + d);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void mmt_skinny_linear(const float *x, int64_t m, int64_t k, const float *w, int64_t n0,
+                       int64_t n1, const float *bias, float *y, int64_t ldy) {
+    if (m <= 0 || n1 <= n0)
+        return;
+    const int64_t kb = k - k % 16, last = n1 - 1;
+    if (m == 1) {
+        for (int64_t j = n0; j < n1; j += 8)
+            k1x8(x, w, k, kb, j, last, bias, y);
+        return;
+    }
+    for (int64_t j = n0; j < n1; j += 4)
+        for (int64_t r = 0; r < m; r += 4)
+            k4x4(x, r, m - 1, w, k, kb, j, last, bias, y, ldy);
+}
+
+void mmt_skinny_linear_mt(const float *x, int64_t m, int64_t k, const float *w, int64_t n,
+                          const float *bias, float *y, int64_t grain) {
+#ifdef _OPENMP
+    int64_t nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (grain < 1)
+        grain = 1;
+    if (nt > n / grain)
+        nt = n / grain;
+    if (nt > 1) {
+#pragma omp parallel num_threads((int)nt)
+        {
+            int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            /* slices start on multiples of 8: whole blocks of the kernel */
+            int64_t n0 = (n * t / T) & ~(int64_t)7;
+            int64_t n1 = t + 1 == T ? n : (n * (t + 1) / T) & ~(int64_t)7;
+            mmt_skinny_linear(x, m, k, w, n0, n1, bias, y, n);
+        }
+        return;
+    }
+#else
+    (void)grain;
+#endif
+    mmt_skinny_linear(x, m, k, w, 0, n, bias, y, n);
+}
