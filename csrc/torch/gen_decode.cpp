@@ -33,7 +33,9 @@
 #include "mm_torch_gen.h"
 
 #include "gen_model.h"
+#include "mmt_attend.h"
 #include "mmt_registry.h"
+#include "mmt_skinny.h"
 #include "mmt_threads.h"
 #include "st_loader.h"
 
@@ -174,12 +176,61 @@ void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const a
 at::Tensor Seq2Seq::cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                  const at::Tensor &bias, double scale) {
     int64_t N = q.size(0), H = q.size(1), hd = q.size(3);
-    std::optional<at::Tensor> am;
-    if (bias.defined())
-        am = bias;
-    at::Tensor a = at::scaled_dot_product_attention(q, st.cross_k[l], st.cross_v[l], am, 0.0,
-                                                    false, scale);
+    at::Tensor a = attend(q, st.cross_k[l], st.cross_v[l], bias, scale);
     return a.transpose(1, 2).reshape({N, H * hd});
+}
+
+namespace {
+/* The layout of a [rows or 1, H or 1, 1, len] bias or mask, or false when
+ * the kernel cannot read it in place. */
+bool bias_strides(const at::Tensor &b, int64_t rows, int64_t H, int64_t len, int64_t *row,
+                  int64_t *head) {
+    if (b.dim() != 4 || b.size(2) != 1 || b.size(3) != len || b.stride(3) != 1 ||
+        (b.size(0) != 1 && b.size(0) != rows) || (b.size(1) != 1 && b.size(1) != H))
+        return false;
+    *row = b.size(0) == 1 ? 0 : b.stride(0);
+    *head = b.size(1) == 1 ? 0 : b.stride(1);
+    return true;
+}
+
+mmt_kv_layout kv_layout(const at::Tensor &t) {
+    return mmt_kv_layout{t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)};
+}
+} // namespace
+
+at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                           const at::Tensor &bias, double scale) {
+    const int64_t N = q.size(0), H = q.size(1), hd = q.size(3), len = k.size(2);
+    mmt_attn_bias b{nullptr, 0, 0, nullptr, 0, 0};
+    bool fits = q.device().is_cpu() && N > MMT_SKINNY_MAX_ROWS && q.size(2) == 1 &&
+                q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                v.scalar_type() == at::kFloat && k.size(0) == N && v.size(0) == N &&
+                k.size(1) == H && v.size(1) == H && v.size(2) == len && k.size(3) == hd &&
+                v.size(3) == hd && k.stride(3) == 1 && v.stride(3) == 1 && len > 0;
+    if (fits && bias.defined()) {
+        if (bias.scalar_type() == at::kFloat) {
+            fits = bias_strides(bias, N, H, len, &b.row, &b.head);
+            b.bias = fits ? bias.data_ptr<float>() : nullptr;
+        } else if (bias.scalar_type() == at::kBool) {
+            fits = bias_strides(bias, N, H, len, &b.mrow, &b.mhead);
+            b.mask = fits ? bias.data_ptr<bool>() : nullptr;
+        } else {
+            fits = false;
+        }
+    }
+    if (!fits) {
+        std::optional<at::Tensor> am;
+        if (bias.defined())
+            am = bias;
+        return at::scaled_dot_product_attention(q, k, v, am, 0.0, false, scale);
+    }
+    at::Tensor qc = q.contiguous();
+    at::Tensor out = at::empty({N, H, 1, hd}, q.options());
+    const int nt = std::max(1, at::get_num_threads());
+    at::Tensor scratch = at::empty({nt, len}, q.options());
+    mmt_attend_one(qc.data_ptr<float>(), N, H, hd, len, kv_layout(k), kv_layout(v), b,
+                   (float)scale, out.data_ptr<float>(), scratch.data_ptr<float>(), nt);
+    return out;
 }
 
 } // namespace gen

@@ -107,6 +107,13 @@ class Seq2Seq {
      * Returns [rows, H * hd]. */
     static at::Tensor cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                    const at::Tensor &bias, double scale);
+    /* scaled_dot_product_attention(q, k, v, bias, scale) for q [rows, H, 1,
+     * hd]: on the CPU in float32 with more than MMT_SKINNY_MAX_ROWS rows (a
+     * batched step) through mmt_attend_one, otherwise ATen's.  bias: float
+     * added to the scores or bool keep-mask, [1 or rows, 1 or H, 1, len], or
+     * undefined.  Returns [rows, H, 1, hd]. */
+    static at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                             const at::Tensor &bias, double scale);
 
     ModelInfo info_;
     at::Device device_{at::kCPU};

@@ -20,70 +20,49 @@
  * The threaded entry splits the outputs across the OpenMP team of libtorch's
  * own libgomp (CMake links that copy, so the process holds one runtime).
  *
- * GCC's vector extensions keep the code portable; on x86-64 the function is
- * compiled for AVX-512, AVX2 and the baseline, and the loader picks one. */
+ * GCC's vector extensions keep the code portable (mmt_vec.h); on x86-64 the
+ * function is compiled for AVX-512, AVX2 and the baseline, and the loader
+ * picks one. */
 #include "mmt_skinny.h"
+#include "mmt_vec.h"
 
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-typedef float v16 __attribute__((vector_size(64)));
 
 /* Floats ahead of each load to prefetch (8 KB: the rows after this block).
  * The hardware prefetcher alone leaves a third of the bandwidth unused on
  * the 4 to 8 short interleaved streams these loops read. */
 #define PREFETCH 2048
 
-static inline __attribute__((always_inline)) v16 ld(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-typedef int v16i __attribute__((vector_size(64)));
-
-/* s[i] += s[i + w] for w = 8, 4, 2, 1, as vector adds of shifted halves. */
-static inline __attribute__((always_inline)) float hsum(v16 a) {
-    a += __builtin_shuffle(a, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15});
-    a += __builtin_shuffle(a, (v16i){4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
-    a += __builtin_shuffle(a, (v16i){2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
-    a += __builtin_shuffle(a, (v16i){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
-    return a[0];
-}
-
 /* The scalar tail k in [kb, k) of one dot product. */
-static inline __attribute__((always_inline)) float tail(const float *x, const float *w, int64_t kb,
-                                                        int64_t k) {
+MMT_INLINE float tail(const float *x, const float *w, int64_t kb, int64_t k) {
     float t = 0.0f;
     for (int64_t i = kb; i < k; i++)
         t += x[i] * w[i];
     return t;
 }
 
-static inline __attribute__((always_inline)) float finish(v16 acc, float t, const float *bias,
-                                                          int64_t j) {
-    float r = hsum(acc) + t;
+MMT_INLINE float finish(mmt_v16 acc, float t, const float *bias, int64_t j) {
+    float r = mmt_hsum16(acc) + t;
     return bias ? r + bias[j] : r;
 }
 
 /* One x row against weight rows j .. j+7 (clamped to last). */
-static inline __attribute__((always_inline)) void k1x8(const float *x, const float *w, int64_t k,
-                                                       int64_t kb, int64_t j, int64_t last,
-                                                       const float *bias, float *y) {
+MMT_INLINE void k1x8(const float *x, const float *w, int64_t k, int64_t kb, int64_t j,
+                     int64_t last, const float *bias, float *y) {
     const float *wr[8];
-    v16 acc[8];
+    mmt_v16 acc[8];
     for (int c = 0; c < 8; c++) {
         wr[c] = w + (j + c <= last ? j + c : last) * k;
-        acc[c] = (v16){0};
+        acc[c] = (mmt_v16){0};
     }
     for (int64_t i = 0; i < kb; i += 16) {
-        v16 xv = ld(x + i);
+        mmt_v16 xv = mmt_ld16(x + i);
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
             __builtin_prefetch(wr[c] + i + PREFETCH, 0, 0);
-            acc[c] += xv * ld(wr[c] + i);
+            acc[c] += xv * mmt_ld16(wr[c] + i);
         }
     }
     for (int c = 0; c < 8 && j + c <= last; c++)
@@ -92,24 +71,24 @@ static inline __attribute__((always_inline)) void k1x8(const float *x, const flo
 
 /* x rows r .. r+3 (clamped to mlast) against weight rows j .. j+3 (clamped
  * to last). */
-static inline __attribute__((always_inline)) void k4x4(const float *x, int64_t r, int64_t mlast,
-                                                       const float *w, int64_t k, int64_t kb,
-                                                       int64_t j, int64_t last, const float *bias,
-                                                       float *y, int64_t ldy) {
+MMT_INLINE void k4x4(const float *x, int64_t r, int64_t mlast, const float *w, int64_t k,
+                     int64_t kb, int64_t j, int64_t last, const float *bias, float *y,
+                     int64_t ldy) {
     const float *xr[4], *wr[4];
-    v16 acc[4][4];
+    mmt_v16 acc[4][4];
     for (int c = 0; c < 4; c++) {
         xr[c] = x + (r + c <= mlast ? r + c : mlast) * k;
         wr[c] = w + (j + c <= last ? j + c : last) * k;
         for (int d = 0; d < 4; d++)
-            acc[c][d] = (v16){0};
+            acc[c][d] = (mmt_v16){0};
     }
     for (int64_t i = 0; i < kb; i += 16) {
-        v16 x0 = ld(xr[0] + i), x1 = ld(xr[1] + i), x2 = ld(xr[2] + i), x3 = ld(xr[3] + i);
+        mmt_v16 x0 = mmt_ld16(xr[0] + i), x1 = mmt_ld16(xr[1] + i);
+        mmt_v16 x2 = mmt_ld16(xr[2] + i), x3 = mmt_ld16(xr[3] + i);
 #pragma GCC unroll 4
         for (int d = 0; d < 4; d++) {
             __builtin_prefetch(wr[d] + i + PREFETCH, 0, 0);
-            v16 wv = ld(wr[d] + i);
+            mmt_v16 wv = mmt_ld16(wr[d] + i);
             acc[0][d] += x0 * wv;
             acc[1][d] += x1 * wv;
             acc[2][d] += x2 * wv;
@@ -121,9 +100,7 @@ static inline __attribute__((always_inline)) void k4x4(const float *x, int64_t r
             y[(r + c) * ldy + j + d] = finish(acc[c][d], tail(xr[c], wr[d], kb, k), bias, j + d);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
+MMT_CLONES
 void mmt_skinny_linear(const float *x, int64_t m, int64_t k, const float *w, int64_t n0,
                        int64_t n1, const float *bias, float *y, int64_t ldy) {
     if (m <= 0 || n1 <= n0)

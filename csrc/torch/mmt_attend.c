@@ -1,0 +1,107 @@
+/* mmt_attend.c: the attention of a decoder step, one query position per row,
+ * for many rows at once, in float32 on the CPU.
+ *
+ * In a batched decoder step every row (a request, or one of its beams) and
+ * every head asks one small question: a query of head_dim numbers against
+ * the row's cached keys and values (its own self-attention cache, or its
+ * encoder output).  ATen's scaled_dot_product_attention answers each of
+ * those rows x heads problems with its general blocked kernel and BLAS
+ * calls sized for a single query, so the call overhead, not the arithmetic,
+ * was a sixth of a beam-search step.  Here each problem is three short
+ * loops over data already in cache: scores (scaled dot products plus the
+ * bias or mask), a softmax with the maximum subtracted, and the weighted sum
+ * of the values.  Problems are independent, so the team splits them without
+ * changing any result.
+ *
+ * Dot products run 16 lanes wide (GCC's vector extensions, compiled for
+ * AVX-512, AVX2 and the baseline like mmt_skinny.c); the arithmetic is not ATen's
+ * blocked online softmax, so the last bits of a result may differ from it
+ * (see mmt::attend_one for where this kernel is used). */
+#include "mmt_attend.h"
+#include "mmt_vec.h"
+
+#include <math.h>
+#include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* q . k over hd numbers: 16 lanes wide while it can, then the rest. */
+MMT_INLINE float dot(const float *q, const float *k, int64_t hd) {
+    int64_t i = 0;
+    float d = 0.0f;
+    if (hd >= 16) {
+        mmt_v16 acc = mmt_ld16(q) * mmt_ld16(k);
+        for (i = 16; i + 16 <= hd; i += 16)
+            acc += mmt_ld16(q + i) * mmt_ld16(k + i);
+        d = mmt_hsum16(acc);
+    }
+    for (; i < hd; i++)
+        d += q[i] * k[i];
+    return d;
+}
+
+MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, int64_t kpos,
+                    const float *vb, int64_t vpos, const float *bias, const bool *mask,
+                    float scale, float *sc, float *o) {
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < len; s++) {
+        float d = dot(qv, kb + s * kpos, hd) * scale;
+        if (bias)
+            d += bias[s];
+        if (mask && !mask[s])
+            d = -INFINITY;
+        sc[s] = d;
+        if (d > mx)
+            mx = d;
+    }
+    for (int64_t i = 0; i < hd; i++)
+        o[i] = 0.0f;
+    if (mx == -INFINITY)
+        return; /* nothing to attend to */
+    float sum = 0.0f;
+    for (int64_t s = 0; s < len; s++) {
+        sc[s] = expf(sc[s] - mx);
+        sum += sc[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t s = 0; s < len; s++) {
+        const float p = sc[s] * inv;
+        const float *vr = vb + s * vpos;
+        for (int64_t i = 0; i < hd; i++)
+            o[i] += p * vr[i];
+    }
+}
+
+MMT_INLINE void range(const float *q, int64_t heads, int64_t hd, int64_t len,
+                      mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
+                      float *out, int64_t p0, int64_t p1, float *sc) {
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t r = p / heads, h = p % heads;
+        one(q + p * hd, hd, len, k.base + r * k.row + h * k.head, k.pos,
+            v.base + r * v.row + h * v.head, v.pos, b.bias ? b.bias + r * b.row + h * b.head : NULL,
+            b.mask ? b.mask + r * b.mrow + h * b.mhead : NULL, scale, sc, out + p * hd);
+    }
+}
+
+MMT_CLONES
+void mmt_attend_one(const float *q, int64_t rows, int64_t heads, int64_t head_dim, int64_t len,
+                    mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale, float *out,
+                    float *scratch, int nthreads) {
+    const int64_t n = rows * heads;
+#ifdef _OPENMP
+    /* a thread gets at least 64 problems, or the team costs more than it saves */
+    if (nthreads > 1 && n >= 128 && !omp_in_parallel()) {
+#pragma omp parallel num_threads(nthreads)
+        {
+            int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            range(q, heads, head_dim, len, k, v, b, scale, out, n * t / T, n * (t + 1) / T,
+                  scratch + t * len);
+        }
+        return;
+    }
+#else
+    (void)nthreads;
+#endif
+    range(q, heads, head_dim, len, k, v, b, scale, out, 0, n, scratch);
+}

@@ -1,0 +1,194 @@
+"""The shim's decoder-step kernels, called on their own through libmm_torch.so.
+
+mmt_skinny_linear (csrc/torch/mmt_skinny.c) must compute x W^T + b to float32 accuracy for every shape it takes (1 to
+8 rows, any width, edges that are not multiples of its blocks), and give
+bit-identical outputs whatever the rows beside an output's row, whichever
+slice of outputs a call covers and however many threads share the work:
+that is what makes a lone request's result independent of how it is run.
+
+mmt_attend_one (csrc/torch/mmt_attend.c) must equal
+scaled_dot_product_attention to float32 accuracy for one query per row over
+strided caches, with a float bias or a bool mask broadcast over rows or heads,
+on one thread or several, and give zeros where every position is masked.
+"""
+import ctypes
+import math
+
+import pytest
+
+from test_generate_helpers import lib, torch
+
+P = ctypes.c_void_p
+I64 = ctypes.c_int64
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    L = lib()
+    f = L.mmt_skinny_linear
+    f.argtypes = [P, I64, I64, P, I64, I64, P, P, I64]
+    f.restype = None
+    mt = L.mmt_skinny_linear_mt
+    mt.argtypes = [P, I64, I64, P, I64, P, P, I64]
+    mt.restype = None
+    return f, mt
+
+
+def ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def run(kernel, x, w, b=None, n0=0, n1=None):
+    f, _ = kernel
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.full((m, n), float("nan"))
+    f(ptr(x), m, k, ptr(w), n0, n if n1 is None else n1, ptr(b), ptr(y), n)
+    return y
+
+
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 64, 200, 512])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 33, 260])
+def test_matches_float64_reference(kernel, k, n):
+    g = torch.Generator().manual_seed(k * 1000 + n)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g)
+    for m in range(1, 9):
+        x = torch.randn(m, k, generator=g)
+        for bias in (None, b):
+            y = run(kernel, x, w, bias)
+            ref = x.double() @ w.double().T + (0 if bias is None else bias.double())
+            tol = 1e-6 * (x.double().abs() @ w.double().abs().T) + 1e-6
+            assert torch.all((y.double() - ref).abs() <= tol), (m, k, n, bias is not None)
+
+
+def test_rows_and_slices_change_no_bit(kernel):
+    g = torch.Generator().manual_seed(7)
+    k, n = 771, 203  # neither a multiple of 16 nor of 8
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(8, k, generator=g)
+    full = run(kernel, x, w, b)
+    for m in range(1, 8):
+        assert torch.equal(run(kernel, x[:m].contiguous(), w, b), full[:m])
+    for r in range(8):
+        assert torch.equal(run(kernel, x[r:r + 1].contiguous(), w, b)[0], full[r])
+    # outputs [13, 150) only: the rest stays untouched
+    part = run(kernel, x, w, b, 13, 150)
+    assert torch.equal(part[:, 13:150], full[:, 13:150])
+    assert torch.isnan(part[:, :13]).all() and torch.isnan(part[:, 150:]).all()
+
+
+def test_threads_change_no_bit(kernel):
+    _, mt = kernel
+    g = torch.Generator().manual_seed(8)
+    k, n = 512, 4099
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    before = torch.get_num_threads()
+    try:
+        for m in (1, 4):
+            x = torch.randn(m, k, generator=g)
+            serial = run(kernel, x, w, b)
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)  # this thread's OpenMP team
+                y = torch.full((m, n), float("nan"))
+                mt(ptr(x), m, k, ptr(w), n, ptr(b), ptr(y), 8)
+                assert torch.equal(y, serial), (m, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_zero_rows_or_outputs_write_nothing(kernel):
+    f, _ = kernel
+    w = torch.randn(4, 16)
+    y = torch.full((1, 4), 5.0)
+    f(ptr(torch.randn(1, 16)), 0, 16, ptr(w), 0, 4, None, ptr(y), 4)
+    f(ptr(torch.randn(1, 16)), 1, 16, ptr(w), 2, 2, None, ptr(y), 4)
+    assert torch.equal(y, torch.full((1, 4), 5.0))
+    assert math.isfinite(run(kernel, torch.randn(1, 16), w)[0, 0].item())
+
+
+class KV(ctypes.Structure):
+    _fields_ = [("base", P), ("row", I64), ("head", I64), ("pos", I64)]
+
+
+class Bias(ctypes.Structure):
+    _fields_ = [("bias", P), ("row", I64), ("head", I64),
+                ("mask", P), ("mrow", I64), ("mhead", I64)]
+
+
+@pytest.fixture(scope="module")
+def attend():
+    f = lib().mmt_attend_one
+    f.argtypes = [P, I64, I64, I64, I64, KV, KV, Bias, ctypes.c_float, P, P, ctypes.c_int]
+    f.restype = None
+
+    def call(q, k, v, bias=None, scale=1.0, threads=1):
+        """q [R, H, 1, hd]; k, v [R, H, len, hd] views (last dim contiguous);
+        bias float or bool [1 or R, 1 or H, 1, len]."""
+        R, H, _, hd = q.shape
+        n = k.shape[2]
+        qc = q.contiguous()
+        out = torch.full((R, H, 1, hd), float("nan"))
+        scratch = torch.empty(threads, n)
+        b = Bias(None, 0, 0, None, 0, 0)
+        if bias is not None:
+            row = 0 if bias.shape[0] == 1 else bias.stride(0)
+            head = 0 if bias.shape[1] == 1 else bias.stride(1)
+            if bias.dtype == torch.bool:
+                b.mask, b.mrow, b.mhead = bias.data_ptr(), row, head
+            else:
+                b.bias, b.row, b.head = bias.data_ptr(), row, head
+        f(qc.data_ptr(), R, H, hd, n, KV(k.data_ptr(), *k.stride()[:3]),
+          KV(v.data_ptr(), *v.stride()[:3]), b, scale, out.data_ptr(), scratch.data_ptr(), threads)
+        return out
+    return call
+
+
+def sdpa(q, k, v, bias, scale):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+@pytest.mark.parametrize("hd", [64, 24, 8])
+def test_attention_matches_sdpa(attend, hd):
+    g = torch.Generator().manual_seed(hd)
+    R, H, cap, n = 12, 3, 40, 29
+    q = torch.randn(R, H, 1, hd, generator=g)
+    cache_k = torch.randn(R, H, cap, hd, generator=g)  # a cache filled up to n
+    cache_v = torch.randn(R, H, cap, hd, generator=g)
+    k, v = cache_k.narrow(2, 0, n), cache_v.narrow(2, 0, n)
+    keep = torch.rand(R, 1, 1, n, generator=g) > 0.3
+    keep[:, :, :, 0] = True
+    biases = [None,
+              torch.randn(1, H, 1, n, generator=g),                 # T5 self: per head
+              torch.randn(R, H, 1, n, generator=g),                 # per row and head
+              keep,                                                 # BART cross: bool per row
+              torch.where(keep, 0.0, torch.finfo(torch.float32).min).expand(R, H, 1, n).contiguous()]
+    for bias in biases:
+        for scale in (1.0, hd ** -0.5):  # T5 leaves scores unscaled: peaked softmaxes
+            ref = sdpa(q, k, v, bias, scale)
+            exact = sdpa(q.double(), k.double(), v.double(),
+                         bias if bias is None or bias.dtype == torch.bool else bias.double(), scale)
+            # within a small factor of ATen's own float32 error against float64
+            tol = 4 * (ref.double() - exact).abs().max().item() + 1e-6
+            for threads in (1, 2):
+                ours = attend(q, k, v, bias, scale, threads=threads)
+                err = (ours.double() - exact).abs().max().item()
+                assert err <= tol, (bias is None, scale, threads, err, tol)
+
+
+def test_attention_threads_change_no_bit(attend):
+    g = torch.Generator().manual_seed(3)
+    R, H, n, hd = 64, 8, 17, 64  # 512 problems: the team splits them
+    q, k, v = (torch.randn(R, H, m, hd, generator=g) for m in (1, n, n))
+    one = attend(q, k, v, threads=1)
+    assert torch.equal(attend(q, k, v, threads=2), one)
+    assert torch.equal(attend(q, k, v, threads=3), one)
+
+
+def test_attention_with_every_position_masked_is_zero(attend):
+    q, k, v = torch.randn(9, 2, 1, 16), torch.randn(9, 2, 5, 16), torch.randn(9, 2, 5, 16)
+    keep = torch.ones(9, 1, 1, 5, dtype=torch.bool)
+    keep[4] = False
+    out = attend(q, k, v, keep)
+    assert torch.equal(out[4], torch.zeros(2, 1, 16))
+    assert torch.allclose(out[3], sdpa(q[3:4], k[3:4], v[3:4], None, 1.0)[0], rtol=1e-5, atol=1e-6)
