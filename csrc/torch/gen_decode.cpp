@@ -202,7 +202,7 @@ at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::T
                            const at::Tensor &bias, double scale) {
     const int64_t N = q.size(0), H = q.size(1), hd = q.size(3), len = k.size(2);
     mmt_attn_bias b{nullptr, 0, 0, nullptr, 0, 0};
-    bool fits = q.device().is_cpu() && N > MMT_SKINNY_MAX_ROWS && q.size(2) == 1 &&
+    bool fits = q.device().is_cpu() && q.size(2) == 1 &&
                 q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
                 v.scalar_type() == at::kFloat && k.size(0) == N && v.size(0) == N &&
                 k.size(1) == H && v.size(1) == H && v.size(2) == len && k.size(3) == hd &&

@@ -108,8 +108,8 @@ class Seq2Seq {
     static at::Tensor cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                    const at::Tensor &bias, double scale);
     /* scaled_dot_product_attention(q, k, v, bias, scale) for q [rows, H, 1,
-     * hd]: on the CPU in float32 with more than MMT_SKINNY_MAX_ROWS rows (a
-     * batched step) through mmt_attend_one, otherwise ATen's.  bias: float
+     * hd]: on the CPU in float32 through mmt_attend_one, whose result for a
+     * row does not depend on the other rows; otherwise ATen's.  bias: float
      * added to the scores or bool keep-mask, [1 or rows, 1 or H, 1, len], or
      * undefined.  Returns [rows, H, 1, hd]. */
     static at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,

@@ -14,9 +14,9 @@
  * changing any result.
  *
  * Dot products run 16 lanes wide (GCC's vector extensions, compiled for
- * AVX-512, AVX2 and the baseline like mmt_skinny.c); the arithmetic is not ATen's
- * blocked online softmax, so the last bits of a result may differ from it
- * (see mmt::attend_one for where this kernel is used). */
+ * AVX-512, AVX2 and the baseline like mmt_skinny.c).  The arithmetic is not
+ * ATen's blocked online softmax, so the last bits may differ from sdpa's;
+ * a row's result never depends on the other rows. */
 #include "mmt_attend.h"
 #include "mmt_vec.h"
 

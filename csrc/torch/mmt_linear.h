@@ -2,11 +2,12 @@
  * the products of a decoder step.
  *
  * A float32 product on the CPU with at most MMT_SKINNY_MAX_ROWS rows in x
- * (a lone request, or its beams) runs mmt_skinny_linear (mmt_skinny.c),
- * which streams the weights at the memory's speed, split by output features
- * across the intra-op threads (one inside run_pieces, all of them for a lone
- * request).  Every other product, and
- * every other device or dtype, is at::linear's. */
+ * (a lone request, its beams, a greedy group of a burst) runs
+ * mmt_skinny_linear (mmt_skinny.c), which streams the weights at the
+ * memory's speed and never repacks them, split by output features across
+ * the intra-op threads (one inside run_pieces, all of them for a lone
+ * request).  A row's result then does not depend on the rows beside it.
+ * Every other product, device or dtype is at::linear's. */
 #ifndef MMT_LINEAR_H
 #define MMT_LINEAR_H
 

@@ -13,8 +13,11 @@ extern "C" {
  * so that tests and benchmarks can call the kernel on its own. */
 #define MMT_SKINNY_API __attribute__((visibility("default")))
 
-/* Rows of x above which a BLAS GEMM is the better tool. */
-#define MMT_SKINNY_MAX_ROWS 8
+/* Rows of x up to which this kernel beats MKL's sgemm on this work (which
+ * packs the weights on every call): about 1.5x on a vocabulary projection
+ * and 1.05-1.3x on a layer's matrices at 8-64 rows, measured on a Zen 4
+ * core; at 100-200 rows MKL is 5-10% ahead on the layers. */
+#define MMT_SKINNY_MAX_ROWS 64
 
 /* For output features [n0, n1) of W (n_total x k, row-major, contiguous):
  *   y[r * ldy + j] = dot(x[r * k ..], W[j * k ..]) (+ bias[j])
