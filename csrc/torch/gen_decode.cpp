@@ -971,24 +971,32 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
     }
 }
 
-/* On a CPU handle with T >= 2 intra-op threads, the inputs are dealt into up
- * to T groups (longest first, round robin, so the groups cost about the
- * same) that decode concurrently, one single-threaded group per thread
- * (mmt_threads.h): a decoder step is many small operators, and splitting each
- * across threads costs more in barriers than it gains.  Every request's
- * tokens are computed row by row as in any batch, and a sampling request has
- * its own seeded generator, so grouping changes no result beyond what any
- * batch composition may. */
+/* On a CPU handle the inputs are dealt into groups (longest first, round
+ * robin, so the groups cost about the same):
+ *   - at least one per intra-op thread, the groups decoding concurrently,
+ *     one single-threaded group per thread (mmt_threads.h): a decoder step
+ *     is many small operators, and splitting each across threads costs more
+ *     in barriers than it gains;
+ *   - enough that no group's step has more than MMT_SKINNY_MAX_ROWS rows
+ *     (beams and returned sequences count), so every step runs the shim's
+ *     own kernels, faster than MKL's there and blind to the batch;
+ *   - a multiple of the thread count, so the threads finish together.
+ * Every request's tokens are computed row by row as in any batch, and a
+ * sampling request has its own seeded generator, so grouping changes no
+ * result beyond what any batch composition may. */
 void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids,
                     const size_t *lens, size_t n, Output *out) {
     check_inputs(m, ids, lens, n);
-    const int nt = at::get_num_threads();
-    if (n < 2 || nt < 2 || !m.device.is_cpu()) {
+    const size_t nt = (size_t)std::max(1, at::get_num_threads());
+    const size_t rows = (size_t)std::max<int64_t>(1, P.nb > 1 ? P.nb : P.nrs); /* a request's */
+    size_t G = (n * rows + MMT_SKINNY_MAX_ROWS - 1) / MMT_SKINNY_MAX_ROWS;
+    G = (std::max(G, nt) + nt - 1) / nt * nt;
+    G = std::min(G, n);
+    if (G < 2 || !m.device.is_cpu()) {
         c10::InferenceMode im;
         generate(m, P, ids, lens, n, out);
         return;
     }
-    const size_t G = std::min((size_t)nt, n);
     std::vector<size_t> by_len(n);
     for (size_t i = 0; i < n; i++)
         by_len[i] = i;
@@ -1003,7 +1011,7 @@ void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids
         std::sort(members[g].begin(), members[g].end()); /* request order within a group */
         order[g] = g;
     }
-    run_pieces(nt, order, [&](size_t g) {
+    run_pieces((int)nt, order, [&](size_t g) {
         std::vector<const int64_t *> gi;
         std::vector<size_t> gl;
         for (size_t i : members[g]) {
