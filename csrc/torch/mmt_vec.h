@@ -18,14 +18,20 @@ MMT_INLINE mmt_v16 mmt_ld16(const float *p) {
     return v;
 }
 
+/* A lane permutation of a (GCC and clang spell it differently). */
+#if defined(__clang__)
+#define MMT_SHUF16(a, ...) __builtin_shufflevector(a, a, __VA_ARGS__)
+#else
+#define MMT_SHUF16(a, ...) __builtin_shuffle(a, (mmt_v16i){__VA_ARGS__})
+#endif
+
 /* s[i] += s[i + w] for w = 8, 4, 2, 1, as vector adds of shifted halves;
  * returns s[0]. */
 MMT_INLINE float mmt_hsum16(mmt_v16 a) {
-    a += __builtin_shuffle(a,
-                           (mmt_v16i){8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15});
-    a += __builtin_shuffle(a, (mmt_v16i){4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
-    a += __builtin_shuffle(a, (mmt_v16i){2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
-    a += __builtin_shuffle(a, (mmt_v16i){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+    a += MMT_SHUF16(a, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    a += MMT_SHUF16(a, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+    a += MMT_SHUF16(a, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    a += MMT_SHUF16(a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
     return a[0];
 }
 
