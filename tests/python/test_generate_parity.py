@@ -10,9 +10,9 @@ lists of varied length shaped like their tokenizers' output.
 
 The reference is `model.generate()` on each prompt alone.  Ours must equal it
 token for token for a lone request.  A lone request's decoder steps run their
-matrix products through the shim's own kernel (csrc/torch/mmt_skinny.c),
-whose summation order differs from MKL's, so logits may differ from the
-reference's in the last bit; where two hypotheses tie to that precision one
+matrix products and attention through the shim's own kernels
+(csrc/torch/mmt_skinny.c, mmt_attend.c), whose summation order differs from
+MKL's and sdpa's, so logits may differ from the reference's in the last bit; where two hypotheses tie to that precision one
 or the other comes out.  Such a difference passes only when the reference
 itself produces our tokens for the same prompt batched beside another one
 (its own arithmetic moved by the batch's shapes), and at most once per test.
