@@ -111,14 +111,16 @@ void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
         for (int64_t j = 0; j < st.group; j++)
             rows.push_back(x * st.group + j);
     at::Tensor r = at::tensor(rows, lopts).to(dev);
-    int64_t N = st.rows();
+    /* cross entries: one per group when shared, else one per row */
+    at::Tensor cr = st.cross_share > 1 ? at::tensor(gidx, lopts).to(dev) : r;
+    const int64_t E = st.rows() / st.cross_share;
     for (size_t l = 0; l < st.cross_k.size(); l++) {
-        st.cross_k[l] = st.cross_k[l].index_select(0, r);
-        st.cross_v[l] = st.cross_v[l].index_select(0, r);
+        st.cross_k[l] = st.cross_k[l].index_select(0, cr);
+        st.cross_v[l] = st.cross_v[l].index_select(0, cr);
     }
-    /* a per-row bias follows its rows; a broadcast one ([1, ...]) stays */
-    if (st.cross_bias.defined() && N > 1 && st.cross_bias.size(0) == N)
-        st.cross_bias = st.cross_bias.index_select(0, r);
+    /* a per-entry bias follows its entries; a broadcast one ([1, ...]) stays */
+    if (st.cross_bias.defined() && E > 1 && st.cross_bias.size(0) == E)
+        st.cross_bias = st.cross_bias.index_select(0, cr);
     st.n_groups = (int64_t)gidx.size();
     reorder_rows(st, r);
 }
@@ -131,18 +133,22 @@ void Seq2Seq::start(DecState &st, const at::Tensor &enc, const at::Tensor &mask,
     st.cap = cap;
     st.cross_k.assign(L, at::Tensor());
     st.cross_v.assign(L, at::Tensor());
-    /* One copy per row, as transformers holds them: the attention kernels
-     * then see the shapes a lone transformers call sees (one query per
-     * row), which keeps the arithmetic, and so near-tied beams, identical. */
+    /* mmt_attend_one reads one copy for all the rows of a group.  sdpa
+     * (other devices and dtypes) gets one copy per row, as transformers
+     * holds them: it then sees the shapes a lone transformers call sees
+     * (one query per row), which keeps the arithmetic, and so near-tied
+     * beams, identical. */
+    const bool share = device_.is_cpu() && dtype_ == at::kFloat;
+    st.cross_share = share ? group : 1;
     for (int64_t l = 0; l < L; l++) {
         cross_kv(l, enc, &st.cross_k[l], &st.cross_v[l]);
-        if (group > 1) {
+        if (group > 1 && !share) {
             st.cross_k[l] = st.cross_k[l].repeat_interleave(group, 0);
             st.cross_v[l] = st.cross_v[l].repeat_interleave(group, 0);
         }
     }
     st.cross_bias = cross_bias(mask, padded);
-    if (group > 1 && st.cross_bias.defined() && st.cross_bias.size(0) == G && padded)
+    if (group > 1 && !share && st.cross_bias.defined() && st.cross_bias.size(0) == G && padded)
         st.cross_bias = st.cross_bias.repeat_interleave(group, 0);
     st.n_groups = G;
     auto opts = at::TensorOptions().dtype(dtype_).device(device_);
@@ -176,7 +182,7 @@ void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const a
 at::Tensor Seq2Seq::cross_attend(const DecState &st, int64_t l, const at::Tensor &q,
                                  const at::Tensor &bias, double scale) {
     int64_t N = q.size(0), H = q.size(1), hd = q.size(3);
-    at::Tensor a = attend(q, st.cross_k[l], st.cross_v[l], bias, scale);
+    at::Tensor a = attend(q, st.cross_k[l], st.cross_v[l], bias, scale, st.cross_share);
     return a.transpose(1, 2).reshape({N, H * hd});
 }
 
@@ -199,36 +205,40 @@ mmt_kv_layout kv_layout(const at::Tensor &t) {
 } // namespace
 
 at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
-                           const at::Tensor &bias, double scale) {
+                           const at::Tensor &bias, double scale, int64_t share) {
     const int64_t N = q.size(0), H = q.size(1), hd = q.size(3), len = k.size(2);
+    const int64_t E = N / share; /* entries of k, v and a per-row bias */
     mmt_attn_bias b{nullptr, 0, 0, nullptr, 0, 0};
     bool fits = q.device().is_cpu() && q.size(2) == 1 &&
                 q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
-                v.scalar_type() == at::kFloat && k.size(0) == N && v.size(0) == N &&
+                v.scalar_type() == at::kFloat && k.size(0) == E && v.size(0) == E &&
                 k.size(1) == H && v.size(1) == H && v.size(2) == len && k.size(3) == hd &&
                 v.size(3) == hd && k.stride(3) == 1 && v.stride(3) == 1 && len > 0;
     if (fits && bias.defined()) {
         if (bias.scalar_type() == at::kFloat) {
-            fits = bias_strides(bias, N, H, len, &b.row, &b.head);
+            fits = bias_strides(bias, E, H, len, &b.row, &b.head);
             b.bias = fits ? bias.data_ptr<float>() : nullptr;
         } else if (bias.scalar_type() == at::kBool) {
-            fits = bias_strides(bias, N, H, len, &b.mrow, &b.mhead);
+            fits = bias_strides(bias, E, H, len, &b.mrow, &b.mhead);
             b.mask = fits ? bias.data_ptr<bool>() : nullptr;
         } else {
             fits = false;
         }
     }
     if (!fits) {
+        auto per_row = [&](const at::Tensor &t) {
+            return share > 1 && t.size(0) == E && E != N ? t.repeat_interleave(share, 0) : t;
+        };
         std::optional<at::Tensor> am;
         if (bias.defined())
-            am = bias;
-        return at::scaled_dot_product_attention(q, k, v, am, 0.0, false, scale);
+            am = per_row(bias);
+        return at::scaled_dot_product_attention(q, per_row(k), per_row(v), am, 0.0, false, scale);
     }
     at::Tensor qc = q.contiguous();
     at::Tensor out = at::empty({N, H, 1, hd}, q.options());
     const int nt = std::max(1, at::get_num_threads());
     at::Tensor scratch = at::empty({nt, len}, q.options());
-    mmt_attend_one(qc.data_ptr<float>(), N, H, hd, len, kv_layout(k), kv_layout(v), b,
+    mmt_attend_one(qc.data_ptr<float>(), N, share, H, hd, len, kv_layout(k), kv_layout(v), b,
                    (float)scale, out.data_ptr<float>(), scratch.data_ptr<float>(), nt);
     return out;
 }

@@ -53,10 +53,16 @@ struct DecState {
     int64_t len = 0;   /* decoder positions already cached */
     int64_t cap = 0;   /* positions allocated in the self-attention cache */
     std::vector<at::Tensor> self_k, self_v;   /* per layer [rows, H, cap, hd] */
-    std::vector<at::Tensor> cross_k, cross_v; /* per layer [rows, H, S, hd] */
+    /* per layer [rows / cross_share, H, S, hd]: on the CPU in float32 the
+     * rows of a group (a request's beams) share one copy, which
+     * mmt_attend_one reads for each of them; elsewhere one copy per row,
+     * the shape sdpa takes */
+    std::vector<at::Tensor> cross_k, cross_v;
+    int64_t cross_share = 1;
     int64_t n_groups = 0;
-    /* Added to cross-attention scores, per row or broadcast ([1 or rows,
-     * ...]); a bool mask, a float bias, or undefined (no padding, no bias). */
+    /* Added to cross-attention scores, per cross entry or broadcast ([1 or
+     * rows / cross_share, ...]); a bool mask, a float bias, or undefined (no
+     * padding, no bias). */
     at::Tensor cross_bias;
     int64_t rows() const { return self_k.empty() ? 0 : self_k[0].size(0); }
     int64_t groups() const { return n_groups; }
@@ -111,9 +117,11 @@ class Seq2Seq {
      * hd]: on the CPU in float32 through mmt_attend_one, whose result for a
      * row does not depend on the other rows; otherwise ATen's.  bias: float
      * added to the scores or bool keep-mask, [1 or rows, 1 or H, 1, len], or
-     * undefined.  Returns [rows, H, 1, hd]. */
+     * undefined.  share: consecutive rows of q that read one entry of k, v
+     * and a per-row bias (k, v: [rows / share, ...]).  Returns [rows, H, 1,
+     * hd]. */
     static at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
-                             const at::Tensor &bias, double scale);
+                             const at::Tensor &bias, double scale, int64_t share = 1);
 
     ModelInfo info_;
     at::Device device_{at::kCPU};

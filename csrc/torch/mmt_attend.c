@@ -14,9 +14,15 @@
  * changing any result.
  *
  * Dot products run 16 lanes wide (GCC's vector extensions, compiled for
- * AVX-512, AVX2 and the baseline like mmt_skinny.c).  The arithmetic is not
- * ATen's blocked online softmax, so the last bits may differ from sdpa's;
- * a row's result never depends on the other rows. */
+ * AVX-512, AVX2 and the baseline like mmt_skinny.c), and the weighted sum
+ * of values keeps 64 outputs in registers across positions.  The arithmetic
+ * is not ATen's blocked online softmax, so the last bits may differ from
+ * sdpa's; a row's result never depends on the other rows.
+ *
+ * The beams of a request attend over one encoder output: they share one
+ * copy of its keys and values (`share` rows per entry), so a beam-search
+ * step reads a quarter of the memory four copies would take, and the
+ * copies are never made or reordered. */
 #include "mmt_attend.h"
 #include "mmt_vec.h"
 
@@ -46,9 +52,8 @@ MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, i
                     float scale, float *sc, float *o) {
     float mx = -INFINITY;
     for (int64_t s = 0; s < len; s++) {
-        float d = dot(qv, kb + s * kpos, hd) * scale;
-        if (bias)
-            d += bias[s];
+        float d = bias ? fmaf(dot(qv, kb + s * kpos, hd), scale, bias[s])
+                       : dot(qv, kb + s * kpos, hd) * scale;
         if (mask && !mask[s])
             d = -INFINITY;
         sc[s] = d;
@@ -65,43 +70,61 @@ MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, i
         sum += sc[s];
     }
     const float inv = 1.0f / sum;
+    int64_t i0 = 0;
+    for (; i0 + 64 <= hd; i0 += 64) { /* four vectors of o held in registers */
+        mmt_v16 o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+        for (int64_t s = 0; s < len; s++) {
+            const float p = sc[s] * inv;
+            const float *vr = vb + s * vpos + i0;
+            o0 += p * mmt_ld16(vr);
+            o1 += p * mmt_ld16(vr + 16);
+            o2 += p * mmt_ld16(vr + 32);
+            o3 += p * mmt_ld16(vr + 48);
+        }
+        memcpy(o + i0, &o0, sizeof o0);
+        memcpy(o + i0 + 16, &o1, sizeof o1);
+        memcpy(o + i0 + 32, &o2, sizeof o2);
+        memcpy(o + i0 + 48, &o3, sizeof o3);
+    }
     for (int64_t s = 0; s < len; s++) {
         const float p = sc[s] * inv;
         const float *vr = vb + s * vpos;
-        for (int64_t i = 0; i < hd; i++)
+        for (int64_t i = i0; i < hd; i++)
             o[i] += p * vr[i];
     }
 }
 
-MMT_INLINE void range(const float *q, int64_t heads, int64_t hd, int64_t len,
+MMT_INLINE void range(const float *q, int64_t share, int64_t heads, int64_t hd, int64_t len,
                       mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
                       float *out, int64_t p0, int64_t p1, float *sc) {
     for (int64_t p = p0; p < p1; p++) {
-        const int64_t r = p / heads, h = p % heads;
-        one(q + p * hd, hd, len, k.base + r * k.row + h * k.head, k.pos,
-            v.base + r * v.row + h * v.head, v.pos, b.bias ? b.bias + r * b.row + h * b.head : NULL,
-            b.mask ? b.mask + r * b.mrow + h * b.mhead : NULL, scale, sc, out + p * hd);
+        const int64_t e = p / heads / share, h = p % heads; /* the row's entry */
+        one(q + p * hd, hd, len, k.base + e * k.row + h * k.head, k.pos,
+            v.base + e * v.row + h * v.head, v.pos, b.bias ? b.bias + e * b.row + h * b.head : NULL,
+            b.mask ? b.mask + e * b.mrow + h * b.mhead : NULL, scale, sc, out + p * hd);
     }
 }
 
 MMT_CLONES
-void mmt_attend_one(const float *q, int64_t rows, int64_t heads, int64_t head_dim, int64_t len,
-                    mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale, float *out,
-                    float *scratch, int nthreads) {
+void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
+                    int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
+                    float *out, float *scratch, int nthreads) {
     const int64_t n = rows * heads;
+    if (share < 1)
+        share = 1;
 #ifdef _OPENMP
     /* a thread gets at least 64 problems, or the team costs more than it saves */
     if (nthreads > 1 && n >= 128 && !omp_in_parallel()) {
 #pragma omp parallel num_threads(nthreads)
         {
             int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-            range(q, heads, head_dim, len, k, v, b, scale, out, n * t / T, n * (t + 1) / T,
-                  scratch + t * len);
+            range(q, share, heads, head_dim, len, k, v, b, scale, out, n * t / T,
+                  n * (t + 1) / T, scratch + t * len);
         }
         return;
     }
 #else
     (void)nthreads;
 #endif
-    range(q, heads, head_dim, len, k, v, b, scale, out, 0, n, scratch);
+    range(q, share, heads, head_dim, len, k, v, b, scale, out, 0, n, scratch);
 }

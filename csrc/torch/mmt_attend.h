@@ -11,15 +11,17 @@ extern "C" {
 #endif
 
 /* Where the keys (or values) of (row r, head h, position s) live:
- * base + r * row + h * head + s * pos, head_dim floats contiguous there. */
+ * base + (r / share) * row + h * head + s * pos, head_dim floats contiguous
+ * there (share: see mmt_attend_one). */
 typedef struct {
     const float *base;
     int64_t row, head, pos;
 } mmt_kv_layout;
 
-/* Added to the scores: float `bias` at bias + r * row + h * head + s (a
- * stride of 0 broadcasts), and/or a bool `mask` at mask + r * mrow + h *
- * mhead + s where false removes the position.  Either may be NULL. */
+/* Added to the scores: float `bias` at bias + (r / share) * row + h * head
+ * + s (a stride of 0 broadcasts), and/or a bool `mask` at mask + (r / share)
+ * * mrow + h * mhead + s where false removes the position.  Either may be
+ * NULL. */
 typedef struct {
     const float *bias;
     int64_t row, head;
@@ -32,10 +34,14 @@ typedef struct {
  * positions; out is contiguous [rows, heads, head_dim].  scratch holds
  * len * nthreads floats; the problems are split over nthreads threads of
  * an OpenMP team (when the shim has OpenMP; nthreads <= 1: the caller
- * alone).  A query whose positions are all masked gets zeros. */
+ * alone).  A query whose positions are all masked gets zeros.
+ *
+ * share: consecutive rows that read one entry of keys, values and bias
+ * (the beams of a request over its encoder output; 1 otherwise).  Sharing
+ * changes where a row reads, never its arithmetic. */
 __attribute__((visibility("default"))) void
-mmt_attend_one(const float *q, int64_t rows, int64_t heads, int64_t head_dim, int64_t len,
-               mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale, float *out,
+mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
+               int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale, float *out,
                float *scratch, int nthreads);
 
 #ifdef __cplusplus

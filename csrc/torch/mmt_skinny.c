@@ -16,8 +16,10 @@
  * same for every m and every slice of the outputs, so splitting the work
  * across threads, or a row's batch neighbours, never change a bit.  The
  * shapes: one x row against 8 weight rows, or 4 x rows against 4 weight rows
- * (16 accumulators, each weight vector loaded once for 4 rows).  Short edges
- * repeat a valid row and drop its results.
+ * (16 accumulators, each weight vector loaded once for 4 rows).  A block's
+ * 8 or 16 lane trees are added together, a vector at a time
+ * (mmt_hsum16x16): one tree per output cost a sixth of the time at k = 512.
+ * Short edges repeat a valid row and drop its results.
  *
  * The threaded entry splits the outputs across the OpenMP team of libtorch's
  * own libgomp (CMake links that copy, so the process holds one runtime).
@@ -45,9 +47,25 @@ MMT_INLINE float tail(const float *x, const float *w, int64_t kb, int64_t k) {
     return t;
 }
 
-MMT_INLINE float finish(mmt_v16 acc, float t, const float *bias, int64_t j) {
-    float r = mmt_hsum16(acc) + t;
-    return bias ? r + bias[j] : r;
+/* Stores the sums s (lane i: output (r + i / w, j + i % w), each already
+ * reduced as mmt_hsum16 would) plus each output's tail, plus its bias,
+ * for the rows and outputs that exist. */
+MMT_INLINE void store(mmt_v16 s, int w, const float *const *xr, const float *const *wr,
+                      int64_t k, int64_t kb, int64_t r, int64_t mlast, int64_t j, int64_t last,
+                      const float *bias, float *y, int64_t ldy) {
+    mmt_v16 t = {0}, b = {0};
+    for (int i = 0; i < 16; i++) {
+        if (kb < k)
+            t[i] = tail(xr[i / w], wr[i % w], kb, k);
+        if (bias)
+            b[i] = bias[j + i % w <= last ? j + i % w : last];
+    }
+    s += t;
+    if (bias)
+        s += b;
+    for (int i = 0; i < 16; i++)
+        if (r + i / w <= mlast && j + i % w <= last)
+            y[(r + i / w) * ldy + j + i % w] = s[i];
 }
 
 /* One x row against weight rows j .. j+7 (clamped to last). */
@@ -67,8 +85,8 @@ MMT_INLINE void k1x8(const float *x, const float *w, int64_t k, int64_t kb, int6
             acc[c] += xv * mmt_ld16(wr[c] + i);
         }
     }
-    for (int c = 0; c < 8 && j + c <= last; c++)
-        y[j + c] = finish(acc[c], tail(x, wr[c], kb, k), bias, j + c);
+    const float *xr[2] = {x, x};
+    store(mmt_hsum16x8(acc), 8, xr, wr, k, kb, 0, 0, j, last, bias, y, 0);
 }
 
 /* x rows r .. r+3 (clamped to mlast) against weight rows j .. j+3 (clamped
@@ -97,9 +115,7 @@ MMT_INLINE void k4x4(const float *x, int64_t r, int64_t mlast, const float *w, i
             acc[3][d] += x3 * wv;
         }
     }
-    for (int c = 0; c < 4 && r + c <= mlast; c++)
-        for (int d = 0; d < 4 && j + d <= last; d++)
-            y[(r + c) * ldy + j + d] = finish(acc[c][d], tail(xr[c], wr[d], kb, k), bias, j + d);
+    store(mmt_hsum16x16(&acc[0][0]), 4, xr, wr, k, kb, r, mlast, j, last, bias, y, ldy);
 }
 
 MMT_CLONES

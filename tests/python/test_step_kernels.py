@@ -9,7 +9,9 @@ that is what makes a lone request's result independent of how it is run.
 mmt_attend_one (csrc/torch/mmt_attend.c) must equal
 scaled_dot_product_attention to float32 accuracy for one query per row over
 strided caches, with a float bias or a bool mask broadcast over rows or heads,
-on one thread or several, and give zeros where every position is masked.
+on one thread or several, give zeros where every position is masked, and give
+rows that share one copy of keys and values (a request's beams) exactly what
+they get from copies of their own.
 """
 import ctypes
 import math
@@ -119,12 +121,12 @@ class Bias(ctypes.Structure):
 @pytest.fixture(scope="module")
 def attend():
     f = lib().mmt_attend_one
-    f.argtypes = [P, I64, I64, I64, I64, KV, KV, Bias, ctypes.c_float, P, P, ctypes.c_int]
+    f.argtypes = [P, I64, I64, I64, I64, I64, KV, KV, Bias, ctypes.c_float, P, P, ctypes.c_int]
     f.restype = None
 
-    def call(q, k, v, bias=None, scale=1.0, threads=1):
-        """q [R, H, 1, hd]; k, v [R, H, len, hd] views (last dim contiguous);
-        bias float or bool [1 or R, 1 or H, 1, len]."""
+    def call(q, k, v, bias=None, scale=1.0, threads=1, share=1):
+        """q [R, H, 1, hd]; k, v [R / share, H, len, hd] views (last dim
+        contiguous); bias float or bool [1 or R / share, 1 or H, 1, len]."""
         R, H, _, hd = q.shape
         n = k.shape[2]
         qc = q.contiguous()
@@ -138,7 +140,7 @@ def attend():
                 b.mask, b.mrow, b.mhead = bias.data_ptr(), row, head
             else:
                 b.bias, b.row, b.head = bias.data_ptr(), row, head
-        f(qc.data_ptr(), R, H, hd, n, KV(k.data_ptr(), *k.stride()[:3]),
+        f(qc.data_ptr(), R, share, H, hd, n, KV(k.data_ptr(), *k.stride()[:3]),
           KV(v.data_ptr(), *v.stride()[:3]), b, scale, out.data_ptr(), scratch.data_ptr(), threads)
         return out
     return call
@@ -174,6 +176,24 @@ def test_attention_matches_sdpa(attend, hd):
                 ours = attend(q, k, v, bias, scale, threads=threads)
                 err = (ours.double() - exact).abs().max().item()
                 assert err <= tol, (bias is None, scale, threads, err, tol)
+
+
+def test_rows_sharing_an_entry_match_their_own_copies_bit_for_bit(attend):
+    # the beams of a request read one copy of its encoder keys, values and mask
+    g = torch.Generator().manual_seed(11)
+    E, share, H, n, hd = 5, 4, 3, 23, 64
+    q = torch.randn(E * share, H, 1, hd, generator=g)
+    k, v = torch.randn(E, H, n, hd, generator=g), torch.randn(E, H, n, hd, generator=g)
+    keep = torch.rand(E, 1, 1, n, generator=g) > 0.4
+    keep[:, :, :, 0] = True
+    bias = torch.randn(E, H, 1, n, generator=g)
+    rep = lambda t: t.repeat_interleave(share, 0)  # noqa: E731
+    for b in (None, keep, bias, bias[:1]):
+        b_rows = None if b is None else (b if b.shape[0] == 1 else rep(b))
+        for threads in (1, 2):
+            shared = attend(q, k, v, b, 0.125 if b is not keep else 0.5, threads, share)
+            own = attend(q, rep(k), rep(v), b_rows, 0.125 if b is not keep else 0.5, threads)
+            assert torch.equal(shared, own)
 
 
 def test_attention_threads_change_no_bit(attend):
