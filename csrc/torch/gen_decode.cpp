@@ -125,6 +125,15 @@ void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
     reorder_rows(st, r);
 }
 
+void expand_groups(DecState &st, int64_t group) {
+    for (size_t l = 0; l < st.self_k.size(); l++) {
+        st.self_k[l] = st.self_k[l].repeat_interleave(group, 0);
+        st.self_v[l] = st.self_v[l].repeat_interleave(group, 0);
+    }
+    st.group = group;
+    st.cross_share = group;
+}
+
 void Seq2Seq::start(DecState &st, const at::Tensor &enc, const at::Tensor &mask, bool padded,
                     int64_t group, int64_t cap) const {
     int64_t G = enc.size(0), L = info_.dec_layers;
@@ -759,6 +768,10 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
     int64_t cur_len = 1;
     auto lopts = at::TensorOptions().dtype(at::kLong);
     auto fopts = at::TensorOptions().dtype(at::kFloat);
+    /* Started with one row per request (generate): while a request's beams
+     * hold the same tokens (the first step, and BART's forced BOS after
+     * it), one row computes them all; the rows split when they differ. */
+    bool collapsed = nb > 1 && st.group == 1;
     while (!groups.empty()) {
         int64_t G = (int64_t)groups.size();
         std::vector<int64_t> last((size_t)(G * nb));
@@ -771,7 +784,15 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
                 rows[(size_t)(g * nb + j)] = &b.run_seq[(size_t)j];
                 rs[(size_t)(g * nb + j)] = b.run_score[(size_t)j];
             }
-        at::Tensor logits = m.net->step(st, at::tensor(last, lopts).to(dev));
+        at::Tensor logits;
+        if (collapsed) { /* every beam of a request holds the same tokens */
+            std::vector<int64_t> one((size_t)G);
+            for (int64_t g = 0; g < G; g++)
+                one[(size_t)g] = last[(size_t)(g * nb)];
+            logits = m.net->step(st, at::tensor(one, lopts).to(dev)).repeat_interleave(nb, 0);
+        } else {
+            logits = m.net->step(st, at::tensor(last, lopts).to(dev));
+        }
         at::Tensor lp = at::log_softmax(logits, -1);
         process(P, m, lp, rows, cur_len, n_eos + 1);
         lp = lp.view({G, nb, V}) + at::tensor(rs, fopts).to(dev).view({G, nb, 1});
@@ -906,7 +927,7 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
         bool identity = true;
         for (size_t i = 0; i < reorder.size() && identity; i++)
             identity = reorder[i] == (int64_t)i;
-        if (!identity)
+        if (!identity && !collapsed)
             reorder_rows(st, at::tensor(reorder, lopts).to(dev));
         if ((int64_t)keep.size() != G) {
             keep_groups(st, keep);
@@ -914,6 +935,15 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
             for (int64_t g : keep)
                 ng.push_back(groups[(size_t)g]);
             groups.swap(ng);
+        }
+        if (collapsed) {
+            for (int64_t g : groups) {
+                const Beam &b = beams[(size_t)g];
+                for (int64_t j = 1; j < nb && collapsed; j++)
+                    collapsed = b.run_seq[(size_t)j] == b.run_seq[0];
+            }
+            if (!collapsed)
+                expand_groups(st, nb);
         }
     }
     out->seqs.clear();
@@ -968,7 +998,10 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
     DecState st;
     int64_t cap = P.max_length;
     if (P.nb > 1) {
-        m.net->start(st, enc, tm, padded, P.nb, cap);
+        /* where the cross-attention keys can be shared (CPU, float32), the
+         * beams start as one row per request (run_beams) */
+        const bool collapse = m.device.is_cpu() && m.dtype == at::kFloat;
+        m.net->start(st, enc, tm, padded, collapse ? 1 : P.nb, cap);
         run_beams(m, P, st, n, out);
     } else {
         int64_t nrs = P.sample ? P.nrs : 1;

@@ -73,6 +73,9 @@ struct DecState {
 void reorder_rows(DecState &st, const at::Tensor &idx);
 /* Keeps groups `gidx` (host list, ascending) and their rows. */
 void keep_groups(DecState &st, const std::vector<int64_t> &gidx);
+/* From one row per group to `group` copies of it (st.group was 1, and the
+ * cross-attention entries become shared by the copies). */
+void expand_groups(DecState &st, int64_t group);
 
 class Seq2Seq {
   public:

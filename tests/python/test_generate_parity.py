@@ -144,6 +144,17 @@ def test_bart_defaults_come_from_generation_config(models):
 
 
 @pytest.mark.parametrize("kind", ["t5", "bart"])
+@pytest.mark.parametrize("new", [1, 2, 3])
+def test_beam_search_ending_within_its_first_steps(models, kind, new):
+    """On the CPU a request's beams are one row while they hold the same
+    tokens (the first step; BART's forced <s> keeps them equal for the
+    second): searches that end there, and requests that end while others go
+    on, must still match."""
+    kw = dict(num_beams=4, max_new_tokens=new, min_length=0, early_stopping=True)
+    check(models, kind, kw, n=12, seed=10 + new)
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_new_token_limits(models, kind):
     check(models, kind, dict(num_beams=1, max_new_tokens=7, min_new_tokens=3), n=12, seed=5)
 
