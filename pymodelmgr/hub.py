@@ -272,6 +272,27 @@ def _blob_id(path: str, size: int, lfs: bool) -> str:
     return h.hexdigest()
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".msgpack", ".h5")
+
+
+def _check_model_folder(src_dir: str) -> None:
+    """Raises HubError unless src_dir looks like a model: a config.json (or a
+    sentence-transformers modules.json) and a weights file at its top, so a
+    mistyped path (``/etc``, a home folder) is refused before anything is copied."""
+    try:
+        names = set(os.listdir(src_dir))
+    except OSError as e:
+        raise HubError("cannot read model folder %r: %s" % (src_dir, e.strerror)) from None
+    has_config = bool(names & {"config.json", "modules.json"})
+    has_weights = any(n.endswith(_WEIGHT_SUFFIXES) and os.path.isfile(os.path.join(src_dir, n)) for n in names)
+    if not has_config or not has_weights:
+        missing = " and no ".join(w for w, ok in (("config.json", has_config),
+                                                   ("weights file (*.safetensors)", has_weights)) if not ok)
+        err = HubError("%r is not a model folder: it has no %s at its top" % (src_dir, missing))
+        err.code = "INVALID_ARGUMENT"
+        raise err
+
+
 def import_model(src_dir: str, repo_id: str, cache_dir: Optional[str] = None, revision: str = "main") -> str:
     """Imports a local model folder into the cache as ``repo_id`` at
     ``revision`` (a branch name), so it is served from the cache as if it
@@ -286,6 +307,7 @@ def import_model(src_dir: str, repo_id: str, cache_dir: Optional[str] = None, re
         raise ValueError("invalid revision %r" % revision)
     if not os.path.isdir(src_dir):
         raise HubError("model folder %r does not exist" % src_dir)
+    _check_model_folder(src_dir)
     root = cache_dir or default_cache_dir()
     repo_dir = os.path.join(root, "models--" + repo_id.replace("/", "--"))
     files: Dict[str, tuple] = {}
@@ -359,6 +381,14 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "download":
+            # Only a repo id: snapshot() would use an existing local folder in place, so a
+            # mistyped "../../etc" would print /etc and "succeed".
+            try:
+                _core.hub_validate_name(args.model)
+            except ValueError as e:
+                print("error: INVALID_ARGUMENT: %s (download takes a Hugging Face repo id such as "
+                      "\"org/name\")" % e, file=sys.stderr)
+                return 1
             r = snapshot(args.model, args.revision, args.cache_dir, progress=True, refresh=args.refresh)
             print(r.path)
         elif args.cmd == "cache":

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import reprlib
 from typing import Any, Dict, Optional
 
 from . import _core
@@ -24,6 +25,67 @@ logger = logging.getLogger("pymodelmgr")
 
 _FLAG_NUMPY = 1
 _FLAG_DEFER_WAKE = 2
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_MAX_PARAM_DEPTH = 32
+
+
+def _bad_name(value: Any, what: str = "model_name") -> Optional[Result]:
+    """INVALID_ARGUMENT for a name the C engine cannot take as is: not a non-empty str, a NUL
+    byte (C would cut the name there and serve or fetch another model), or a lone surrogate."""
+    if not isinstance(value, str):
+        return Result.error("INVALID_ARGUMENT",
+                            f"{what} must be a string, got {type(value).__name__} {value!r:.100}")
+    if not value and what == "model_name":
+        return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string, got ''")
+    if "\x00" in value:
+        return Result.error("INVALID_ARGUMENT", f"{what} {value!r:.200} contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return Result.error("INVALID_ARGUMENT",
+                            f"{what} {value!r:.200} is not valid Unicode (it contains a lone "
+                            f"surrogate)")
+    return None
+
+
+def _param_problem(value: Any, depth: int = 0) -> Optional[str]:
+    """Why a task parameter cannot go to the engine as JSON (None when it can): nesting deeper
+    than the engine reads, integers outside int64, non-finite floats, non-str keys, NUL bytes or
+    lone surrogates in strings, or values JSON has no type for."""
+    if value is None or value is True or value is False:
+        return None
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            return f"the integer {value} is out of range (at most {_INT64_MAX})"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"the string {value!r:.100} contains a NUL byte"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"the string {value!r:.100} contains a lone surrogate"
+        return None
+    if depth >= _MAX_PARAM_DEPTH:
+        return f"it is nested more than {_MAX_PARAM_DEPTH} levels deep"
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            why = _param_problem(v, depth + 1)
+            if why:
+                return why
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"its key {k!r:.60} is not a string"
+            why = _param_problem(k, depth + 1) or _param_problem(v, depth + 1)
+            if why:
+                return why
+        return None
+    return f"{type(value).__name__} is not a JSON value"
 
 
 class _LoopState:
@@ -73,6 +135,9 @@ class ModelManager:
             settings = ModelManagerSettings(**settings)
         elif not isinstance(settings, ModelManagerSettings):
             raise TypeError("settings must be a ModelManagerSettings, a dict, or None")
+        else:
+            # Validated again: a settings object built with model_construct() skipped its checks.
+            ModelManagerSettings.model_validate(settings.model_dump())
         self.settings = settings
         wp = settings.worker_pool
         allowed = None
@@ -150,6 +215,13 @@ class ModelManager:
             self._engine.cancel(tid)
             raise
 
+    def _unusable(self) -> Optional[Result]:
+        """SHUTTING_DOWN once closed; UNSUPPORTED in a fork() child of the manager's process."""
+        if self._closed:
+            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        forked = self._engine.forked()
+        return None if forked is None else Result.error("UNSUPPORTED", forked)
+
     # ---- the public API ---------------------------------------------------------
 
     async def task(self, task_data: Any, task_type: str, model_name: str,
@@ -196,6 +268,10 @@ class ModelManager:
         if not self.settings.enabled:
             return Result.error("MODEL_MANAGER_DISABLED",
                                 "the model manager is disabled (settings.enabled is False)")
+        if model_name.__class__ is not str or "\x00" in model_name:
+            bad = _bad_name(model_name)
+            if bad is not None:
+                return bad
         loop = asyncio.get_running_loop()
         st = self._loops.get(loop) or self._loop_state(loop)
         revision = None
@@ -212,18 +288,20 @@ class ModelManager:
                 return Result.error("INVALID_ARGUMENT",
                                     f'output must be "list" or "numpy", got {output!r}')
             if kwargs:
-                try:
-                    # sorted: equal kwargs give equal cache keys whatever their order
-                    params = json.dumps(kwargs, allow_nan=False, sort_keys=True)
-                except (TypeError, ValueError) as exc:
-                    return Result.error("INVALID_ARGUMENT",
-                                        f"task parameters must be JSON values: {exc}")
+                for key, value in kwargs.items():
+                    why = _param_problem(key) or _param_problem(value)
+                    if why:
+                        return Result.error("INVALID_ARGUMENT",
+                                            f"task parameter {key}={reprlib.repr(value)} is not "
+                                            f"accepted: {why}")
+                # sorted: equal kwargs give equal cache keys whatever their order
+                params = json.dumps(kwargs, allow_nan=False, sort_keys=True)
         if num_workers is None:
             num_workers = self.settings.worker_pool.num_workers
         if keep_alive is not None and (keep_alive.__class__ is bool or not isinstance(keep_alive, (int, float))):
             return Result.error("INVALID_ARGUMENT",
                                 f"keep_alive must be a number of minutes or None, got {keep_alive!r}")
-        if self._aliases and model_name.__class__ is str:
+        if self._aliases:
             model_name = self._aliases.get(model_name, model_name)
         r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
                                 num_workers, keep_alive, revision, params, flags)
@@ -250,10 +328,9 @@ class ModelManager:
             ``data = {"model_name", "released"}``; ``released`` is False when the model was
             not loaded.
         """
-        if not isinstance(model_name, str) or not model_name:
-            return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
-        if self._closed:
-            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        bad = _bad_name(model_name) or self._unusable()
+        if bad is not None:
+            return bad
         model_name = self._aliases.get(model_name, model_name)
         loop = asyncio.get_running_loop()
         tid = self._engine.release(self._channel(loop), model_name)
@@ -270,23 +347,38 @@ class ModelManager:
         Returns:
             ``data = {"dropped", "futures_cancelled", "model_name", "reason"}``.
         """
-        if not isinstance(model_name, str) or not model_name:
-            return Result.error("INVALID_ARGUMENT", "model_name must be a non-empty string")
-        if not isinstance(reason, str):
-            return Result.error("INVALID_ARGUMENT", "reason must be a string")
+        bad = _bad_name(model_name) or _bad_name(reason, "reason") or self._unusable()
+        if bad is not None:
+            return bad
         model_name = self._aliases.get(model_name, model_name)
         ids = self._engine.drop(model_name, reason) or []
+        # Every dropped task had a caller waiting on a future, in whichever event loop called
+        # task(): fail the ones still registered here (thread-safely for other loops).  A future
+        # already gone from the table was taken by its own loop's drain, which resolves it from
+        # the DROPPED completion the engine pushed on that loop's channel: it counts too.  Only
+        # futures already done (their caller gave up) do not.
         cancelled = 0
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for tid in ids:
             fut = self._futures.pop(tid, None)
-            if fut is not None and not fut.done():
-                exc = RuntimeError(f"Task dropped: {reason}")
-                if fut.get_loop() is asyncio.get_running_loop():
-                    fut.set_exception(exc)
-                else:
-                    fut.get_loop().call_soon_threadsafe(
-                        lambda f=fut, e=exc: f.done() or f.set_exception(e))
+            if fut is None:
                 cancelled += 1
+                continue
+            if fut.done():
+                continue
+            cancelled += 1
+            exc = RuntimeError(f"Task dropped: {reason}")
+            lp = fut.get_loop()
+            if lp is running:
+                fut.set_exception(exc)
+            elif not lp.is_closed():
+                try:
+                    lp.call_soon_threadsafe(lambda f=fut, e=exc: f.done() or f.set_exception(e))
+                except RuntimeError:  # closed meanwhile: nobody is waiting any more
+                    pass
         logger.info("drop_model_queue(%s): dropped %d task(s): %s", model_name, len(ids), reason)
         return Result.success(data={"dropped": len(ids), "futures_cancelled": cancelled,
                                     "model_name": model_name, "reason": reason})
@@ -301,8 +393,9 @@ class ModelManager:
         engine's task accounting; ``data["embedding_cache"]`` the cache's ``hits``,
         ``misses``, ``size``, ``capacity``, ``evictions`` and ``expirations`` (None when the
         cache is off)."""
-        if self._closed:
-            return Result.error("SHUTTING_DOWN", "the model manager is closed")
+        bad = self._unusable()
+        if bad is not None:
+            return bad
         stats = self._engine.stats()
         cache = stats.pop("embedding_cache")
         return Result.success(data={"models": self._engine.status(), "tasks": stats,
@@ -315,6 +408,12 @@ class ModelManager:
         if self._closed:
             return
         self._closed = True
+        if self._engine.forked():
+            # A fork() child: the engine's threads live in the parent; just forget it.
+            self._engine.close()
+            self._loops.clear()
+            self._futures.clear()
+            return
         loop = asyncio.get_running_loop()
         tid = self._engine.shutdown(self._channel(loop), bool(cancel_pending))
         fut = loop.create_future()
@@ -333,8 +432,19 @@ class ModelManager:
             ch.close()
         self._loops.clear()
         for fut in self._futures.values():
-            if not fut.done():
-                fut.set_result(Result.error("SHUTTING_DOWN", "the model manager was closed"))
+            if fut.done():
+                continue
+            lp = fut.get_loop()
+            if lp.is_closed():
+                continue  # its event loop is gone, and with it whoever awaited this future
+            res = Result.error("SHUTTING_DOWN", "the model manager was closed")
+            if lp is loop:
+                fut.set_result(res)
+            else:
+                try:
+                    lp.call_soon_threadsafe(lambda f=fut, r=res: f.done() or f.set_result(r))
+                except RuntimeError:
+                    pass
         self._futures.clear()
 
     async def __aenter__(self) -> "ModelManager":

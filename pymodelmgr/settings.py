@@ -6,9 +6,24 @@ tune batching, threads and the model cache.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# Durations are stored by the engine in int64 milliseconds and sizes in C size_t; these bounds keep
+# every value representable (and sane) so a bad setting is a ValidationError that names the field,
+# never an OverflowError from inside ModelManager().
+MAX_SECONDS = 1e9  # about 31 years
+MAX_COUNT = 1_000_000_000
+
+
+def max_cpu_threads() -> int:
+    """The largest ``cpu_threads`` accepted: four threads per core of this machine (at least 8).
+
+    More intra-op threads than that only slow a worker down, and thousands make the OpenMP
+    runtime fail to create threads and crash the process."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 __all__ = ["WorkerPoolConfig", "EmbeddingCacheConfig", "ModelManagerSettings"]
 
@@ -33,17 +48,17 @@ class WorkerPoolConfig(BaseModel):
         max_batch_tokens: tokens (padded) one worker takes into one batch.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     enabled: bool = True
     num_workers: int = Field(default=2, ge=1, le=256)
     devices: List[str] = Field(default_factory=lambda: ["auto"])
-    queue_timeout: float = Field(default=30, ge=0)
-    model_idle_timeout: float = 300
+    queue_timeout: float = Field(default=30, ge=0, le=MAX_SECONDS)
+    model_idle_timeout: float = Field(default=300, le=MAX_SECONDS)
     load_balancing: Literal["round_robin"] = "round_robin"
-    max_queue_size: int = Field(default=100_000, ge=0)
-    max_batch_items: int = Field(default=256, ge=1)
-    max_batch_tokens: int = Field(default=16384, ge=1)
+    max_queue_size: int = Field(default=100_000, ge=0, le=MAX_COUNT)
+    max_batch_items: int = Field(default=256, ge=1, le=MAX_COUNT)
+    max_batch_tokens: int = Field(default=16384, ge=1, le=MAX_COUNT)
 
     @field_validator("devices")
     @classmethod
@@ -69,11 +84,11 @@ class EmbeddingCacheConfig(BaseModel):
         ttl_seconds: entries expire after this many seconds.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     enabled: bool = True
-    max_cache_size: int = Field(default=10000, ge=0)
-    ttl_seconds: float = Field(default=3600, gt=0)
+    max_cache_size: int = Field(default=10000, ge=0, le=MAX_COUNT)
+    ttl_seconds: float = Field(default=3600, gt=0, le=MAX_SECONDS)
 
 
 class ModelManagerSettings(BaseModel):
@@ -86,7 +101,8 @@ class ModelManagerSettings(BaseModel):
         cache_dir: where downloaded models live (relative to the working directory), laid out
             like the Hugging Face cache so both can share it; ``"hf"`` uses the standard
             Hugging Face cache itself (``HF_HUB_CACHE``, else ``$HF_HOME/hub``).
-        cpu_threads: intra-op threads per CPU worker; 0 divides the cores among the workers.
+        cpu_threads: intra-op threads per CPU worker; 0 divides the cores among the workers; at
+            most four per core of the machine (see :func:`max_cpu_threads`).
         dtype: weights on GPU: ``"auto"`` (fp16 for encoders, bf16/fp32 for T5), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``; the CPU always uses float32.
         fake_gpus: a simulated GPU list for tests, free MiB per GPU (``"24000,16000"``), or
@@ -98,7 +114,7 @@ class ModelManagerSettings(BaseModel):
             ``task()``, ``release_model()`` and ``drop_model_queue()``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     enabled: bool = True
     worker_pool: WorkerPoolConfig = Field(default_factory=WorkerPoolConfig)
@@ -108,3 +124,41 @@ class ModelManagerSettings(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fake_gpus: Optional[str] = None
     model_aliases: Dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cpu_threads")
+    @classmethod
+    def _check_cpu_threads(cls, v: int) -> int:
+        limit = max_cpu_threads()
+        if v > limit:
+            raise ValueError(f"cpu_threads={v} is too many: this machine has {os.cpu_count()} CPU "
+                             f"core(s), so at most {limit} threads per worker (0 divides the cores "
+                             f"among the workers)")
+        return v
+
+    @field_validator("cache_dir", "fake_gpus")
+    @classmethod
+    def _check_text(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        _check_c_string(v, info.field_name)
+        return v
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _check_aliases(cls, v: Dict[str, str]) -> Dict[str, str]:
+        for name, target in v.items():
+            _check_c_string(name, "model_aliases key")
+            _check_c_string(target, f"model_aliases[{name!r}]")
+            if not target:
+                raise ValueError(f"model_aliases[{name!r}] is empty")
+        return v
+
+
+def _check_c_string(v: Optional[str], what: str) -> None:
+    """Strings handed to the C engine: no NUL byte (C would cut the string there) and valid UTF-8."""
+    if v is None:
+        return
+    if "\x00" in v:
+        raise ValueError(f"{what} {v!r} contains a NUL byte")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {v!r} is not valid Unicode (it contains a lone surrogate)") from None

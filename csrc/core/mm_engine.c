@@ -256,9 +256,16 @@ static int validate_name(const char *name, char *err, size_t errlen) {
             return MM_EINVAL;
         }
         struct stat sb;
-        if (stat(name, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        if (stat(name, &sb) != 0) {
             snprintf(err, errlen, "model directory \"%.200s\" does not exist", name);
             return MM_ENOTFOUND;
+        }
+        if (!S_ISDIR(sb.st_mode)) {
+            snprintf(err, errlen,
+                     "model path \"%.200s\" is a file, not a directory: give the folder that "
+                     "holds config.json and the weights",
+                     name);
+            return MM_EINVAL;
         }
         return 0;
     }

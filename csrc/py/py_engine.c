@@ -5,9 +5,17 @@
  * is cheaper than raising on the hot path.  Every call here returns
  * without waiting for model work; only close() blocks (joining threads),
  * and it releases the GIL while it does.
+ *
+ * After fork() the child has the engine's memory but none of its threads
+ * (and maybe a mutex some worker held at the fork): a pthread_atfork
+ * handler bumps a generation counter, and every call compares it first, so
+ * a child that uses its parent's manager gets an error at once instead of
+ * hanging, and never tries to join threads it does not have.
  */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mm_alloc.h"
 #include "mm_embcache.h"
@@ -18,7 +26,54 @@ typedef struct mmpy_engine {
     PyObject_HEAD
     mm_engine_t *e;
     PyTypeObject *channel_type; /* strong reference */
+    unsigned fork_gen;          /* fork_generation when the engine was made */
+    long owner_pid;
 } mmpy_engine;
+
+/* Bumped in every child after fork(); read with the GIL held. */
+static volatile unsigned fork_generation;
+static void after_fork_child(void) { fork_generation++; }
+
+static int forked(const mmpy_engine *self) { return self->fork_gen != fork_generation; }
+
+static void forked_message(const mmpy_engine *self, char *buf, size_t cap) {
+    snprintf(buf, cap,
+             "this ModelManager was created in process %ld and cannot be used after fork() (this "
+             "is process %ld): create a new ModelManager in the child process",
+             self->owner_pid, (long)getpid());
+}
+
+/* A copy of a str argument as UTF-8 with no NUL byte inside (C would cut the
+ * name there and serve another model).  NULL with msg filled otherwise. */
+static const char *c_string(PyObject *o, const char *what, char *msg, size_t cap) {
+    if (!PyUnicode_Check(o)) {
+        snprintf(msg, cap, "%s must be a string, got %.60s", what, Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &len);
+    if (!s) {
+        PyErr_Clear();
+        PyObject *r = PyObject_Repr(o);
+        const char *rs = r ? PyUnicode_AsUTF8(r) : NULL;
+        if (!rs)
+            PyErr_Clear();
+        snprintf(msg, cap, "%s %.200s is not valid Unicode (it contains a lone surrogate)", what,
+                 rs ? rs : "?");
+        Py_XDECREF(r);
+        return NULL;
+    }
+    if (strlen(s) != (size_t)len) {
+        PyObject *r = PyObject_Repr(o);
+        const char *rs = r ? PyUnicode_AsUTF8(r) : NULL;
+        if (!rs)
+            PyErr_Clear();
+        snprintf(msg, cap, "%s %.200s contains a NUL byte", what, rs ? rs : "?");
+        Py_XDECREF(r);
+        return NULL;
+    }
+    return s;
+}
 
 #define STACK_ITEMS 64
 
@@ -34,6 +89,12 @@ static mm_channel_t *get_channel(mmpy_engine *self, PyObject *obj) {
 }
 
 static int check_open(mmpy_engine *self) {
+    if (self->e && forked(self)) {
+        char msg[300];
+        forked_message(self, msg, sizeof msg);
+        PyErr_SetString(PyExc_RuntimeError, msg);
+        return -1;
+    }
     if (!self->e) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is closed");
         return -1;
@@ -53,38 +114,37 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "submit() takes 10 arguments");
         return NULL;
     }
+    char smsg[400];
+    if (self->e && forked(self)) {
+        forked_message(self, smsg, sizeof smsg);
+        return err_tuple(MM_EUNSUPPORTED, smsg);
+    }
     if (check_open(self) < 0)
         return NULL;
     mm_channel_t *ch = get_channel(self, args[0]);
     if (!ch)
         return NULL;
-    if (!PyUnicode_Check(args[1]))
-        return err_tuple(MM_EINVAL, "model_name must be a string");
-    const char *model = PyUnicode_AsUTF8(args[1]);
-    if (!model) {
-        PyErr_Clear();
-        return err_tuple(MM_EINVAL, "model_name is not valid Unicode");
-    }
+    const char *model = c_string(args[1], "model_name", smsg, sizeof smsg);
+    if (!model)
+        return err_tuple(MM_EINVAL, smsg);
     if (!PyUnicode_Check(args[2]))
         return err_tuple(MM_EINVAL, "task_type must be a string: \"embedding\" or "
                                     "\"text_generation\"");
     mm_task_type type;
-    const char *tt = PyUnicode_AsUTF8(args[2]);
-    if (!tt || mm_task_type_parse(tt, &type) < 0) {
-        PyErr_Clear();
+    const char *tt = c_string(args[2], "task_type", smsg, sizeof smsg);
+    if (!tt)
+        return err_tuple(MM_EINVAL, smsg);
+    if (mm_task_type_parse(tt, &type) < 0) {
         char msg[200];
         snprintf(msg, sizeof msg,
-                 "unknown task_type \"%.60s\": use \"embedding\" or \"text_generation\"",
-                 tt ? tt : "?");
+                 "unknown task_type \"%.60s\": use \"embedding\" or \"text_generation\"", tt);
         return err_tuple(MM_EINVAL, msg);
     }
     if (!PyUnicode_Check(args[4]))
         return err_tuple(MM_EINVAL, "device must be a string: \"gpu\", \"cpu\" or \"cuda:N\"");
-    const char *device = PyUnicode_AsUTF8(args[4]);
-    if (!device) {
-        PyErr_Clear();
-        return err_tuple(MM_EINVAL, "device is not valid Unicode");
-    }
+    const char *device = c_string(args[4], "device", smsg, sizeof smsg);
+    if (!device)
+        return err_tuple(MM_EINVAL, smsg);
     if (!PyLong_Check(args[5]) || PyBool_Check(args[5]))
         return err_tuple(MM_EINVAL, "num_workers must be an integer >= 1");
     long nw = PyLong_AsLong(args[5]);
@@ -113,13 +173,9 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
         a.keep_alive_ms = minutes < 0 || isinf(minutes) ? -1 : (int64_t)(minutes * 60000.0);
     }
     if (args[7] != Py_None) {
-        if (!PyUnicode_Check(args[7]))
-            return err_tuple(MM_EINVAL, "revision must be a string");
-        a.revision = PyUnicode_AsUTF8(args[7]);
-        if (!a.revision) {
-            PyErr_Clear();
-            return err_tuple(MM_EINVAL, "revision is not valid Unicode");
-        }
+        a.revision = c_string(args[7], "revision", smsg, sizeof smsg);
+        if (!a.revision)
+            return err_tuple(MM_EINVAL, smsg);
     }
     if (args[8] != Py_None) {
         a.params_json = PyUnicode_AsUTF8(args[8]);
@@ -210,7 +266,7 @@ out:
 
 static PyObject *engine_kick(mmpy_engine *self, PyObject *unused) {
     (void)unused;
-    if (self->e)
+    if (self->e && !forked(self))
         mm_engine_kick(self->e);
     Py_RETURN_NONE;
 }
@@ -380,10 +436,21 @@ static PyObject *engine_stats(mmpy_engine *self, PyObject *unused) {
                          "channel_freed", freed, "embedding_cache", cache);
 }
 
+static PyObject *engine_forked(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (!forked(self))
+        Py_RETURN_NONE;
+    char msg[300];
+    forked_message(self, msg, sizeof msg);
+    return PyUnicode_FromString(msg);
+}
+
 static void engine_close_impl(mmpy_engine *self) {
     mm_engine_t *e = self->e;
     self->e = NULL;
-    if (e) {
+    /* In a forked child the engine's threads do not exist (and its mutex may
+     * be held forever): leave its memory alone. */
+    if (e && !forked(self)) {
         Py_BEGIN_ALLOW_THREADS
         mm_engine_free(e);
         Py_END_ALLOW_THREADS
@@ -418,6 +485,17 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "engine limits must not be negative");
         return NULL;
     }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long max_threads = 4 * (ncpu > 0 ? ncpu : 1);
+    if (max_threads < 8)
+        max_threads = 8;
+    if (threads > max_threads) {
+        PyErr_Format(PyExc_ValueError,
+                     "cpu_threads=%d is too many: this machine has %ld CPU core(s), so at most "
+                     "%ld threads per worker",
+                     threads, ncpu, max_threads);
+        return NULL;
+    }
     p.max_queue_size = (size_t)mqs;
     p.queue_timeout_ms = qt;
     p.default_keep_alive_ms = ka;
@@ -438,6 +516,8 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!self)
         return NULL;
     self->channel_type = (PyTypeObject *)Py_NewRef(st->channel_type);
+    self->fork_gen = fork_generation;
+    self->owner_pid = (long)getpid();
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = mm_engine_new(&p, &self->e);
@@ -480,6 +560,8 @@ static PyMethodDef engine_methods[] = {
      "shutdown(channel, cancel_pending) -> control task id"},
     {"status", (PyCFunction)engine_status, METH_NOARGS, "status() -> list of model dicts"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "stats() -> task accounting dict"},
+    {"forked", (PyCFunction)engine_forked, METH_NOARGS,
+     "forked() -> None, or a message when this process is a fork() child of the engine's"},
     {"close", (PyCFunction)engine_close, METH_NOARGS,
      "close(): stops everything, joins threads, frees memory (blocks, GIL released)"},
     {NULL, NULL, 0, NULL},
@@ -501,6 +583,11 @@ static PyType_Spec engine_spec = {
 };
 
 int mmpy_engine_init_type(PyObject *module, mmpy_state *st) {
+    static int atfork_registered;
+    if (!atfork_registered) {
+        atfork_registered = 1;
+        pthread_atfork(NULL, NULL, after_fork_child);
+    }
     st->engine_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &engine_spec, NULL);
     if (!st->engine_type)
         return -1;

@@ -213,9 +213,21 @@ static PyObject *hub_default_params(PyObject *module, PyObject *unused) {
 
 static PyObject *hub_validate_name(PyObject *module, PyObject *arg) {
     (void)module;
-    const char *s = PyUnicode_AsUTF8(arg);
-    if (!s)
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "a repo id must be a string, got %.60s", Py_TYPE(arg)->tp_name);
         return NULL;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (!s) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "repo id %R is not valid Unicode (it contains a lone surrogate)", arg);
+        return NULL;
+    }
+    if (strlen(s) != (size_t)len) {
+        PyErr_Format(PyExc_ValueError, "repo id %R contains a NUL byte", arg);
+        return NULL;
+    }
     char err[512];
     if (mm_hub_validate_repo_id(s, err, sizeof err) != 0) {
         PyErr_SetString(PyExc_ValueError, err);
