@@ -5,7 +5,10 @@ use, queues and batches work per model on C worker threads, and releases
 idle models.  See README.md and the docstrings of the names below.
 """
 import logging as _logging
+import types as _types
+from typing import Mapping as _Mapping
 
+from . import _core
 from .context import SERVICE_NAME, AppContext, install
 from .manager import ModelManager
 from .result import ErrorInfo, Result
@@ -13,6 +16,12 @@ from .settings import EmbeddingCacheConfig, ModelManagerSettings, WorkerPoolConf
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
+
+#: Every stable error code a :class:`Result` can carry (``result.error.code``), mapped to a
+#: short phrase: read-only, derived from the C core's one table of codes
+#: (csrc/base/mm_err.h), so a code added there appears here too.
+ERROR_CODES: _Mapping[str, str] = _types.MappingProxyType(
+    {code: phrase for code, phrase in _core.ERROR_CODES.items() if code != "OK"})
 
 # A library logs; the application decides where the lines go.
 _logging.getLogger("pymodelmgr").addHandler(_logging.NullHandler())
@@ -28,5 +37,6 @@ __all__ = [
     "AppContext",
     "install",
     "SERVICE_NAME",
+    "ERROR_CODES",
     "__version__",
 ]

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import reprlib
+import warnings
+import weakref
 from typing import Any, Dict, Optional
 
 from . import _core
@@ -110,8 +112,16 @@ class _LoopState:
 def _numpy_embeddings(raw):
     import numpy as np
 
-    buf, n, dim = raw
+    buf, n, dim = raw  # buf is a bytearray: the array is writable and owns no copy
     return np.frombuffer(buf, dtype=np.float32).reshape(n, dim)
+
+
+def _drain_weak(ref, ch) -> None:
+    """The event loop's reader callback: holds the manager weakly, so a manager dropped
+    without close() can be collected (and clean up) while its event loop runs on."""
+    mm = ref()
+    if mm is not None:
+        mm._drain(ch)
 
 
 class ModelManager:
@@ -166,6 +176,8 @@ class ModelManager:
             embed_cache_ttl_ms=int(settings.embedding_cache.ttl_seconds * 1000),
         )
         self._aliases = dict(settings.model_aliases)
+        # alias target -> the name the app last used for it (results and status() say that)
+        self._alias_names: Dict[str, str] = {}
         self._futures: Dict[int, asyncio.Future] = {}
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
@@ -178,7 +190,7 @@ class ModelManager:
             for old_loop in [lp for lp in self._loops if lp.is_closed()]:
                 self._loops.pop(old_loop).channel.close()
             ch = _core.Channel()
-            loop.add_reader(ch.fileno(), self._drain, ch)
+            loop.add_reader(ch.fileno(), _drain_weak, weakref.ref(self), ch)
             st = self._loops[loop] = _LoopState(ch, self._engine)
         return st
 
@@ -301,8 +313,10 @@ class ModelManager:
         if keep_alive is not None and (keep_alive.__class__ is bool or not isinstance(keep_alive, (int, float))):
             return Result.error("INVALID_ARGUMENT",
                                 f"keep_alive must be a number of minutes or None, got {keep_alive!r}")
-        if self._aliases:
-            model_name = self._aliases.get(model_name, model_name)
+        app_name = None
+        if self._aliases and model_name.__class__ is str and model_name in self._aliases:
+            app_name, model_name = model_name, self._aliases[model_name]
+            self._alias_names[model_name] = app_name
         r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
                                 num_workers, keep_alive, revision, params, flags)
         if r.__class__ is tuple:
@@ -313,11 +327,14 @@ class ModelManager:
         fut = loop.create_future()
         self._futures[r] = fut
         try:
-            return await fut
+            res = await fut
         except asyncio.CancelledError:
             self._futures.pop(r, None)
             self._engine.cancel(r)
             raise
+        if app_name is not None and "model_name" in res.data:
+            res.data["model_name"] = app_name
+        return res
 
     async def release_model(self, model_name: str) -> Result:
         """Releases a model now: its queued tasks finish first, then its workers stop and
@@ -331,12 +348,14 @@ class ModelManager:
         bad = _bad_name(model_name) or self._unusable()
         if bad is not None:
             return bad
-        model_name = self._aliases.get(model_name, model_name)
+        app_name, model_name = model_name, self._aliases.get(model_name, model_name)
         loop = asyncio.get_running_loop()
         tid = self._engine.release(self._channel(loop), model_name)
         res = await self._await_id(loop, tid)
         if res.success:
             res.data.setdefault("released", False)
+            if "model_name" in res.data:
+                res.data["model_name"] = app_name
             logger.info("release_model(%s): released=%s", model_name, res.data["released"])
         return res
 
@@ -350,7 +369,7 @@ class ModelManager:
         bad = _bad_name(model_name) or _bad_name(reason, "reason") or self._unusable()
         if bad is not None:
             return bad
-        model_name = self._aliases.get(model_name, model_name)
+        app_name, model_name = model_name, self._aliases.get(model_name, model_name)
         ids = self._engine.drop(model_name, reason) or []
         # Every dropped task had a caller waiting on a future, in whichever event loop called
         # task(): fail the ones still registered here (thread-safely for other loops).  A future
@@ -381,7 +400,7 @@ class ModelManager:
                     pass
         logger.info("drop_model_queue(%s): dropped %d task(s): %s", model_name, len(ids), reason)
         return Result.success(data={"dropped": len(ids), "futures_cancelled": cancelled,
-                                    "model_name": model_name, "reason": reason})
+                                    "model_name": app_name, "reason": reason})
 
     async def status(self) -> Result:
         """Reports every model: ``data["models"]`` is a list of dicts with ``model_name``,
@@ -398,8 +417,14 @@ class ModelManager:
             return bad
         stats = self._engine.stats()
         cache = stats.pop("embedding_cache")
-        return Result.success(data={"models": self._engine.status(), "tasks": stats,
-                                    "embedding_cache": cache})
+        models = self._engine.status()
+        if self._alias_names:
+            for m in models:
+                app_name = self._alias_names.get(m.get("model_name"))
+                if app_name is not None:
+                    m["alias_of"] = m["model_name"]
+                    m["model_name"] = app_name
+        return Result.success(data={"models": models, "tasks": stats, "embedding_cache": cache})
 
     async def close(self, cancel_pending: bool = False) -> None:
         """Shuts down: with ``cancel_pending`` queued tasks fail with ``SHUTTING_DOWN``,
@@ -446,6 +471,49 @@ class ModelManager:
                 except RuntimeError:
                     pass
         self._futures.clear()
+
+    def _close_now(self) -> None:
+        """Closes without an event loop: queued tasks fail with SHUTTING_DOWN, every model
+        is released and every worker thread joined (blocking), the completion channels'
+        descriptors are closed.  For __del__ and pymodelmgr.testing's fixture teardown."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.close()  # in a fork() child it only forgets the parent's engine
+        if self._engine.forked():
+            self._loops.clear()
+            self._futures.clear()
+            return
+        for lp, st in list(self._loops.items()):
+            if not lp.is_closed():
+                try:
+                    lp.remove_reader(st.channel.fileno())
+                except (ValueError, RuntimeError, OSError):
+                    pass
+            st.channel.close()
+        self._loops.clear()
+        for fut in self._futures.values():
+            if not fut.done() and not fut.get_loop().is_closed():
+                try:
+                    fut.get_loop().call_soon_threadsafe(
+                        lambda f=fut: f.done() or f.set_result(
+                            Result.error("SHUTTING_DOWN", "the model manager was closed")))
+                except RuntimeError:
+                    pass
+        self._futures.clear()
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        # A manager dropped without close(): say so (ResourceWarning, like an unclosed
+        # file) and free its threads, models and descriptors now.
+        if getattr(self, "_closed", True) or not hasattr(self, "_loops"):
+            return
+        if self._engine.forked() is None:  # a fork() child owns none of it: no warning
+            _warn(f"unclosed {self!r}: call 'await close()' or use 'async with'",
+                  ResourceWarning, source=self)
+        try:
+            self._close_now()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
 
     async def __aenter__(self) -> "ModelManager":
         return self

@@ -39,7 +39,8 @@
     X(EUNSUPPORTED,  -23, "UNSUPPORTED",             "not supported")            \
     X(EDEVICE,       -24, "DEVICE_ERROR",            "device error")             \
     X(EINTERNAL,     -25, "INTERNAL_ERROR",          "internal error")           \
-    X(EBUSY,         -26, "BUSY",                    "resource busy")
+    X(EBUSY,         -26, "BUSY",                    "resource busy")            \
+    X(EDISABLED,     -27, "MODEL_MANAGER_DISABLED",  "model manager is disabled")
 
 enum mm_err {
 #define MM__ERR_ENUM(sym, val, name, phrase) MM_##sym = (val),

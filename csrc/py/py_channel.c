@@ -162,8 +162,9 @@ static PyObject *success_dict(mmpy_channel *c, const mm_task_t *t, PyObject *jso
         size_t n, dim;
         const float *vec = mm_task_result_vectors(t, &n, &dim);
         if (flags & MMPY_FLAG_NUMPY) {
-            PyObject *raw = PyBytes_FromStringAndSize((const char *)vec,
-                                                      (Py_ssize_t)(n * dim * sizeof(float)));
+            /* a bytearray, so the numpy array made over it is writable */
+            PyObject *raw = PyByteArray_FromStringAndSize((const char *)vec,
+                                                          (Py_ssize_t)(n * dim * sizeof(float)));
             v = raw ? Py_BuildValue("(Nnn)", raw, (Py_ssize_t)n, (Py_ssize_t)dim) : NULL;
         } else {
             v = vectors_to_lists(vec, n, dim);
