@@ -18,6 +18,7 @@ import weakref
 from typing import Any, Dict, Optional
 
 from . import _core
+from . import metrics as _metrics
 from .result import ErrorInfo, Result
 from .settings import ModelManagerSettings
 
@@ -181,6 +182,7 @@ class ModelManager:
         self._futures: Dict[int, asyncio.Future] = {}
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
+        _metrics._track(self)  # pymodelmgr.metrics.register() finds every manager
 
     # ---- the event-loop bridge -------------------------------------------------
 

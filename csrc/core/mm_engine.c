@@ -59,6 +59,7 @@ const char *mm_task_type_name(mm_task_type t) {
 
 /* Frees what mm_engine_new made; the threads are gone (or never started). */
 static void engine_destroy(mm_engine_t *e) {
+    mm_metrics_close(&e->metrics);
     mm__cache_free_revisions(e);
     mm_embcache_free(e->cache);
     pthread_cond_destroy(&e->reaper_cv);
@@ -125,6 +126,10 @@ void mm__complete(mm_engine_t *e, mm_task_t *t, mm_task_status st, int code, con
     if (code)
         mm__task_set_error(t, code, msg);
     t->status = st;
+    if (t->kind == MM_KIND_RUN)
+        mm_metrics_on_complete(t->model ? t->model->met
+                                        : mm_metrics_series_get(&e->metrics, t->model_name, t->type),
+                               st, t->err_code, t->tokens_in, t->tokens_out);
     t->next = t->prev = NULL;
     t->model = NULL;
     e->completed++;
@@ -354,6 +359,7 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
     m->batch_tokens = e->params.max_batch_tokens;
     m->state = MM_MS_LOADING;
     m->last_used_ns = mm_now_ns();
+    m->met = mm_metrics_series_get(&e->metrics, m->name, a->type);
 
     mm_hash_oom = 0;
     HASH_ADD_KEYPTR(hh, e->models, m->name, strlen(m->name), m);
@@ -373,6 +379,7 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
             m->n_workers = i;
             m->load_err = MM_ENOMEM;
             snprintf(m->errmsg, sizeof m->errmsg, "%s", err);
+            mm__model_count_release(m, MM_REL_LOAD_FAILED);
             mm__model_retire(e, m, MM_MS_FAILED);
             m->state = MM_MS_FAILED;
             return MM_ENOMEM;
@@ -521,6 +528,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         snprintf(err, errlen,
                  "the queue of model \"%.200s\" is full (%zu tasks, max_queue_size); retry later",
                  m->name, m->qlen);
+        mm_metrics_on_reject(m->met);
         pthread_mutex_unlock(&e->mu);
         mm__task_destroy(t);
         return MM_EQUEUEFULL;
@@ -638,6 +646,7 @@ int mm_engine_release(mm_engine_t *e, mm_channel_t *ch, const char *model_name, 
     mm_model *m = model_find(e, model_name);
     if (m) {
         mm_log(MM_LOG_INFO, "releasing model %s", m->name);
+        mm__model_count_release(m, MM_REL_MANUAL);
         mm__model_retire(e, m, MM_MS_DRAINING);
     } else {
         m = retiring_find(e, model_name);
@@ -700,6 +709,7 @@ int mm_engine_shutdown(mm_engine_t *e, mm_channel_t *ch, int cancel_pending, uin
         if (cancel_pending)
             mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN,
                                  "the model manager is shutting down");
+        mm__model_count_release(m, MM_REL_SHUTDOWN);
         mm__model_retire(e, m, MM_MS_DRAINING);
     }
     if (cancel_pending)
@@ -721,6 +731,7 @@ void mm_engine_free(mm_engine_t *e) {
     mm_model *m, *tmp;
     HASH_ITER(hh, e->models, m, tmp) {
         mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model manager was closed");
+        mm__model_count_release(m, MM_REL_SHUTDOWN);
         mm__model_retire(e, m, MM_MS_DRAINING);
     }
     for (m = e->retiring; m; m = m->retire_next)

@@ -17,6 +17,7 @@
 #include "mm_embcache.h"
 #include "mm_engine.h"
 #include "mm_hash.h"
+#include "mm_metrics.h"
 #include "mm_task_internal.h"
 
 typedef enum mm_model_state {
@@ -36,6 +37,7 @@ typedef struct mm_worker {
     struct mm_model *model; /* immutable */
     mm_device dev;          /* immutable */
     char revision[64];      /* what its backend loaded; this worker's thread only */
+    uint64_t memory_bytes;  /* what its backend reports holding; guarded by engine->mu */
 } mm_worker;
 
 typedef struct mm_model {
@@ -52,6 +54,7 @@ typedef struct mm_model {
     UT_hash_handle hh;             /* registry link; guarded by engine->mu */
     struct mm_model *retire_next;  /* retiring list; guarded by engine->mu */
     int in_registry;               /* guarded by engine->mu */
+    mm_metrics_series *met;        /* this name's metrics (NULL on OOM); guarded by engine->mu */
 
     /* All below guarded by engine->mu. */
     mm_model_state state;
@@ -99,6 +102,7 @@ struct mm_engine {
     uint64_t created, completed, double_completions; /* guarded by mu */
     mm_known_rev *revisions;  /* guarded by mu */
     mm_embcache_t *cache;     /* NULL when off; has its own lock */
+    mm_metrics metrics;       /* counters and histograms (mm_metrics.h); guarded by mu */
     pthread_t reaper;         /* immutable */
     mm_engine_params params;  /* immutable (strings owned) */
     mm_gpu_list gpus;         /* immutable */
@@ -112,6 +116,15 @@ void mm__complete(struct mm_engine *e, mm_task_t *t, mm_task_status st, int code
 /* Takes a model out of the registry (if there) and onto the retiring list,
  * in state st (DRAINING or FAILED), waking its workers.  Caller holds e->mu. */
 void mm__model_retire(struct mm_engine *e, mm_model *m, mm_model_state st);
+
+/* Counts a model instance leaving the registry for reason r (once: only
+ * while it is still registered); call just before mm__model_retire.  The
+ * memory policy calls it with MM_REL_EVICTED / MM_REL_OOM.  Caller holds
+ * e->mu. */
+static inline void mm__model_count_release(mm_model *m, mm_release_reason r) {
+    if (m->in_registry)
+        mm_metrics_on_release(m->met, r);
+}
 
 /* Fails every queued task of m with code and msg.  Caller holds e->mu. */
 void mm__model_fail_queue(struct mm_engine *e, mm_model *m, mm_task_status st, int code,

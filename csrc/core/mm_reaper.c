@@ -50,6 +50,7 @@ static int64_t check_idle(mm_engine_t *e, mm_model *m, int64_t now, int64_t next
     if (dl <= now) {
         mm_log(MM_LOG_INFO, "releasing model %s after %.2f min idle (keep_alive)", m->name,
                m->keep_alive_ms / 60000.0);
+        mm__model_count_release(m, MM_REL_IDLE);
         mm__model_retire(e, m, MM_MS_DRAINING);
         return next;
     }

@@ -298,6 +298,20 @@ static const char *const WORDS[] = {"alpha", "bravo",  "charlie", "delta", "echo
                                     "golf",  "hotel",  "india",   "juliet", "kilo",  "lima",
                                     "mike",  "novem",  "oscar",   "papa"};
 
+/* A synthetic model's "tokens": whitespace-separated words, plus 2 for
+ * the special tokens a real tokenizer adds. */
+static uint64_t count_words(const char *s, size_t n) {
+    uint64_t w = 0;
+    int in_word = 0;
+    for (size_t i = 0; i < n; i++) {
+        int sp = s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r';
+        if (!sp && !in_word)
+            w++;
+        in_word = !sp;
+    }
+    return w + 2;
+}
+
 static void run_embedding(synth_state *s, mm_task_t *t, json_t *kw) {
     long dim = s->o.dim, keep = dim;
     int normalize = 1;
@@ -318,6 +332,7 @@ static void run_embedding(synth_state *s, mm_task_t *t, json_t *kw) {
         const char *text = mm_task_item(t, i, &len);
         embed_one(text, len, full, dim, keep, normalize);
         memcpy(out + i * keep, full, (size_t)keep * sizeof(float));
+        mm_task_add_tokens(t, count_words(text, len), 0);
     }
     mm_free(full);
 }
@@ -342,6 +357,7 @@ static void run_generation(mm_task_t *t, json_t *kw) {
     for (size_t i = 0; i < mm_task_n_items(t); i++) {
         size_t len;
         const char *text = mm_task_item(t, i, &len);
+        mm_task_add_tokens(t, count_words(text, len), (uint64_t)(n_words * per_item));
         for (long r = 0; r < per_item; r++) {
             uint64_t x = fnv1a(text, len, (uint64_t)r);
             size_t off = 0;

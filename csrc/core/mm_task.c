@@ -155,6 +155,18 @@ int mm_task_result_extra(mm_task_t *t, const char *key, const char *json_value) 
     return mm__task_add_extra(t, key, json_value);
 }
 
+void mm_task_add_tokens(mm_task_t *t, uint64_t tokens_in, uint64_t tokens_out) {
+    t->tokens_in += tokens_in;
+    t->tokens_out += tokens_out;
+}
+
+void mm_task_tokens(const mm_task_t *t, uint64_t *tokens_in, uint64_t *tokens_out) {
+    if (tokens_in)
+        *tokens_in = t->tokens_in;
+    if (tokens_out)
+        *tokens_out = t->tokens_out;
+}
+
 void mm__task_set_error(mm_task_t *t, int code, const char *msg) {
     t->err_code = code ? code : MM_EINTERNAL;
     mm_free(t->err_msg);

@@ -80,6 +80,11 @@ int mm_task_result_text(mm_task_t *t, size_t i, size_t per_item, const char *s, 
 /* Adds one result field "key": value (JSON text) merged into the result dict
  * (e.g. "usage"); 0 or MM_ENOMEM. */
 int mm_task_result_extra(mm_task_t *t, const char *key, const char *json_value);
+/* Adds to the task's token counts: tokens the model read (input, after
+ * tokenization and truncation) and tokens it wrote (generated, every
+ * returned sequence).  Feeds result["usage"] and the metrics; 0 both when a
+ * backend does not report them. */
+void mm_task_add_tokens(mm_task_t *t, uint64_t tokens_in, uint64_t tokens_out);
 /* Marks the task failed with code and message (printf-style).  A failed task
  * stays failed; the engine completes it after run() returns. */
 void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)
@@ -99,6 +104,8 @@ int mm_task_error_code(const mm_task_t *t);
 const char *mm_task_error_message(const mm_task_t *t);
 /* Device that ran the task ("cpu", "cuda:0"); NULL when none did. */
 const char *mm_task_device(const mm_task_t *t);
+/* Token counts reported by the backend (see mm_task_add_tokens). */
+void mm_task_tokens(const mm_task_t *t, uint64_t *tokens_in, uint64_t *tokens_out);
 /* Warning attached by the engine (config mismatch, CPU fallback), or NULL. */
 const char *mm_task_warning(const mm_task_t *t);
 

@@ -52,6 +52,7 @@ struct mm_task {
     char *err_msg;
     char device[32];
     char *warning;
+    uint64_t tokens_in, tokens_out; /* mm_task_add_tokens; the worker running it */
 
     /* Embedding cache plan (engine-owned): the caller's full item count, the
      * original index of each item still to compute, vectors already served

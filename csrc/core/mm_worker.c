@@ -9,6 +9,7 @@
  * model holds with MODEL_LOAD_FAILED and retires the entry, so the next
  * task starts over with a fresh one.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ static size_t task_cost(const mm_backend_vtable *vt, void *st, const mm_task_t *
 /* Pops the next batch into out (capacity cap); engine->mu held. */
 static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, size_t cap) {
     size_t n = 0, items = 0, cost = 0;
+    int64_t now = mm_now_ns();
     while (m->qhead && n < cap) {
         mm_task_t *t = m->qhead;
         size_t c = task_cost(m->vt, st, t);
@@ -44,6 +46,7 @@ static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, 
                       (m->batch_tokens && cost + c > m->batch_tokens)))
             break;
         mm__queue_pop(e, m);
+        mm_metrics_on_dequeue(m->met, (double)(now - t->enqueue_ns) / 1e9);
         t->status = MM_TS_RUNNING;
         out[n++] = t;
         items += t->n_items;
@@ -67,6 +70,7 @@ static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err)
                    : rc;
     mm__model_fail_queue(e, m, MM_TS_FAILED, code, msg);
     mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, code, msg);
+    mm__model_count_release(m, MM_REL_LOAD_FAILED);
     mm__model_retire(e, m, MM_MS_FAILED);
     m->state = MM_MS_FAILED;
 }
@@ -81,6 +85,7 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
             if (info.revision[0])
                 snprintf(w->revision, sizeof w->revision, "%s", info.revision);
             m->memory_bytes += info.memory_bytes;
+            w->memory_bytes = info.memory_bytes;
             if (info.max_batch_items && (!m->batch_items || info.max_batch_items < m->batch_items))
                 m->batch_items = info.max_batch_items;
             if (info.max_batch_tokens &&
@@ -102,11 +107,29 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
     pthread_cond_signal(&e->reaper_cv);
 }
 
-static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n) {
+/* {"prompt_tokens":..,"completion_tokens":..,"total_tokens":..} when the
+ * backend counted tokens (OpenAI's usage object). */
+static void add_usage(mm_task_t *t) {
+    if (!t->tokens_in && !t->tokens_out)
+        return;
+    char usage[128];
+    snprintf(usage, sizeof usage,
+             "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64
+             ",\"total_tokens\":%" PRIu64 "}",
+             t->tokens_in, t->tokens_out, t->tokens_in + t->tokens_out);
+    mm__task_add_extra(t, "usage", usage);
+}
+
+static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n,
+                         double run_s) {
+    size_t items = 0;
     for (size_t i = 0; i < n; i++) {
         mm_task_t *t = batch[i];
         snprintf(t->device, sizeof t->device, "%s", w->dev.name);
         m->items += t->n_items;
+        items += t->n_items;
+        if (!t->err_code)
+            add_usage(t);
         if (t->cache_hits && !t->err_code) {
             char hits[32];
             snprintf(hits, sizeof hits, "%zu", t->cache_hits);
@@ -126,6 +149,7 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
     }
     m->in_flight -= n;
     m->batches++;
+    mm_metrics_on_batch(m->met, items, run_s);
     m->last_used_ns = mm_now_ns();
     m->last_used_wall = mm_wall_s();
     if (m->qlen == 0 && m->in_flight == 0)
@@ -147,10 +171,12 @@ void *mm__worker_main(void *arg) {
     pthread_mutex_unlock(&e->mu);
 
     int rc = 0;
+    int64_t load_t0 = 0;
     if (!batch) {
         rc = MM_ENOMEM;
         snprintf(err, sizeof err, "out of memory starting a worker");
     } else if (!skip) {
+        load_t0 = mm_now_ns();
         rc = m->vt->load(&m->spec, &w->dev, &st, err, sizeof err);
         if (rc == 0 && !st)
             st = NULL; /* a backend may keep no state */
@@ -158,6 +184,8 @@ void *mm__worker_main(void *arg) {
 
     pthread_mutex_lock(&e->mu);
     m->n_load_done++;
+    if (!skip && load_t0)
+        mm_metrics_on_load(m->met, rc == 0, (double)(mm_now_ns() - load_t0) / 1e9);
     if (skip) {
         /* nothing loaded */
     } else if (rc < 0) {
@@ -176,12 +204,14 @@ void *mm__worker_main(void *arg) {
             if (m->qlen)
                 pthread_cond_signal(&m->work_cv); /* more for another worker */
             pthread_mutex_unlock(&e->mu);
+            int64_t run_t0 = mm_now_ns();
             m->vt->run(st, batch, n);
+            double run_s = (double)(mm_now_ns() - run_t0) / 1e9;
             if (e->cache)
                 for (size_t i = 0; i < n; i++)
                     mm__cache_after_run(e, batch[i], w->revision);
             pthread_mutex_lock(&e->mu);
-            finish_batch(e, m, w, batch, n);
+            finish_batch(e, m, w, batch, n, run_s);
         }
     }
     pthread_mutex_unlock(&e->mu);
@@ -191,6 +221,7 @@ void *mm__worker_main(void *arg) {
     mm_free(batch);
 
     pthread_mutex_lock(&e->mu);
+    w->memory_bytes = 0;
     m->n_exited++;
     if (m->n_exited == m->n_workers) {
         if (m->state != MM_MS_FAILED)

@@ -344,6 +344,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             }
             memcpy(ids[in + i], scratch, got * sizeof(int64_t));
             lens[in + i] = got;
+            mm_task_add_tokens(t, got, 0);
         }
         in += n;
     }
@@ -395,6 +396,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             }
             for (size_t x = a; x < b; x++)
                 buf[x - a] = (int32_t)res->ids[x];
+            mm_task_add_tokens(t, 0, b - a);
             char *text = NULL;
             size_t tl = 0;
             rc = mm__ntok_decode(s->tok, buf, b - a, &text, &tl, err, sizeof err);

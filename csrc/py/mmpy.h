@@ -38,6 +38,8 @@ typedef struct mmpy_channel {
 int mmpy_channel_init_type(PyObject *module, mmpy_state *st);
 int mmpy_engine_init_type(PyObject *module, mmpy_state *st);
 int mmpy_log_init(PyObject *module);
+/* Engine.metrics(): the core's counters as dicts (py_metrics.c). */
+PyObject *mmpy_metrics_snapshot(mm_engine_t *e);
 
 /* The log bridge: channels register so log lines wake their loops. */
 void mmpy_log_register_channel(mm_channel_t *ch);

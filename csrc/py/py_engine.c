@@ -445,6 +445,13 @@ static PyObject *engine_forked(mmpy_engine *self, PyObject *unused) {
     return PyUnicode_FromString(msg);
 }
 
+static PyObject *engine_metrics(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    return mmpy_metrics_snapshot(self->e);
+}
+
 static void engine_close_impl(mmpy_engine *self) {
     mm_engine_t *e = self->e;
     self->e = NULL;
@@ -562,6 +569,8 @@ static PyMethodDef engine_methods[] = {
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "stats() -> task accounting dict"},
     {"forked", (PyCFunction)engine_forked, METH_NOARGS,
      "forked() -> None, or a message when this process is a fork() child of the engine's"},
+    {"metrics", (PyCFunction)engine_metrics, METH_NOARGS,
+     "metrics() -> the core's counters, histograms and gauges (see py_metrics.c)"},
     {"close", (PyCFunction)engine_close, METH_NOARGS,
      "close(): stops everything, joins threads, frees memory (blocks, GIL released)"},
     {NULL, NULL, 0, NULL},
