@@ -39,6 +39,13 @@ typedef struct mm_model_spec {
      * status() can show a model that is still downloading.  May be NULL. */
     void (*progress)(void *progress_ctx, uint64_t done, uint64_t total);
     void *progress_ctx;
+
+    /* For load(): nonzero once nobody wants this load any more (shutdown with
+     * cancel_pending, every waiting task cancelled, released while loading).
+     * A backend asks between steps (each downloaded chunk, each file) and
+     * returns MM_ECANCELLED; partial downloads stay for a later resume.  One
+     * atomic load; may be NULL. */
+    int (*cancelled)(void *progress_ctx);
 } mm_model_spec;
 
 /* Limits and footprint a loaded backend reports. */

@@ -125,6 +125,7 @@ void mm__complete(mm_engine_t *e, mm_task_t *t, mm_task_status st, int code, con
     }
     if (code)
         mm__task_set_error(t, code, msg);
+    mm__running_remove(e, t);
     t->status = st;
     if (t->kind == MM_KIND_RUN)
         mm_metrics_on_complete(t->model ? t->model->met
@@ -320,6 +321,12 @@ static mm_model *model_find(mm_engine_t *e, const char *name) {
     return m;
 }
 
+/* spec.cancelled: one atomic load, so a backend may call it per chunk. */
+static int model_load_cancelled(void *ctx) {
+    mm_model *m = ctx;
+    return atomic_load_explicit(&m->abort_load, memory_order_relaxed);
+}
+
 /* spec.progress: two relaxed stores, so a backend may call it per chunk. */
 static void model_progress(void *ctx, uint64_t done, uint64_t total) {
     mm_model *m = ctx;
@@ -354,6 +361,7 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
     m->spec.n_workers = pl->n_workers;
     m->spec.progress = model_progress;
     m->spec.progress_ctx = m;
+    m->spec.cancelled = model_load_cancelled;
     m->keep_alive_ms = a->has_keep_alive ? a->keep_alive_ms : e->params.default_keep_alive_ms;
     m->batch_items = e->params.max_batch_items;
     m->batch_tokens = e->params.max_batch_tokens;
@@ -606,13 +614,20 @@ int mm_engine_cancel(mm_engine_t *e, uint64_t id) {
     mm_task_t *t = NULL;
     HASH_FIND(hh, e->queued_by_id, &id, sizeof id, t);
     if (!t) {
+        /* Running: it stops at the next batch or chunk boundary. */
+        t = mm__running_find(e, id);
+        if (t)
+            mm__running_stop(t, MM_ECANCELLED, NULL);
         pthread_mutex_unlock(&e->mu);
-        return 0;
+        return t != NULL;
     }
     mm_model *m = t->model;
     queue_unlink(e, m, t);
     m->cancelled++;
     mm__complete(e, t, MM_TS_CANCELLED, MM_ECANCELLED, "cancelled by the caller");
+    /* The last task of a model still loading: nobody wants that load now. */
+    if (m->in_registry && m->state == MM_MS_LOADING && mm__model_abort_if_unwanted(m))
+        mm__model_retire(e, m, MM_MS_DRAINING);
     pthread_mutex_unlock(&e->mu);
     return 1;
 }
@@ -648,6 +663,7 @@ int mm_engine_release(mm_engine_t *e, mm_channel_t *ch, const char *model_name, 
         mm_log(MM_LOG_INFO, "releasing model %s", m->name);
         mm__model_count_release(m, MM_REL_MANUAL);
         mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__model_abort_if_unwanted(m);
     } else {
         m = retiring_find(e, model_name);
     }
@@ -674,7 +690,8 @@ int mm_engine_drop(mm_engine_t *e, const char *model_name, const char *reason, u
         pthread_mutex_unlock(&e->mu);
         return MM_ENOTFOUND;
     }
-    size_t cap = m->qlen;
+    /* Queued tasks, and large tasks running in chunks (they stop at the next chunk). */
+    size_t cap = m->qlen + mm__running_stop_chunked(e, m, 0, NULL, NULL, 0);
     uint64_t *arr = cap ? mm_malloc(cap * sizeof *arr) : NULL;
     if (cap && !arr) {
         pthread_mutex_unlock(&e->mu);
@@ -687,6 +704,8 @@ int mm_engine_drop(mm_engine_t *e, const char *model_name, const char *reason, u
         m->dropped++;
         mm__complete(e, t, MM_TS_DROPPED, MM_EDROPPED, reason ? reason : "Manual drop");
     }
+    k += mm__running_stop_chunked(e, m, MM_EDROPPED, reason ? reason : "Manual drop", arr + k,
+                                  cap - k);
     pthread_mutex_unlock(&e->mu);
     mm_log(MM_LOG_INFO, "dropped %zu queued task(s) of %s: %s", k, model_name,
            reason ? reason : "Manual drop");
@@ -716,6 +735,11 @@ int mm_engine_shutdown(mm_engine_t *e, mm_channel_t *ch, int cancel_pending, uin
         for (m = e->retiring; m; m = m->retire_next)
             mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN,
                                  "the model manager is shutting down");
+    if (cancel_pending)
+        mm__running_stop_chunked(e, NULL, MM_ESHUTDOWN, "the model manager is shutting down",
+                                 NULL, 0);
+    for (m = e->retiring; m; m = m->retire_next)
+        mm__model_abort_if_unwanted(m);
     t->next = e->shutdown_waiters;
     e->shutdown_waiters = t;
     pthread_cond_signal(&e->reaper_cv);
@@ -734,8 +758,11 @@ void mm_engine_free(mm_engine_t *e) {
         mm__model_count_release(m, MM_REL_SHUTDOWN);
         mm__model_retire(e, m, MM_MS_DRAINING);
     }
-    for (m = e->retiring; m; m = m->retire_next)
+    for (m = e->retiring; m; m = m->retire_next) {
         mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model manager was closed");
+        mm__model_abort_if_unwanted(m);
+    }
+    mm__running_stop_chunked(e, NULL, MM_ESHUTDOWN, "the model manager was closed", NULL, 0);
     while (e->models || e->retiring)
         pthread_cond_wait(&e->retire_cv, &e->mu);
     e->stop_reaper = 1;

@@ -71,6 +71,7 @@ typedef struct mm_model {
     size_t in_flight;
     int kick_pending; /* deferred submits wait for mm_engine_kick */
     _Atomic uint64_t dl_done, dl_total; /* download progress, from load(); lock-free */
+    _Atomic int abort_load; /* set under mu; read lock-free by load() (spec.cancelled) */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
     uint64_t memory_bytes;
     size_t batch_items, batch_tokens; /* effective budgets */
@@ -93,6 +94,7 @@ struct mm_engine {
     mm_model *models;         /* registry by name; guarded by mu */
     mm_model *retiring;       /* released or failed, not yet reaped; guarded by mu */
     mm_task_t *queued_by_id;  /* every queued task, for cancel; guarded by mu */
+    mm_task_t *running_by_id; /* every running task (handle rh), to stop it; guarded by mu */
     mm_task_t *shutdown_waiters; /* guarded by mu */
     int shutting_down;        /* guarded by mu */
     int kicks_pending;        /* some model has kick_pending; guarded by mu */
@@ -149,6 +151,32 @@ void mm__cache_note_revision(struct mm_engine *e, const char *name, const char *
  * merges cached ones back into the caller's order. */
 void mm__cache_after_run(struct mm_engine *e, mm_task_t *t, const char *revision);
 void mm__cache_free_revisions(struct mm_engine *e);
+
+/* Stopping running work (mm_chunk.c); every one with e->mu held.
+ * Indexes a task a worker took, so cancel/drop/shutdown can reach it;
+ * mm__complete removes it. */
+void mm__running_add(struct mm_engine *e, mm_task_t *t);
+void mm__running_remove(struct mm_engine *e, mm_task_t *t);
+mm_task_t *mm__running_find(struct mm_engine *e, uint64_t id);
+/* Asks a running task to stop at the next boundary (the first code wins). */
+void mm__running_stop(mm_task_t *t, int code, const char *msg);
+/* Stops the chunked running tasks of m (of every model when m is NULL) with
+ * code, writing (at most cap of) their ids into ids unless it is NULL;
+ * code 0 only counts them.  Returns how many. */
+size_t mm__running_stop_chunked(struct mm_engine *e, mm_model *m, int code, const char *msg,
+                                uint64_t *ids, size_t cap);
+/* Completes t with its stop code if it has one; returns 1 when it did. */
+int mm__complete_if_stopped(struct mm_engine *e, mm_model *m, mm_task_t *t);
+/* Aborts the load of a model that no task waits for any more (nothing
+ * loaded yet, nothing queued or running, no pre-load); 1 when it did. */
+int mm__model_abort_if_unwanted(mm_model *m);
+/* Whether t runs in chunks on m (a large embedding task), and the next chunk. */
+int mm__chunk_wanted(const mm_model *m, const mm_task_t *t);
+size_t mm__chunk_next(const mm_model *m, const mm_task_t *t);
+/* Runs items [t->chunk_next, +count) of t as a view task on the backend, no
+ * lock held, and merges the result into t; returns 1 when t is finished (all
+ * items done, or failed). */
+int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count);
 
 /* Worker thread entry (mm_worker.c). */
 void *mm__worker_main(void *arg);

@@ -221,6 +221,19 @@ static long next_load_number(const char *name) {
     return n;
 }
 
+/* Sleeps us microseconds in slices of at most 20 ms; 1 as soon as the
+ * engine cancels the load (spec->cancelled). */
+static int load_nap(const mm_model_spec *spec, long us) {
+    while (us > 0) {
+        if (spec->cancelled && spec->cancelled(spec->progress_ctx))
+            return 1;
+        long step = us < 20000 ? us : 20000;
+        sleep_us(step);
+        us -= step;
+    }
+    return spec->cancelled && spec->cancelled(spec->progress_ctx);
+}
+
 static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
                       size_t errlen) {
     (void)dev;
@@ -236,13 +249,19 @@ static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **st
     if (o.download_mb > 0 && spec->progress) {
         /* A pretend download: load_ms spread over 20 progress steps. */
         uint64_t total = (uint64_t)o.download_mb << 20;
-        for (int step = 0; step <= 20; step++) {
+        int cancelled = 0;
+        for (int step = 0; step <= 20 && !cancelled; step++) {
             spec->progress(spec->progress_ctx, total * (uint64_t)step / 20, total);
             if (step < 20)
-                sleep_us(o.load_ms * 1000 / 20);
+                cancelled = load_nap(spec, o.load_ms * 1000 / 20);
         }
-    } else {
-        sleep_us(o.load_ms * 1000);
+        if (cancelled) {
+            snprintf(err, errlen, "download of \"%.200s\" was cancelled", spec->model_name);
+            return MM_ECANCELLED;
+        }
+    } else if (load_nap(spec, o.load_ms * 1000)) {
+        snprintf(err, errlen, "load of \"%.200s\" was cancelled", spec->model_name);
+        return MM_ECANCELLED;
     }
     long nth = next_load_number(spec->model_name);
     if (o.fail_load || nth <= o.fail_loads) {

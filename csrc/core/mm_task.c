@@ -10,6 +10,7 @@
 #include "mm_task_internal.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -54,14 +55,7 @@ oom:
     return NULL;
 }
 
-void mm__task_destroy(mm_task_t *t) {
-    if (!t)
-        return;
-    mm_free(t->item_off);
-    mm_free(t->item_len);
-    mm_free(t->blob);
-    mm_free(t->params_json);
-    mm_free(t->model_name);
+void mm__task_free_results(mm_task_t *t) {
     mm_free(t->vecs);
     if (t->texts) {
         for (size_t i = 0; i < t->n_texts; i++)
@@ -71,9 +65,21 @@ void mm__task_destroy(mm_task_t *t) {
     mm_free(t->text_lens);
     mm_free(t->extras);
     mm_free(t->err_msg);
+}
+
+void mm__task_destroy(mm_task_t *t) {
+    if (!t)
+        return;
+    mm_free(t->item_off);
+    mm_free(t->item_len);
+    mm_free(t->blob);
+    mm_free(t->params_json);
+    mm_free(t->model_name);
+    mm__task_free_results(t);
     mm_free(t->warning);
     mm_free(t->orig_index);
     mm_free(t->cached_vecs);
+    mm_free(t->stop_msg);
     mm_free(t);
 }
 
@@ -87,6 +93,7 @@ const char *mm_task_params_json(const mm_task_t *t) { return t->params_json; }
 int mm_task_single_input(const mm_task_t *t) { return t->single_input; }
 const char *mm_task_model_name(const mm_task_t *t) { return t->model_name; }
 unsigned mm_task_user_flags(const mm_task_t *t) { return t->user_flags; }
+int mm_task_cancelled(const mm_task_t *t) { return atomic_load_explicit(&t->stop_code, memory_order_relaxed) != 0; }
 
 const char *mm_task_item(const mm_task_t *t, size_t i, size_t *len) {
     if (i >= t->n_items)

@@ -68,6 +68,11 @@ int mm_task_single_input(const mm_task_t *t);
 const char *mm_task_model_name(const mm_task_t *t);
 /* Opaque flags the submitter attached (mm_submit_args.user_flags). */
 unsigned mm_task_user_flags(const mm_task_t *t);
+/* Nonzero once the task's caller no longer wants its result (cancelled,
+ * dropped, shutting down): a backend in run() may stop working on it and
+ * leave it without a result; the engine completes it with the right code.
+ * One atomic load; any thread. */
+int mm_task_cancelled(const mm_task_t *t);
 
 /* ---- result writing (backends, inside run(), on the worker thread) ---- */
 

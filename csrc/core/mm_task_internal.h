@@ -63,6 +63,16 @@ struct mm_task {
     float *cached_vecs;
     size_t cached_dim;
     size_t cache_hits;
+
+    /* Stopping work already running (mm_chunk.c).  stop_code is set under the
+     * engine mutex (cancel, drop, shutdown) and read by the worker at the next
+     * batch or chunk boundary (and by backends through mm_task_cancelled). */
+    _Atomic int stop_code;  /* 0, MM_ECANCELLED, MM_EDROPPED or MM_ESHUTDOWN */
+    char *stop_msg;         /* the drop reason; guarded by the engine mutex */
+    UT_hash_handle rh;      /* engine->running_by_id while running; engine mutex */
+    int running_indexed;    /* in running_by_id; engine mutex */
+    int chunked;            /* run in chunks by one worker (a large embedding task) */
+    size_t chunk_next;      /* first item of the next chunk; that worker only */
 };
 
 /* Allocates a task with a copy of the inputs; NULL on out-of-memory. */
@@ -73,6 +83,8 @@ mm_task_t *mm__task_new(uint64_t id, mm_task_type type, mm_task_kind kind, const
 void mm__task_set_error(mm_task_t *t, int code, const char *msg);
 /* Appends one "key": value pair to the task's extras JSON object. */
 int mm__task_add_extra(mm_task_t *t, const char *key, const char *json_value);
+/* Frees what run() wrote: vectors, texts, extras, error message (not reset). */
+void mm__task_free_results(mm_task_t *t);
 /* Frees the task and everything it owns (not its channel reference). */
 void mm__task_destroy(mm_task_t *t);
 

@@ -7,9 +7,11 @@
  * cost units), so a burst of small requests becomes one forward pass, and
  * runs the backend with no lock held.  A load failure fails everything the
  * model holds with MODEL_LOAD_FAILED and retires the entry, so the next
- * task starts over with a fresh one.
+ * task starts over with a fresh one.  A task larger than one batch runs in
+ * chunks, one batch from the queue between two chunks (mm_chunk.c).
  */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,12 +37,27 @@ static size_t task_cost(const mm_backend_vtable *vt, void *st, const mm_task_t *
     return t->total_bytes / 4 + 2 * t->n_items;
 }
 
-/* Pops the next batch into out (capacity cap); engine->mu held. */
-static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, size_t cap) {
+/* Pops the next batch into out (capacity cap); engine->mu held.  A task
+ * that must run in chunks ends the batch; at the head of the queue it
+ * becomes *big when big is non-NULL (this worker holds none yet). */
+static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, size_t cap,
+                        mm_task_t **big) {
     size_t n = 0, items = 0, cost = 0;
     int64_t now = mm_now_ns();
     while (m->qhead && n < cap) {
         mm_task_t *t = m->qhead;
+        if (mm__chunk_wanted(m, t)) {
+            if (n == 0 && big) {
+                mm__queue_pop(e, m);
+                mm_metrics_on_dequeue(m->met, (double)(now - t->enqueue_ns) / 1e9);
+                t->status = MM_TS_RUNNING;
+                t->chunked = 1;
+                mm__running_add(e, t);
+                m->in_flight++;
+                *big = t;
+            }
+            break;
+        }
         size_t c = task_cost(m->vt, st, t);
         if (n > 0 && ((m->batch_items && items + t->n_items > m->batch_items) ||
                       (m->batch_tokens && cost + c > m->batch_tokens)))
@@ -48,6 +65,7 @@ static size_t pop_batch(mm_engine_t *e, mm_model *m, void *st, mm_task_t **out, 
         mm__queue_pop(e, m);
         mm_metrics_on_dequeue(m->met, (double)(now - t->enqueue_ns) / 1e9);
         t->status = MM_TS_RUNNING;
+        mm__running_add(e, t);
         out[n++] = t;
         items += t->n_items;
         cost += c;
@@ -62,7 +80,7 @@ static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err)
     snprintf(m->errmsg, sizeof m->errmsg, "%s", err[0] ? err : mm_strerror(rc));
     char msg[700];
     snprintf(msg, sizeof msg, "could not load model \"%.150s\": %s", m->name, m->errmsg);
-    mm_log(MM_LOG_ERROR, "%s", msg);
+    mm_log(atomic_load(&m->abort_load) ? MM_LOG_INFO : MM_LOG_ERROR, "%s", msg);
     /* The backend's own code (e.g. MODEL_NOT_FOUND, AUTH_REQUIRED) says more
      * than a generic one; anything vague becomes MODEL_LOAD_FAILED. */
     int code = (rc == MM_EINVAL || rc == MM_ENOMEM || rc == MM_EINTERNAL || rc == MM_EIO)
@@ -126,6 +144,8 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
     for (size_t i = 0; i < n; i++) {
         mm_task_t *t = batch[i];
         snprintf(t->device, sizeof t->device, "%s", w->dev.name);
+        if (mm__complete_if_stopped(e, m, t))
+            continue;
         m->items += t->n_items;
         items += t->n_items;
         if (!t->err_code)
@@ -154,6 +174,29 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
     m->last_used_wall = mm_wall_s();
     if (m->qlen == 0 && m->in_flight == 0)
         pthread_cond_signal(&e->reaper_cv);
+}
+
+/* Runs the next chunk of big; engine->mu held on entry and return (dropped
+ * meanwhile).  Returns 1 when big completed (finished, failed or stopped). */
+static int run_chunk(mm_engine_t *e, mm_model *m, mm_worker *w, void *st, mm_task_t *big) {
+    if (atomic_load(&big->stop_code)) {
+        finish_batch(e, m, w, &big, 1, 0.0);
+        return 1;
+    }
+    size_t count = mm__chunk_next(m, big);
+    pthread_mutex_unlock(&e->mu);
+    int64_t t0 = mm_now_ns();
+    int finished = mm__chunk_run(m, st, big, count);
+    double run_s = (double)(mm_now_ns() - t0) / 1e9;
+    if (finished && !big->err_code && e->cache)
+        mm__cache_after_run(e, big, w->revision);
+    pthread_mutex_lock(&e->mu);
+    if (finished) {
+        finish_batch(e, m, w, &big, 1, run_s); /* the metrics see the task as one batch */
+        return 1;
+    }
+    m->batches++;
+    return 0;
 }
 
 void *mm__worker_main(void *arg) {
@@ -194,12 +237,25 @@ void *mm__worker_main(void *arg) {
         on_loaded(e, m, w, st);
         if (m->n_load_done == m->n_workers && m->state != MM_MS_FAILED)
             mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, 0, NULL);
+        mm_task_t *big = NULL; /* a large task this worker runs in chunks */
+        int chunk_turn = 0;    /* chunks and queued batches take turns */
         for (;;) {
-            while (m->qlen == 0 && (m->state == MM_MS_READY || m->state == MM_MS_LOADING))
+            while (!big && m->qlen == 0 && (m->state == MM_MS_READY || m->state == MM_MS_LOADING))
                 pthread_cond_wait(&m->work_cv, &e->mu);
-            if (m->state == MM_MS_FAILED || m->qlen == 0)
+            if (!big && (m->state == MM_MS_FAILED || m->qlen == 0))
                 break;
-            size_t n = pop_batch(e, m, st, batch, MAX_BATCH_TASKS);
+            if (big && (chunk_turn || m->qlen == 0 || m->state == MM_MS_FAILED)) {
+                chunk_turn = 0;
+                if (m->qlen)
+                    pthread_cond_signal(&m->work_cv);
+                if (run_chunk(e, m, w, st, big))
+                    big = NULL;
+                continue;
+            }
+            size_t n = pop_batch(e, m, st, batch, MAX_BATCH_TASKS, big ? NULL : &big);
+            chunk_turn = 1;
+            if (n == 0)
+                continue; /* a task to run in chunks is at the head */
             m->in_flight += n;
             if (m->qlen)
                 pthread_cond_signal(&m->work_cv); /* more for another worker */

@@ -153,10 +153,9 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int log_progress(const mm_hub_progress *p, void *ud) {
-    progress_log *pl = ud;
+static void log_progress_line(const mm_hub_progress *p, progress_log *pl) {
     if (p->model_total == 0)
-        return 0;
+        return;
     if (pl->spec->progress)
         pl->spec->progress(pl->spec->progress_ctx, p->model_done, p->model_total);
     int64_t now = now_ns();
@@ -165,10 +164,10 @@ static int log_progress(const mm_hub_progress *p, void *ud) {
         pl->started = 1;
         pl->last_ns = now;
         if (done)
-            return 0;
+            return;
         mm_log(MM_LOG_INFO, "downloading %s: %d file(s), %.1f MB", pl->model, p->file_count,
                p->model_total / 1e6);
-        return 0;
+        return;
     }
     if (done || now - pl->last_ns >= 2000000000LL) {
         pl->last_ns = now;
@@ -177,7 +176,15 @@ static int log_progress(const mm_hub_progress *p, void *ud) {
                100.0 * (double)p->model_done / (double)p->model_total, p->file_index + 1,
                p->file_count, p->file && p->file[0] ? ": " : "", p->file ? p->file : "");
     }
-    return 0;
+}
+
+/* The hub's callback: logs, reports to the engine, and cancels the download
+ * once the engine no longer wants this load (the partial file stays for a
+ * resume). */
+static int log_progress(const mm_hub_progress *p, void *ud) {
+    progress_log *pl = ud;
+    log_progress_line(p, pl);
+    return pl->spec->cancelled && pl->spec->cancelled(pl->spec->progress_ctx);
 }
 
 /* An id for what a local folder holds now: weights' size and mtime, so the

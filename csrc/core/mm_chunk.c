@@ -1,0 +1,194 @@
+/* mm_chunk.c: stopping work that already started, and running large
+ * embedding tasks in chunks.
+ *
+ * A task a worker takes leaves its queue, where cancel() and drop() look for
+ * it; so it is indexed in engine->running_by_id until it completes, and a
+ * stop request (cancel, drop, shutdown with cancel_pending) sets its
+ * stop_code, which the worker reads at the next batch or chunk boundary
+ * (backends may poll it through mm_task_cancelled).  A stopped task
+ * completes with its stop code, never with a result, and exactly once.
+ *
+ * A task with more items than one batch takes (max_batch_items, or
+ * max_batch_tokens by the engine's bytes/4 estimate) is not handed to the
+ * backend whole: its worker runs it a chunk at a time through a view task
+ * (the same input blob, a window of its items), copies each chunk's vectors
+ * into the task's result, and between two chunks serves one batch from the
+ * queue.  So a 20,000-text task cannot starve a small task queued behind
+ * it, and a cancelled one stops within one chunk.  Only embedding tasks are
+ * chunked: their rows are independent and their result is one matrix.
+ *
+ * A load nobody waits for any more (its only tasks cancelled, released or
+ * shut down while loading) is aborted: spec.cancelled turns true, and the
+ * backend's download or load stops at its next check.
+ *
+ * Every function here runs with engine->mu held, except mm__chunk_run.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mm_alloc.h"
+#include "mm_engine_internal.h"
+#include "mm_err.h"
+#include "mm_log.h"
+
+void mm__running_add(mm_engine_t *e, mm_task_t *t) {
+    mm_hash_oom = 0;
+    HASH_ADD(rh, e->running_by_id, id, sizeof(uint64_t), t);
+    /* Not indexed on out-of-memory: it cannot be stopped early, it still completes. */
+    t->running_indexed = !mm_hash_oom;
+}
+
+void mm__running_remove(mm_engine_t *e, mm_task_t *t) {
+    if (t->running_indexed) {
+        HASH_DELETE(rh, e->running_by_id, t);
+        t->running_indexed = 0;
+    }
+}
+
+mm_task_t *mm__running_find(mm_engine_t *e, uint64_t id) {
+    mm_task_t *t = NULL;
+    HASH_FIND(rh, e->running_by_id, &id, sizeof id, t);
+    return t;
+}
+
+void mm__running_stop(mm_task_t *t, int code, const char *msg) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&t->stop_code, &expected, code) && msg)
+        t->stop_msg = mm_strdup(msg);
+}
+
+size_t mm__running_stop_chunked(mm_engine_t *e, mm_model *m, int code, const char *msg,
+                                uint64_t *ids, size_t cap) {
+    size_t k = 0;
+    mm_task_t *t, *tmp;
+    HASH_ITER(rh, e->running_by_id, t, tmp) {
+        if (!t->chunked || (m && t->model != m) || atomic_load(&t->stop_code))
+            continue;
+        if (code) {
+            if (ids && k == cap)
+                break;
+            if (ids)
+                ids[k] = t->id;
+            mm__running_stop(t, code, msg);
+        }
+        k++;
+    }
+    return k;
+}
+
+int mm__complete_if_stopped(mm_engine_t *e, mm_model *m, mm_task_t *t) {
+    int code = atomic_load(&t->stop_code);
+    if (!code)
+        return 0;
+    mm_task_status st;
+    const char *msg = t->stop_msg;
+    if (code == MM_ECANCELLED) {
+        st = MM_TS_CANCELLED;
+        m->cancelled++;
+        msg = msg ? msg : "cancelled by the caller";
+    } else if (code == MM_EDROPPED) {
+        st = MM_TS_DROPPED;
+        m->dropped++;
+        msg = msg ? msg : "Manual drop";
+    } else {
+        st = MM_TS_FAILED;
+        m->failed++;
+        msg = msg ? msg : "the model manager is shutting down";
+    }
+    mm__complete(e, t, st, code, msg);
+    return 1;
+}
+
+static int has_preload_waiter(const mm_model *m) {
+    for (const mm_task_t *t = m->waiters; t; t = t->next)
+        if (t->kind == MM_KIND_PRELOAD)
+            return 1;
+    return 0;
+}
+
+int mm__model_abort_if_unwanted(mm_model *m) {
+    if (m->n_loaded > 0 || m->qlen || m->in_flight || has_preload_waiter(m) ||
+        m->state == MM_MS_FAILED || m->state == MM_MS_RELEASED)
+        return 0;
+    if (!atomic_exchange(&m->abort_load, 1))
+        mm_log(MM_LOG_INFO, "model %s: no task waits for it any more; its load is cancelled",
+               m->name);
+    return 1;
+}
+
+/* The engine's default cost of one item (mm_worker.c's task_cost, per item). */
+static size_t item_cost(const mm_task_t *t, size_t i) { return t->item_len[i] / 4 + 2; }
+
+int mm__chunk_wanted(const mm_model *m, const mm_task_t *t) {
+    if (t->type != MM_TASK_EMBEDDING || t->kind != MM_KIND_RUN || t->n_items < 2)
+        return 0;
+    if (m->batch_items && t->n_items > m->batch_items)
+        return 1;
+    return m->batch_tokens && t->total_bytes / 4 + 2 * t->n_items > m->batch_tokens;
+}
+
+size_t mm__chunk_next(const mm_model *m, const mm_task_t *t) {
+    size_t n = 0, cost = 0;
+    for (size_t i = t->chunk_next; i < t->n_items; i++) {
+        size_t c = item_cost(t, i);
+        if (n > 0 && ((m->batch_items && n + 1 > m->batch_items) ||
+                      (m->batch_tokens && cost + c > m->batch_tokens)))
+            break;
+        n++;
+        cost += c;
+    }
+    return n;
+}
+
+int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
+    size_t start = t->chunk_next;
+    mm_task_t v;
+    memset(&v, 0, sizeof v);
+    v.id = t->id;
+    v.type = t->type;
+    v.kind = t->kind;
+    v.status = MM_TS_RUNNING;
+    v.user_flags = t->user_flags;
+    v.n_items = count;
+    v.item_off = t->item_off + start;
+    v.item_len = t->item_len + start;
+    v.blob = t->blob;
+    for (size_t i = 0; i < count; i++)
+        v.total_bytes += v.item_len[i];
+    v.params_json = t->params_json;
+    v.model_name = t->model_name;
+    atomic_init(&v.stop_code, atomic_load(&t->stop_code));
+    mm_task_t *vp = &v;
+    m->vt->run(st, &vp, 1);
+
+    t->tokens_in += v.tokens_in;
+    t->tokens_out += v.tokens_out;
+    int finished = 1;
+    if (v.err_code) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "%s (in items %zu-%zu of %zu)", v.err_msg ? v.err_msg : "",
+                 start, start + count - 1, t->n_items);
+        mm__task_set_error(t, v.err_code, msg);
+    } else if (v.rkind != MM_RESULT_EMBEDDINGS) {
+        if (!atomic_load(&t->stop_code))
+            mm_task_fail(t, MM_EINTERNAL, "the backend returned no embeddings for items %zu-%zu",
+                         start, start + count - 1);
+    } else if (!t->vecs && !mm_task_result_embeddings(t, v.dim)) {
+        mm_task_fail(t, MM_ENOMEM, "out of memory for %zu embeddings of %zu floats", t->n_items,
+                     v.dim);
+    } else if (t->dim != v.dim) {
+        mm_task_fail(t, MM_EINTERNAL, "chunks of one task gave %zu- and %zu-float vectors", t->dim,
+                     v.dim);
+    } else {
+        memcpy(t->vecs + start * t->dim, v.vecs, count * t->dim * sizeof(float));
+        if (v.extras && !t->extras) {
+            t->extras = v.extras; /* the first chunk's extra fields */
+            v.extras = NULL;
+        }
+        t->chunk_next = start + count;
+        finished = t->chunk_next >= t->n_items;
+    }
+    mm__task_free_results(&v);
+    return finished;
+}
