@@ -10,6 +10,7 @@ Commands:
                           put a local model folder into the cache under a repo id, so
                           ``task(..., model_name=REPO_ID)`` finds it offline.
     cache                 list the models in the cache.
+    serve                 the OpenAI-compatible HTTP server (python -m pymodelmgr serve --help).
 """
 from __future__ import annotations
 
@@ -153,8 +154,12 @@ def main(argv=None) -> int:
         from . import hub
 
         return hub.cli_main(argv)
+    if argv and argv[0] == "serve":  # the OpenAI-compatible HTTP server (pymodelmgr[server])
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="pymodelmgr", description=__doc__.splitlines()[0],
-                                     epilog="Other commands: download, cache, import-model "
+                                     epilog="Other commands: download, cache, import-model, serve "
                                             "(see python -m pymodelmgr download --help).")
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="semantic search demo")

