@@ -132,7 +132,7 @@ static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t
     json_t *obj = json_loads(json, 0, &je);
     if (!obj || !json_is_object(obj)) {
         json_decref(obj);
-        snprintf(err, errlen, "task parameters are not a JSON object");
+        snprintf(err, errlen, "task parameters %.80s are not a JSON object (%s)", json, je.text);
         return MM_EINVAL;
     }
     const char *const *known = o->type == MM_TASK_EMBEDDING ? EMBED_KW : GEN_KW;
@@ -150,16 +150,29 @@ static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t
             rc = MM_EINVAL;
             break;
         }
+        if (!strcmp(key, "normalize") && !json_is_boolean(val)) {
+            char *vs = json_dumps(val, JSON_ENCODE_ANY | JSON_COMPACT);
+            snprintf(err, errlen, "normalize must be True or False, got %.60s", vs ? vs : "?");
+            free(vs);
+            rc = MM_EINVAL;
+            break;
+        }
         if (!strcmp(key, "dimensions") &&
             (!json_is_integer(val) || json_integer_value(val) < 1)) {
-            snprintf(err, errlen, "dimensions must be a positive integer");
+            char *vs = json_dumps(val, JSON_ENCODE_ANY | JSON_COMPACT);
+            snprintf(err, errlen, "dimensions must be a positive integer, got %.60s",
+                     vs ? vs : "?");
+            free(vs);
             rc = MM_EINVAL;
             break;
         }
         if ((!strcmp(key, "max_length") || !strcmp(key, "max_new_tokens")) &&
             (!json_is_integer(val) || json_integer_value(val) < 1 ||
              json_integer_value(val) > 4096)) {
-            snprintf(err, errlen, "%s must be an integer between 1 and 4096", key);
+            char *vs = json_dumps(val, JSON_ENCODE_ANY | JSON_COMPACT);
+            snprintf(err, errlen, "%s must be an integer between 1 and 4096, got %.60s", key,
+                     vs ? vs : "?");
+            free(vs);
             rc = MM_EINVAL;
             break;
         }

@@ -267,6 +267,14 @@ static const char *const KNOWN_KWARGS[] = {"normalize", "prompt_name", "prompt",
 /* Parses the task's kwargs JSON into o (strings borrowed from *root, which
  * the caller frees).  Shape errors only; model-dependent checks (prompt
  * names, dimensions <= dim) happen in run(). */
+/* "k=<v as JSON>" for messages that must quote what the caller passed. */
+static const char *kv_text(const char *k, const json_t *v, char *buf, size_t cap) {
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    snprintf(buf, cap, "%s=%.80s", k, s ? s : "?");
+    free(s);
+    return buf;
+}
+
 static int parse_opts(const char *json, json_t **root, embed_opts *o, char *err, size_t errlen) {
     memset(o, 0, sizeof *o);
     o->normalize = -1;
@@ -274,10 +282,11 @@ static int parse_opts(const char *json, json_t **root, embed_opts *o, char *err,
     json_error_t je;
     *root = json_loads(json ? json : "{}", 0, &je);
     if (!*root || !json_is_object(*root)) {
-        snprintf(err, errlen, "embedding parameters are not a JSON object");
+        snprintf(err, errlen, "embedding parameters %.80s are not a JSON object (%s)",
+                 json ? json : "{}", je.text);
         return MM_EINVAL;
     }
-    char unknown[256] = "";
+    char unknown[256] = "", kv[128];
     const char *k;
     json_t *v;
     json_object_foreach(*root, k, v) {
@@ -294,7 +303,7 @@ static int parse_opts(const char *json, json_t **root, embed_opts *o, char *err,
             continue;
         if (!strcmp(k, "normalize") || !strcmp(k, "truncate")) {
             if (!json_is_boolean(v)) {
-                snprintf(err, errlen, "%s must be True or False", k);
+                snprintf(err, errlen, "%s must be True or False", kv_text(k, v, kv, sizeof kv));
                 return MM_EINVAL;
             }
             if (k[0] == 'n')
@@ -303,13 +312,14 @@ static int parse_opts(const char *json, json_t **root, embed_opts *o, char *err,
                 o->truncate = json_is_true(v);
         } else if (!strcmp(k, "dimensions")) {
             if (!json_is_integer(v) || json_integer_value(v) <= 0) {
-                snprintf(err, errlen, "dimensions must be a positive integer");
+                snprintf(err, errlen, "%s: dimensions must be a positive integer",
+                         kv_text(k, v, kv, sizeof kv));
                 return MM_EINVAL;
             }
             o->dimensions = (size_t)json_integer_value(v);
         } else { /* prompt, prompt_name */
             if (!json_is_string(v)) {
-                snprintf(err, errlen, "%s must be a string", k);
+                snprintf(err, errlen, "%s must be a string", kv_text(k, v, kv, sizeof kv));
                 return MM_EINVAL;
             }
             if (!strcmp(k, "prompt"))

@@ -20,6 +20,9 @@
 #include "mm_alloc.h"
 #include "mm_embcache.h"
 #include "mm_err.h"
+#ifdef MM_HAVE_hub
+#include "mm_hub.h"
+#endif
 #include "mmpy.h"
 
 typedef struct mmpy_engine {
@@ -127,9 +130,12 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
     const char *model = c_string(args[1], "model_name", smsg, sizeof smsg);
     if (!model)
         return err_tuple(MM_EINVAL, smsg);
-    if (!PyUnicode_Check(args[2]))
-        return err_tuple(MM_EINVAL, "task_type must be a string: \"embedding\" or "
-                                    "\"text_generation\"");
+    if (!PyUnicode_Check(args[2])) {
+        snprintf(smsg, sizeof smsg,
+                 "task_type must be a string: \"embedding\" or \"text_generation\", got %.60s",
+                 Py_TYPE(args[2])->tp_name);
+        return err_tuple(MM_EINVAL, smsg);
+    }
     mm_task_type type;
     const char *tt = c_string(args[2], "task_type", smsg, sizeof smsg);
     if (!tt)
@@ -140,20 +146,33 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
                  "unknown task_type \"%.60s\": use \"embedding\" or \"text_generation\"", tt);
         return err_tuple(MM_EINVAL, msg);
     }
-    if (!PyUnicode_Check(args[4]))
-        return err_tuple(MM_EINVAL, "device must be a string: \"gpu\", \"cpu\" or \"cuda:N\"");
+    if (!PyUnicode_Check(args[4])) {
+        snprintf(smsg, sizeof smsg,
+                 "device must be a string: \"gpu\", \"cpu\" or \"cuda:N\", got %.60s",
+                 Py_TYPE(args[4])->tp_name);
+        return err_tuple(MM_EINVAL, smsg);
+    }
     const char *device = c_string(args[4], "device", smsg, sizeof smsg);
     if (!device)
         return err_tuple(MM_EINVAL, smsg);
-    if (!PyLong_Check(args[5]) || PyBool_Check(args[5]))
-        return err_tuple(MM_EINVAL, "num_workers must be an integer >= 1");
-    long nw = PyLong_AsLong(args[5]);
-    if (nw == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        nw = -1;
+    long nw = -1;
+    if (PyLong_Check(args[5]) && !PyBool_Check(args[5])) {
+        nw = PyLong_AsLong(args[5]);
+        if (nw == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            nw = -1;
+        }
     }
-    if (nw < 1)
-        return err_tuple(MM_EINVAL, "num_workers must be an integer >= 1");
+    if (nw < 1 || nw > 1000000) {
+        PyObject *r = PyObject_Repr(args[5]);
+        const char *rs = r ? PyUnicode_AsUTF8(r) : NULL;
+        if (!rs)
+            PyErr_Clear();
+        snprintf(smsg, sizeof smsg, "num_workers must be an integer >= 1 (or None), got %.80s",
+                 rs ? rs : "?");
+        Py_XDECREF(r);
+        return err_tuple(MM_EINVAL, smsg);
+    }
 
     mm_submit_args a;
     memset(&a, 0, sizeof a);
@@ -165,10 +184,18 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
         double minutes = PyFloat_AsDouble(args[6]);
         if (minutes == -1.0 && PyErr_Occurred()) {
             PyErr_Clear();
-            return err_tuple(MM_EINVAL, "keep_alive must be a number of minutes or None");
+            return err_tuple(MM_EINVAL, "keep_alive must be a number of minutes or None, and "
+                                        "at most 1e9 minutes (negative: never release)");
         }
         if (isnan(minutes))
             return err_tuple(MM_EINVAL, "keep_alive must be a number of minutes, not NaN");
+        if (!isinf(minutes) && minutes > 1e9) {
+            snprintf(smsg, sizeof smsg,
+                     "keep_alive=%g minutes is out of range: at most 1e9 minutes (a negative "
+                     "value or inf never releases the model)",
+                     minutes);
+            return err_tuple(MM_EINVAL, smsg);
+        }
         a.has_keep_alive = 1;
         a.keep_alive_ms = minutes < 0 || isinf(minutes) ? -1 : (int64_t)(minutes * 60000.0);
     }
@@ -176,6 +203,10 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
         a.revision = c_string(args[7], "revision", smsg, sizeof smsg);
         if (!a.revision)
             return err_tuple(MM_EINVAL, smsg);
+#ifdef MM_HAVE_hub
+        if (a.revision[0] && mm_hub_validate_revision(a.revision, smsg, sizeof smsg) != 0)
+            return err_tuple(MM_EINVAL, smsg);
+#endif
     }
     if (args[8] != Py_None) {
         a.params_json = PyUnicode_AsUTF8(args[8]);
