@@ -125,6 +125,24 @@ def _drain_weak(ref, ch) -> None:
         mm._drain(ch)
 
 
+def _rerank_items(task_data):
+    """Rerank inputs as the engine takes them: one JSON text per query (the C side
+    checks their shape), or an error Result."""
+    if task_data is None:
+        return None
+    single = isinstance(task_data, dict)
+    queries = [task_data] if single else task_data
+    if not isinstance(queries, (list, tuple)) or not all(isinstance(q, dict) for q in queries):
+        return Result.error("INVALID_ARGUMENT",
+                            'rerank task_data must be {"query": str, "documents": [str, ...]} or '
+                            f"a list of them, got {type(task_data).__name__}")
+    try:
+        items = [json.dumps(q, ensure_ascii=False, allow_nan=False) for q in queries]
+    except (TypeError, ValueError) as exc:
+        return Result.error("INVALID_ARGUMENT", f"rerank task_data must be JSON values: {exc}")
+    return items[0] if single else items
+
+
 class ModelManager:
     """Loads Hugging Face models on first use, queues work per model, runs it on worker
     threads, and releases idle models.
@@ -179,10 +197,32 @@ class ModelManager:
         self._aliases = dict(settings.model_aliases)
         # alias target -> the name the app last used for it (results and status() say that)
         self._alias_names: Dict[str, str] = {}
+        self._backends = dict(settings.model_backends)
         self._futures: Dict[int, asyncio.Future] = {}
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
         _metrics._track(self)  # pymodelmgr.metrics.register() finds every manager
+
+    def _model_options(self, model_name, kwargs):
+        """Pops the load options (backend, trust_remote_code) out of kwargs: a JSON text
+        for the engine, None for the defaults, or an error Result."""
+        backend = kwargs.pop("backend", None)
+        if backend is None and model_name.__class__ is str:
+            backend = self._backends.get(model_name) or self._backends.get(
+                self._aliases.get(model_name, model_name))
+        trust = kwargs.pop("trust_remote_code", False)
+        if backend not in (None, "auto", "native", "transformers"):
+            return Result.error("INVALID_ARGUMENT",
+                                f'backend must be "auto", "native" or "transformers", got {backend!r}')
+        if trust.__class__ is not bool:
+            return Result.error("INVALID_ARGUMENT",
+                                f"trust_remote_code must be True or False, got {trust!r}")
+        opts = {}
+        if backend not in (None, "auto"):
+            opts["backend"] = backend
+        if trust:
+            opts["trust_remote_code"] = True
+        return json.dumps(opts, sort_keys=True) if opts else None
 
     # ---- the event-loop bridge -------------------------------------------------
 
@@ -247,7 +287,9 @@ class ModelManager:
             task_data: a list of texts (or one text); ``None`` pre-loads the model and
                 returns ``{"preloaded": True, "model_name", "workers", "device",
                 "keep_alive_minutes"}``.
-            task_type: ``"embedding"`` or ``"text_generation"``.
+            task_type: ``"embedding"``, ``"text_generation"``, ``"rerank"`` (task_data
+                ``{"query": str, "documents": [str, ...]}`` or a list of them) or
+                ``"classification"`` (texts).
             model_name: a Hugging Face repo id, a local model directory, or a
                 ``"synthetic/..."`` test model.
             num_workers: workers to create when the model is not loaded yet (capped at the GPU
@@ -261,7 +303,13 @@ class ModelManager:
             **kwargs: task parameters: for embeddings ``normalize``, ``prompt_name``,
                 ``prompt``, ``truncate``, ``dimensions``, ``output="numpy"``; for text
                 generation ``max_length``, ``num_beams`` and the other ``generate()``
-                settings; ``revision`` (a branch, tag or commit) for any model.
+                settings; for rerank ``top_k`` and ``return_documents``; for classification
+                ``top_k`` (default 1; None for every label) and ``function_to_apply``;
+                ``revision`` (a branch, tag or commit) for any model; ``backend``
+                (``"auto"``, ``"native"`` or ``"transformers"``; default
+                ``settings.model_backends`` or ``"auto"``: native when the architecture has
+                a native graph) and ``trust_remote_code`` (default False) when the task
+                loads the model.
 
         A model that is already loaded serves the task with its existing configuration,
         even if this call asks for another device or worker count; the result's
@@ -271,7 +319,11 @@ class ModelManager:
             A :class:`~pymodelmgr.Result`: ``data["embeddings"]`` (a list of float lists, or a
             float32 array with ``output="numpy"``), ``data["generated_text"]`` for a string
             input or ``data["generated_texts"]`` for a list; ``data["device"]`` says which
-            device ran it.  Errors come back as ``result.error`` with a stable code.
+            device ran it and ``data["backend"]`` which backend (``"native"`` or
+            ``"transformers"``); rerank gives ``data["results"]`` (``[{"index", "score",
+            "document"?}, ...]`` best first, a list of such lists for a list of queries),
+            classification ``data["labels"]`` (``[[{"label", "score"}, ...], ...]``, one
+            list per text).  Errors come back as ``result.error`` with a stable code.
 
         Raises:
             RuntimeError: the task was dropped by :meth:`drop_model_queue` (the message
@@ -293,6 +345,15 @@ class ModelManager:
         # waits for nothing); the rest of the iteration's burst defers to one kick.
         flags = _FLAG_DEFER_WAKE if st.kick_scheduled else 0
         params = None
+        model_options = None
+        if self._backends or kwargs:
+            model_options = self._model_options(model_name, kwargs)
+            if model_options.__class__ is Result:
+                return model_options
+        if task_type == "rerank":
+            task_data = _rerank_items(task_data)
+            if task_data.__class__ is Result:
+                return task_data
         if kwargs:
             revision = kwargs.pop("revision", None)
             output = kwargs.pop("output", None)
@@ -320,7 +381,7 @@ class ModelManager:
             app_name, model_name = model_name, self._aliases[model_name]
             self._alias_names[model_name] = app_name
         r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
-                                num_workers, keep_alive, revision, params, flags)
+                                num_workers, keep_alive, revision, params, flags, model_options)
         if r.__class__ is tuple:
             return Result(False, {}, ErrorInfo(r[0], r[1], None))
         if not st.kick_scheduled:

@@ -112,6 +112,9 @@ class ModelManagerSettings(BaseModel):
             ``{"sentence-transformers/all-MiniLM-L6-v2": "/srv/models/minilm"}`` for an
             air-gapped machine, or a ``"synthetic/..."`` model in an app's tests.  Applies to
             ``task()``, ``release_model()`` and ``drop_model_queue()``.
+        model_backends: the backend per model name: ``"native"``, ``"transformers"`` (the
+            sentence-transformers / transformers fallback) or ``"auto"`` (the default: native
+            when the architecture has a native graph); a task's ``backend=`` kwarg wins.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
@@ -124,6 +127,7 @@ class ModelManagerSettings(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fake_gpus: Optional[str] = None
     model_aliases: Dict[str, str] = Field(default_factory=dict)
+    model_backends: Dict[str, Literal["auto", "native", "transformers"]] = Field(default_factory=dict)
 
     @field_validator("cpu_threads")
     @classmethod

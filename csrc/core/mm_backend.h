@@ -32,6 +32,8 @@ typedef struct mm_model_spec {
     const char *revision;   /* "main" unless the task said otherwise */
     const char *cache_dir;  /* model cache root */
     const char *options_json; /* backend-wide settings as JSON ("{}" when none) */
+    const char *model_options_json; /* this model's load options, from the task that created
+                                       it: {"backend", "trust_remote_code"} ("{}" when none) */
     int n_workers;          /* how many workers share this model */
 
     /* For load(): report download progress (bytes done and total; any

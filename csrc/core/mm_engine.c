@@ -49,12 +49,29 @@ int mm_task_type_parse(const char *s, mm_task_type *out) {
         *out = MM_TASK_TEXT_GENERATION;
         return 0;
     }
+    if (s && !strcmp(s, "rerank")) {
+        *out = MM_TASK_RERANK;
+        return 0;
+    }
+    if (s && !strcmp(s, "classification")) {
+        *out = MM_TASK_CLASSIFICATION;
+        return 0;
+    }
     return MM_EINVAL;
 }
 
 const char *mm_task_type_name(mm_task_type t) {
-    return t == MM_TASK_EMBEDDING ? "embedding" : t == MM_TASK_TEXT_GENERATION ? "text_generation"
-                                                                               : "unknown";
+    switch (t) {
+    case MM_TASK_EMBEDDING:
+        return "embedding";
+    case MM_TASK_TEXT_GENERATION:
+        return "text_generation";
+    case MM_TASK_RERANK:
+        return "rerank";
+    case MM_TASK_CLASSIFICATION:
+        return "classification";
+    }
+    return "unknown";
 }
 
 /* Frees what mm_engine_new made; the threads are gone (or never started). */
@@ -229,6 +246,7 @@ void mm__model_destroy(mm_model *m) {
     mm_free(m->workers);
     mm_free(m->name);
     mm_free(m->revision);
+    mm_free(m->model_options);
     mm_free(m);
 }
 
@@ -341,8 +359,9 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
         return MM_ENOMEM;
     m->name = mm_strdup(a->model_name);
     m->revision = mm_strdup(a->revision && *a->revision ? a->revision : "main");
+    m->model_options = mm_strdup(a->model_options_json ? a->model_options_json : "{}");
     m->workers = mm_calloc((size_t)pl->n_workers, sizeof(mm_worker));
-    if (!m->name || !m->revision || !m->workers) {
+    if (!m->name || !m->revision || !m->model_options || !m->workers) {
         mm__model_destroy(m);
         return MM_ENOMEM;
     }
@@ -358,6 +377,7 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
     m->spec.revision = m->revision;
     m->spec.cache_dir = e->params.cache_dir;
     m->spec.options_json = e->params.backend_options_json;
+    m->spec.model_options_json = m->model_options;
     m->spec.n_workers = pl->n_workers;
     m->spec.progress = model_progress;
     m->spec.progress_ctx = m;
@@ -400,7 +420,8 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
 
 static int config_differs(const mm_model *m, const mm_submit_args *a, const mm_placement *pl) {
     return strcmp(m->device_request, a->device ? a->device : "gpu") != 0 ||
-           pl->n_workers != m->n_workers;
+           pl->n_workers != m->n_workers ||
+           strcmp(m->model_options, a->model_options_json ? a->model_options_json : "{}") != 0;
 }
 
 int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, uint64_t *id,
@@ -409,8 +430,10 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
     int rc = validate_name(a->model_name, err, errlen);
     if (rc < 0)
         return rc;
-    if (a->type != MM_TASK_EMBEDDING && a->type != MM_TASK_TEXT_GENERATION) {
-        snprintf(err, errlen, "unknown task_type: use \"embedding\" or \"text_generation\"");
+    if (a->type != MM_TASK_EMBEDDING && a->type != MM_TASK_TEXT_GENERATION &&
+        a->type != MM_TASK_RERANK && a->type != MM_TASK_CLASSIFICATION) {
+        snprintf(err, errlen, "unknown task_type: use \"embedding\", \"text_generation\", "
+                              "\"rerank\" or \"classification\"");
         return MM_EINVAL;
     }
     if (a->kind != MM_KIND_RUN && a->kind != MM_KIND_PRELOAD) {
@@ -451,6 +474,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         spec.revision = a->revision ? a->revision : "main";
         spec.cache_dir = e->params.cache_dir;
         spec.options_json = e->params.backend_options_json;
+        spec.model_options_json = a->model_options_json ? a->model_options_json : "{}";
         spec.n_workers = pl.n_workers;
         rc = vt->check(&spec, t, err, errlen);
         if (rc < 0) {
@@ -504,11 +528,12 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         return MM_EINVAL;
     }
     if (m && config_differs(m, a, &pl)) {
-        char w[320];
+        char w[640];
         snprintf(w, sizeof w,
-                 "model already loaded with device=\"%s\", num_workers=%d; served by the loaded "
-                 "instance (release_model() to change its configuration)",
-                 m->device_request, m->n_workers);
+                 "model already loaded with device=\"%s\", num_workers=%d%s%.200s; served by the "
+                 "loaded instance (release_model() to change its configuration)",
+                 m->device_request, m->n_workers, strcmp(m->model_options, "{}") ? ", " : "",
+                 strcmp(m->model_options, "{}") ? m->model_options : "");
         t->warning = mm_strdup(w);
     }
     if (!m) {

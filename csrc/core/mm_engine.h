@@ -65,6 +65,8 @@ typedef struct mm_submit_args {
     int single_input;
     const char *params_json; /* NULL or "{...}" */
     unsigned user_flags;     /* opaque to the core, read back with mm_task_user_flags */
+    const char *model_options_json; /* NULL or "{...}": load options for a model this
+                                       submit creates (spec->model_options_json) */
     int defer_wake;          /* don't wake a worker now: the caller calls mm_engine_kick()
                                 once after a burst of submits (an event-loop iteration), so
                                 the burst becomes one batch and costs one wake-up */
@@ -144,7 +146,8 @@ void mm_engine_stats_get(mm_engine_t *e, mm_engine_stats *s);
 struct mm_embcache_stats;
 int mm_engine_cache_stats(mm_engine_t *e, struct mm_embcache_stats *s);
 
-/* Names for task types ("embedding", "text_generation"); 0 or MM_EINVAL. */
+/* Names for task types ("embedding", "text_generation", "rerank",
+ * "classification"); 0 or MM_EINVAL. */
 int mm_task_type_parse(const char *s, mm_task_type *out);
 const char *mm_task_type_name(mm_task_type t);
 

@@ -46,6 +46,7 @@ typedef struct mm_model {
     const mm_backend_vtable *vt;
     mm_model_spec spec;
     char *revision;
+    char *model_options; /* spec.model_options_json */
     char device_request[32];
     mm_placement placement;
     struct mm_engine *engine;

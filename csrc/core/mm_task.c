@@ -174,6 +174,11 @@ void mm_task_tokens(const mm_task_t *t, uint64_t *tokens_in, uint64_t *tokens_ou
         *tokens_out = t->tokens_out;
 }
 
+void mm_task_result_fields(mm_task_t *t) {
+    if (t->rkind == MM_RESULT_NONE)
+        t->rkind = MM_RESULT_FIELDS;
+}
+
 void mm__task_set_error(mm_task_t *t, int code, const char *msg) {
     t->err_code = code ? code : MM_EINTERNAL;
     mm_free(t->err_msg);

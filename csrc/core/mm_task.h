@@ -23,6 +23,8 @@ typedef struct mm_task mm_task_t;
 typedef enum mm_task_type {
     MM_TASK_EMBEDDING = 1,
     MM_TASK_TEXT_GENERATION = 2,
+    MM_TASK_RERANK = 3,         /* items: {"query", "documents"} JSON texts; result fields */
+    MM_TASK_CLASSIFICATION = 4, /* items: texts; result fields ("labels") */
 } mm_task_type;
 
 /* What a task asks for. */
@@ -48,6 +50,7 @@ typedef enum mm_result_kind {
     MM_RESULT_NONE = 0,       /* preload / control */
     MM_RESULT_EMBEDDINGS = 1, /* n_items x dim float32, row-major */
     MM_RESULT_TEXTS = 2,      /* one string per item (or several, see n_per_item) */
+    MM_RESULT_FIELDS = 3,     /* only the fields added with mm_task_result_extra */
 } mm_result_kind;
 
 /* ---- read access (backends, the extension) ---- */
@@ -90,6 +93,9 @@ int mm_task_result_extra(mm_task_t *t, const char *key, const char *json_value);
  * returned sequence).  Feeds result["usage"] and the metrics; 0 both when a
  * backend does not report them. */
 void mm_task_add_tokens(mm_task_t *t, uint64_t tokens_in, uint64_t tokens_out);
+/* Marks a task whose whole result is its extra fields (rerank, classification)
+ * as having a result; call after mm_task_result_extra. */
+void mm_task_result_fields(mm_task_t *t);
 /* Marks the task failed with code and message (printf-style).  A failed task
  * stays failed; the engine completes it after run() returns. */
 void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)

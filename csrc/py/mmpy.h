@@ -49,6 +49,7 @@ void mmpy_log_unregister_channel(mm_channel_t *ch);
 int mmpy_tok_add(PyObject *module) __attribute__((weak));
 int mmpy_hub_add(PyObject *module) __attribute__((weak));
 int mmpy_native_add(PyObject *module) __attribute__((weak));
+int mmpy_fallback_add(PyObject *module) __attribute__((weak)); /* before native: the router */
 
 /* Flags an extension caller attaches to a task at submit. */
 #define MMPY_FLAG_NUMPY 1u

@@ -42,6 +42,8 @@ static int core_exec(PyObject *m) {
         return -1;
     if (mmpy_hub_add && mmpy_hub_add(m) < 0)
         return -1;
+    if (mmpy_fallback_add && mmpy_fallback_add(m) < 0) /* ahead of native: it routes */
+        return -1;
     if (mmpy_native_add && mmpy_native_add(m) < 0)
         return -1;
     return 0;

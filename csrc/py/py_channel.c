@@ -180,6 +180,7 @@ static PyObject *success_dict(mmpy_channel *c, const mm_task_t *t, PyObject *jso
         break;
     }
     case MM_RESULT_NONE:
+    case MM_RESULT_FIELDS: /* the extras below are the result */
         break;
     }
     if (key && (!v || PyDict_SetItem(d, key, v) < 0))

@@ -110,11 +110,14 @@ static PyObject *err_tuple(int code, const char *msg) {
 }
 
 /* submit(channel, model_name, task_type, task_data, device, num_workers,
- *        keep_alive_minutes, revision, params_json, flags) -> int | (code, message)
+ *        keep_alive_minutes, revision, params_json, flags[, model_options_json])
+ *   -> int | (code, message)
+ * model_options_json: None or a JSON object text of load options for a model
+ * this submit creates ({"backend", "trust_remote_code"}).
  * flags bit MMPY_FLAG_DEFER_WAKE: the caller will call kick() after the burst. */
 static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "submit() takes 10 arguments");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "submit() takes 10 or 11 arguments");
         return NULL;
     }
     char smsg[400];
@@ -132,7 +135,8 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
         return err_tuple(MM_EINVAL, smsg);
     if (!PyUnicode_Check(args[2])) {
         snprintf(smsg, sizeof smsg,
-                 "task_type must be a string: \"embedding\" or \"text_generation\", got %.60s",
+                 "task_type must be a string: \"embedding\", \"text_generation\", \"rerank\" or "
+                 "\"classification\", got %.60s",
                  Py_TYPE(args[2])->tp_name);
         return err_tuple(MM_EINVAL, smsg);
     }
@@ -143,7 +147,9 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
     if (mm_task_type_parse(tt, &type) < 0) {
         char msg[200];
         snprintf(msg, sizeof msg,
-                 "unknown task_type \"%.60s\": use \"embedding\" or \"text_generation\"", tt);
+                 "unknown task_type \"%.60s\": use \"embedding\", \"text_generation\", "
+                 "\"rerank\" or \"classification\"",
+                 tt);
         return err_tuple(MM_EINVAL, msg);
     }
     if (!PyUnicode_Check(args[4])) {
@@ -211,6 +217,13 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
     if (args[8] != Py_None) {
         a.params_json = PyUnicode_AsUTF8(args[8]);
         if (!a.params_json)
+            return NULL;
+    }
+    if (nargs == 11 && args[10] != Py_None) {
+        if (!PyUnicode_Check(args[10]))
+            return err_tuple(MM_EINVAL, "model options must be a JSON text");
+        a.model_options_json = PyUnicode_AsUTF8(args[10]);
+        if (!a.model_options_json)
             return NULL;
     }
     a.user_flags = (unsigned)PyLong_AsUnsignedLong(args[9]);
@@ -585,7 +598,7 @@ static void engine_dealloc(mmpy_engine *self) {
 static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
      "submit(channel, model_name, task_type, task_data, device, num_workers, keep_alive, "
-     "revision, params_json, flags) -> int | (code, message)"},
+     "revision, params_json, flags[, model_options_json]) -> int | (code, message)"},
     {"kick", (PyCFunction)engine_kick, METH_NOARGS,
      "kick(): wakes workers for tasks submitted with the defer-wake flag."},
     {"cancel", (PyCFunction)engine_cancel, METH_O,

@@ -167,7 +167,9 @@ async def test_bad_model_dirs(make_mm, tmp_path):
     d = tmp_path / "gpt2"
     tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100)).save_pretrained(str(d))
     shutil.copy(os.path.join(tmp_path / "corrupt", "tokenizer.json"), d / "tokenizer.json")
-    r = await mm.task(["x"], "embedding", str(d), device="cpu")
+    # backend="native": "auto" would hand an architecture without a native graph to the
+    # transformers fallback (issue 16, tests/python/test_fallback.py)
+    r = await mm.task(["x"], "embedding", str(d), device="cpu", backend="native")
     assert r.error.code == "UNSUPPORTED_ARCHITECTURE" and "gpt2" in r.error.message
 
 
