@@ -278,9 +278,11 @@ async def test_release_frees_the_fallback_model(make_mm, served):
     from pymodelmgr import fallback
     mm = make(make_mm, served)
     before = fallback.live_models()
-    r = await mm.task(TEXTS, "embedding", REPOS["modernbert"], device="cpu", num_workers=2)
-    assert r.success, r.error
+    r = await mm.task(None, "embedding", REPOS["modernbert"], device="cpu", num_workers=2)
+    assert r.success, r.error  # a pre-load completes when every worker has loaded
     assert fallback.live_models() == before + 2  # one per worker
+    r = await mm.task(TEXTS, "embedding", REPOS["modernbert"], device="cpu")
+    assert r.success, r.error
     rel = await mm.release_model(REPOS["modernbert"])
     assert rel.data["released"]
     assert fallback.live_models() == before
