@@ -22,6 +22,7 @@ NODE = dict(node_ip_address="127.0.0.1", include_dashboard=False,
             object_store_memory=100 * 1024 * 1024, num_cpus=1)
 FAST_HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                "health_check_initial_delay_ms": 0}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {"embedding_cache": {"enabled": False}, "worker_pool": {"max_batch_items": 8}}
 
 
@@ -186,8 +187,7 @@ def test_clear_errors_without_ray_or_with_a_wrong_address():
         "try:\n    ClusterModelManager()\n"
         "except ImportError as e:\n    print('IMPORT', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))))
+                         timeout=60, cwd=ROOT)
     assert "IMPORT" in out.stdout and "pymodelmgr[ray]" in out.stdout, out.stderr
     with pytest.raises(ConnectionError, match="127.0.0.1:9"):
         connect("127.0.0.1:9")
@@ -251,6 +251,57 @@ async def test_removed_node_mid_burst_of_5000_exactly_once(make_cm, cluster):
     assert st["tasks"]["nodes_lost"] >= 1
     assert extra.node_id not in {nd["node_id"] for nd in st["nodes"]}
     assert extra.node_id not in {o.data["node"] for o in outs if o.success}
+
+
+async def test_spec_examples_with_only_the_class_changed(make_cm, capsys):
+    """shared/SPEC.md's examples, as tests/python/test_spec_examples.py runs them, with a
+    ClusterModelManager registered as the service instead of a ModelManager."""
+    from test_spec_examples import ALIASES, run_every_example
+    app = AppContext()
+    cm = make_cm(settings=dict(SETTINGS, model_aliases=ALIASES))
+    app.register_service("core.model_manager.service", cm)
+    await run_every_example(app, capsys)
+
+
+async def test_readme_serve_recipe(cluster):
+    """README's Ray Serve recipe, as written, behind Serve's HTTP proxy on loopback."""
+    serve = pytest.importorskip("ray.serve")
+    import json
+    import re
+    import socket
+    import urllib.error
+    import urllib.request
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "@serve.deployment" in b]
+    assert len(block) == 1
+    ns = {"__name__": "serve_recipe"}
+    exec(compile(block[0], "README.md", "exec"), ns)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(ns["Embeddings"].bind("synthetic/embedding?dim=21"), route_prefix="/embed")
+
+        def post(body):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/embed",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        loop = asyncio.get_running_loop()
+        code, out = await loop.run_in_executor(None, post, {"texts": ["a", "b"], "device": "cpu"})
+        assert code == 200 and len(out["embeddings"]) == 2 and len(out["embeddings"][0]) == 21
+        assert out["node"] in live_nodes()
+        code, out = await loop.run_in_executor(None, post, {"texts": ["__fail__"], "device": "cpu"})
+        assert code == 400 and out["code"] == "TASK_FAILED"
+    finally:
+        serve.shutdown()
 
 
 def test_nothing_listens_beyond_loopback(cluster):

@@ -96,8 +96,14 @@ async def app():
 
 
 async def test_spec_examples_run(app, capsys):
+    assert isinstance(app.get_service("core.model_manager.service"), pymodelmgr.ModelManager)
+    await run_every_example(app, capsys)
+
+
+async def run_every_example(app, capsys):
+    """Runs every example against the manager registered in ``app`` (also used by
+    tests/python/test_cluster.py with a ClusterModelManager)."""
     model_manager = app.get_service("core.model_manager.service")
-    assert isinstance(model_manager, pymodelmgr.ModelManager)
     ran = 0
     last_result = None
     for block in spec_blocks():
