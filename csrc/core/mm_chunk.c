@@ -164,6 +164,13 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
 
     t->tokens_in += v.tokens_in;
     t->tokens_out += v.tokens_out;
+    if (v.item_tokens) { /* the chunk's per-item counts, for the embedding cache */
+        if (!t->item_tokens)
+            t->item_tokens = mm_calloc(t->n_items, sizeof *t->item_tokens);
+        if (t->item_tokens)
+            memcpy(t->item_tokens + start, v.item_tokens, count * sizeof *v.item_tokens);
+        mm_free(v.item_tokens);
+    }
     int finished = 1;
     if (v.err_code) {
         char msg[1200];

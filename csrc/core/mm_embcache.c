@@ -21,6 +21,7 @@ typedef struct entry {
     int64_t expires_ns;
     size_t key_len;
     size_t dim;
+    uint32_t tokens; /* what the model read for the text; 0 if unknown */
     float *vec;
     char *key;
 } entry;
@@ -100,6 +101,12 @@ static char *make_key(const char *prefix, size_t plen, const char *text, size_t 
 
 int mm_embcache_get(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
                     size_t text_len, float *out, size_t out_cap, size_t *dim_out) {
+    return mm_embcache_get_tok(c, prefix, prefix_len, text, text_len, out, out_cap, dim_out, NULL);
+}
+
+int mm_embcache_get_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
+                        size_t text_len, float *out, size_t out_cap, size_t *dim_out,
+                        uint32_t *tokens) {
     char stack[512];
     char *key = make_key(prefix, prefix_len, text, text_len, stack, sizeof stack);
     if (!key)
@@ -119,6 +126,8 @@ int mm_embcache_get(mm_embcache_t *c, const char *prefix, size_t prefix_len, con
             memcpy(out, e->vec, e->dim * sizeof(float));
         if (dim_out)
             *dim_out = e->dim;
+        if (tokens)
+            *tokens = e->tokens;
         unlink_entry(c, e);
         push_front(c, e);
         c->st.hits++;
@@ -134,6 +143,11 @@ int mm_embcache_get(mm_embcache_t *c, const char *prefix, size_t prefix_len, con
 
 int mm_embcache_put(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
                     size_t text_len, const float *vec, size_t dim) {
+    return mm_embcache_put_tok(c, prefix, prefix_len, text, text_len, vec, dim, 0);
+}
+
+int mm_embcache_put_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
+                        size_t text_len, const float *vec, size_t dim, uint32_t tokens) {
     if (c->max_entries == 0)
         return 0;
     size_t klen = prefix_len + text_len;
@@ -153,6 +167,7 @@ int mm_embcache_put(mm_embcache_t *c, const char *prefix, size_t prefix_len, con
     fresh->key_len = klen;
     fresh->vec = copy;
     fresh->dim = dim;
+    fresh->tokens = tokens;
     int64_t now = mm_now_ns();
     fresh->expires_ns = now + c->ttl_ns;
     pthread_mutex_lock(&c->mu);

@@ -28,11 +28,20 @@ void mm_embcache_free(mm_embcache_t *c);
  * *dim_out) and returns 1; 0 on a miss. */
 int mm_embcache_get(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
                     size_t text_len, float *out, size_t out_cap, size_t *dim_out);
+/* mm_embcache_get that also returns the entry's token count (0 when none
+ * was stored) through *tokens (may be NULL). */
+int mm_embcache_get_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
+                        size_t text_len, float *out, size_t out_cap, size_t *dim_out,
+                        uint32_t *tokens);
 
 /* Inserts (or refreshes) prefix+text -> vec[dim].  0 or MM_ENOMEM (the cache
  * stays valid; the entry is simply not cached). */
 int mm_embcache_put(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
                     size_t text_len, const float *vec, size_t dim);
+/* mm_embcache_put that also stores how many tokens the model read for the
+ * text, so a later hit can report usage. */
+int mm_embcache_put_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
+                        size_t text_len, const float *vec, size_t dim, uint32_t tokens);
 
 /* Removes every entry whose key starts with prefix (a model reloaded at a new
  * revision).  Returns how many. */

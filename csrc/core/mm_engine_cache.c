@@ -106,6 +106,7 @@ int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision) {
     if (!prefix)
         return 0;
     size_t n = t->n_items, hits = 0, dim = 0;
+    uint64_t cached_tokens = 0;
     float *cached = NULL;
     unsigned char *hit = mm_calloc(n, 1);
     float *tmp = mm_malloc(65536 * sizeof(float));
@@ -113,8 +114,9 @@ int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision) {
         goto out;
     for (size_t i = 0; i < n; i++) {
         size_t d = 0;
-        if (!mm_embcache_get(e->cache, prefix, plen, t->blob + t->item_off[i], t->item_len[i],
-                             tmp, 65536, &d))
+        uint32_t ntok = 0;
+        if (!mm_embcache_get_tok(e->cache, prefix, plen, t->blob + t->item_off[i],
+                                 t->item_len[i], tmp, 65536, &d, &ntok))
             continue;
         if (!cached) {
             dim = d;
@@ -127,12 +129,14 @@ int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision) {
         memcpy(cached + i * dim, tmp, dim * sizeof(float));
         hit[i] = 1;
         hits++;
+        cached_tokens += ntok;
     }
     if (hits == n) {
         t->vecs = cached;
         t->dim = dim;
         t->rkind = MM_RESULT_EMBEDDINGS;
         t->cache_hits = hits;
+        t->tokens_cached = cached_tokens;
         cached = NULL;
     } else if (hits > 0) {
         size_t left = n - hits, j = 0;
@@ -166,6 +170,7 @@ int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision) {
         t->cached_vecs = cached;
         t->cached_dim = dim;
         t->cache_hits = hits;
+        t->tokens_cached = cached_tokens;
         cached = NULL;
     }
 out:
@@ -184,8 +189,9 @@ void mm__cache_after_run(mm_engine_t *e, mm_task_t *t, const char *revision) {
     char *prefix = make_prefix(t->model_name, revision, t->params_json, &plen);
     if (prefix) {
         for (size_t i = 0; i < t->n_items; i++)
-            mm_embcache_put(e->cache, prefix, plen, t->blob + t->item_off[i], t->item_len[i],
-                            t->vecs + i * dim, dim);
+            mm_embcache_put_tok(e->cache, prefix, plen, t->blob + t->item_off[i],
+                                t->item_len[i], t->vecs + i * dim, dim,
+                                t->item_tokens ? t->item_tokens[i] : 0);
         mm_free(prefix);
     }
     if (!t->orig_n)

@@ -364,7 +364,7 @@ static void run_embedding(synth_state *s, mm_task_t *t, json_t *kw) {
         const char *text = mm_task_item(t, i, &len);
         embed_one(text, len, full, dim, keep, normalize);
         memcpy(out + i * keep, full, (size_t)keep * sizeof(float));
-        mm_task_add_tokens(t, count_words(text, len), 0);
+        mm_task_add_item_tokens(t, i, count_words(text, len));
     }
     mm_free(full);
 }

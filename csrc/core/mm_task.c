@@ -9,6 +9,7 @@
  */
 #include "mm_task_internal.h"
 
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -80,6 +81,7 @@ void mm__task_destroy(mm_task_t *t) {
     mm_free(t->orig_index);
     mm_free(t->cached_vecs);
     mm_free(t->stop_msg);
+    mm_free(t->item_tokens);
     mm_free(t);
 }
 
@@ -167,6 +169,16 @@ void mm_task_add_tokens(mm_task_t *t, uint64_t tokens_in, uint64_t tokens_out) {
     t->tokens_out += tokens_out;
 }
 
+void mm_task_add_item_tokens(mm_task_t *t, size_t i, uint64_t tokens) {
+    t->tokens_in += tokens;
+    if (i >= t->n_items)
+        return;
+    if (!t->item_tokens)
+        t->item_tokens = mm_calloc(t->n_items, sizeof *t->item_tokens);
+    if (t->item_tokens) /* out of memory: the cache just records no count */
+        t->item_tokens[i] = tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)tokens;
+}
+
 void mm_task_tokens(const mm_task_t *t, uint64_t *tokens_in, uint64_t *tokens_out) {
     if (tokens_in)
         *tokens_in = t->tokens_in;
@@ -177,6 +189,18 @@ void mm_task_tokens(const mm_task_t *t, uint64_t *tokens_in, uint64_t *tokens_ou
 void mm_task_result_fields(mm_task_t *t) {
     if (t->rkind == MM_RESULT_NONE)
         t->rkind = MM_RESULT_FIELDS;
+}
+
+void mm__task_add_usage(mm_task_t *t) {
+    uint64_t in = t->tokens_in + t->tokens_cached;
+    if (!in && !t->tokens_out)
+        return;
+    char usage[128];
+    snprintf(usage, sizeof usage,
+             "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64
+             ",\"total_tokens\":%" PRIu64 "}",
+             in, t->tokens_out, in + t->tokens_out);
+    mm__task_add_extra(t, "usage", usage);
 }
 
 void mm__task_set_error(mm_task_t *t, int code, const char *msg) {

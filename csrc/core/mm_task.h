@@ -96,6 +96,10 @@ void mm_task_add_tokens(mm_task_t *t, uint64_t tokens_in, uint64_t tokens_out);
 /* Marks a task whose whole result is its extra fields (rerank, classification)
  * as having a result; call after mm_task_result_extra. */
 void mm_task_result_fields(mm_task_t *t);
+/* As mm_task_add_tokens(t, tokens, 0) for input item i, also remembered per
+ * item so that the embedding cache can report the tokens of a text it
+ * serves later (result["usage"] stays the prompt's count). */
+void mm_task_add_item_tokens(mm_task_t *t, size_t i, uint64_t tokens);
 /* Marks the task failed with code and message (printf-style).  A failed task
  * stays failed; the engine completes it after run() returns. */
 void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)

@@ -53,6 +53,8 @@ struct mm_task {
     char device[32];
     char *warning;
     uint64_t tokens_in, tokens_out; /* mm_task_add_tokens; the worker running it */
+    uint32_t *item_tokens;  /* per item (n_items), or NULL; the worker running it */
+    uint64_t tokens_cached; /* input tokens of the items the cache served; the engine */
 
     /* Embedding cache plan (engine-owned): the caller's full item count, the
      * original index of each item still to compute, vectors already served
@@ -81,6 +83,9 @@ mm_task_t *mm__task_new(uint64_t id, mm_task_type type, mm_task_kind kind, const
                         const char *params_json);
 /* Sets the error (code and message copy) without changing status. */
 void mm__task_set_error(mm_task_t *t, int code, const char *msg);
+/* Adds result["usage"] (OpenAI's object: prompt, completion and total
+ * tokens, cached items' input tokens included) when any were counted. */
+void mm__task_add_usage(mm_task_t *t);
 /* Appends one "key": value pair to the task's extras JSON object. */
 int mm__task_add_extra(mm_task_t *t, const char *key, const char *json_value);
 /* Frees what run() wrote: vectors, texts, extras, error message (not reset). */

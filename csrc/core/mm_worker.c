@@ -10,7 +10,6 @@
  * task starts over with a fresh one.  A task larger than one batch runs in
  * chunks, one batch from the queue between two chunks (mm_chunk.c).
  */
-#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,19 +124,6 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
     pthread_cond_signal(&e->reaper_cv);
 }
 
-/* {"prompt_tokens":..,"completion_tokens":..,"total_tokens":..} when the
- * backend counted tokens (OpenAI's usage object). */
-static void add_usage(mm_task_t *t) {
-    if (!t->tokens_in && !t->tokens_out)
-        return;
-    char usage[128];
-    snprintf(usage, sizeof usage,
-             "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64
-             ",\"total_tokens\":%" PRIu64 "}",
-             t->tokens_in, t->tokens_out, t->tokens_in + t->tokens_out);
-    mm__task_add_extra(t, "usage", usage);
-}
-
 static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n,
                          double run_s) {
     size_t items = 0;
@@ -149,7 +135,7 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
         m->items += t->n_items;
         items += t->n_items;
         if (!t->err_code)
-            add_usage(t);
+            mm__task_add_usage(t);
         if (t->cache_hits && !t->err_code) {
             char hits[32];
             snprintf(hits, sizeof hits, "%zu", t->cache_hits);

@@ -773,7 +773,7 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
                 rows = nr;
                 rows_cap = cap;
             }
-            mm_task_add_tokens(t, got, 0);
+            mm_task_add_item_tokens(t, i, got);
             rows[nrows++] = (row){(uint32_t)ti, (uint32_t)i, ids.n, got,
                                   (int64_t)(plen_tok < got ? plen_tok : got)};
             ids.n += got;

@@ -592,3 +592,24 @@ def test_cli_sigterm_is_graceful_and_logs_no_secrets(tmp_path):
     log.close()
     assert KEY not in text and secret_text not in text
     assert "model manager closed" in text
+
+
+def test_usage_counts_cached_texts():
+    """usage.prompt_tokens is the prompt's count whether the model or the embedding cache
+    answered a text; the metrics count only the tokens the model read."""
+    import pymodelmgr.metrics
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    async def go():
+        async with ModelManager({"fake_gpus": "none"}) as mm:
+            reg = CollectorRegistry()
+            pymodelmgr.metrics.register(reg, mm)
+            a = await mm.task(["one two", "three"], "embedding", SYN, device="cpu")
+            b = await mm.task(["one two", "three"], "embedding", SYN, device="cpu")  # all cached
+            c = await mm.task(["three", "four five six"], "embedding", SYN, device="cpu")
+            return a, b, c, metric_samples(generate_latest(reg).decode())
+    a, b, c, m = asyncio.run(go())
+    assert a.data["usage"]["prompt_tokens"] == 4 + 3
+    assert b.data["device"] == "cache" and b.data["usage"] == a.data["usage"]
+    assert c.data["cache_hits"] == 1 and c.data["usage"]["prompt_tokens"] == 3 + 5
+    assert sample(m, "pymodelmgr_input_tokens_total", model=SYN) == 7 + 5

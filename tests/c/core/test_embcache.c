@@ -55,6 +55,18 @@ int main(void) {
     CHECK(!get(c, "m|", "b", out));
     CHECK(get(c, "m|", "a", out) && get(c, "m|", "c", out) && get(c, "m|", "d", out));
     CHECK(!get(c, "n|", "a", out)); /* another prefix is another key */
+    {   /* a token count rides with the vector (usage for cached texts) */
+        mm_embcache_t *c2;
+        CHECK(mm_embcache_new(4, 3600000, &c2) == 0);
+        float v[4] = {5, 6, 7, 8};
+        uint32_t tok = 0;
+        size_t dim = 0;
+        CHECK(mm_embcache_put_tok(c2, "t|", 2, "x", 1, v, 4, 42) == 0);
+        CHECK(mm_embcache_get_tok(c2, "t|", 2, "x", 1, out, 16, &dim, &tok) && tok == 42 &&
+              dim == 4 && out[3] == 8);
+        CHECK(get(c2, "t|", "x", out)); /* the plain get still works */
+        mm_embcache_free(c2);
+    }
     CHECK(mm_embcache_purge_prefix(c, "m|", 2) == 3);
     mm_embcache_stats s;
     mm_embcache_stats_get(c, &s);
