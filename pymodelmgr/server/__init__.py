@@ -1,7 +1,7 @@
 """``python -m pymodelmgr serve``: an OpenAI-compatible HTTP server over one ModelManager.
 
 Routes: ``POST /v1/embeddings``, ``POST /v1/completions``, ``POST /v1/chat/completions``,
-``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus).  Errors use OpenAI's
+``POST /v1/rerank`` (also ``/rerank``), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus).  Errors use OpenAI's
 error body with the manager's error code in ``error.code``.
 
 The stack is Starlette under uvicorn (``pip install pymodelmgr[server]``): Starlette is the
@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="pre-load this embedding model; with any --*-model flag only the "
                         "named models are served")
     p.add_argument("--generation-model", action="append", default=[], metavar="NAME")
+    p.add_argument("--rerank-model", action="append", default=[], metavar="NAME")
     p.add_argument("--allow-local-models", action="store_true",
                    help="accept local model directories as model names")
     p.add_argument("--device", default="gpu", help='"gpu" (default), "cpu" or "cuda:N"')
@@ -103,7 +104,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         host=args.host, port=args.port,
         api_key=args.api_key or os.environ.get("PYMODELMGR_API_KEY") or None,
         settings=settings, embedding_models=args.embedding_model,
-        generation_models=args.generation_model, allow_local_models=args.allow_local_models,
+        generation_models=args.generation_model, rerank_models=args.rerank_model,
+        allow_local_models=args.allow_local_models,
         device=args.device, num_workers=args.num_workers, keep_alive=args.keep_alive,
         max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
         shutdown_timeout=args.shutdown_timeout)

@@ -385,6 +385,30 @@ async def chat_completions(request: Request, st: _State) -> Response:
                    "UNSUPPORTED", "model")
 
 
+@_endpoint("/v1/rerank")
+async def rerank(request: Request, st: _State) -> Response:
+    """Cohere / Jina / Infinity shape: results best first, ``relevance_score``, the
+    document as ``{"text": ...}`` when ``return_documents``."""
+    body = await _read_json(request, st)
+    req = P.parse_rerank(body, st.config.max_items)
+    name = _model(body, st)
+    kwargs = {"top_k": req["top_n"]} if req["top_n"] else {}
+    r = await st.mm.task({"query": req["query"], "documents": req["documents"]}, "rerank", name,
+                         **st.task_args(), **kwargs)
+    if not r.success:
+        raise _from_result(r)
+    docs = req["documents"]
+    results = []
+    for x in r.data["results"]:
+        item = {"index": x["index"], "relevance_score": x["score"]}
+        if req["return_documents"]:
+            item["document"] = {"text": docs[x["index"]]}
+        results.append(item)
+    tokens = r.data.get("usage", {}).get("prompt_tokens", 0)
+    return _json({"id": "rerank-" + uuid.uuid4().hex, "object": "rerank", "model": name,
+                  "results": results, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
 @_endpoint("/v1/models")
 async def list_models(request: Request, st: _State) -> Response:
     seen: Dict[str, Dict[str, Any]] = {}
@@ -475,6 +499,8 @@ def create_app(config: Optional[ServerConfig] = None,
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/rerank", rerank, methods=["POST"]),
+        Route("/rerank", rerank, methods=["POST"]),  # where Infinity serves it
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BART = "tiny-org/bart-random"
+CROSS = "tiny-org/bert-cross-encoder"
 SYN = "synthetic/embedding?dim=16"
 SYN_GEN = "synthetic/text_generation"
 KEY = "test-key-4f1d9c"
@@ -180,6 +181,21 @@ def model_cache(tmp_path_factory):
     make_bart(bart_dir, vocab=len(tok), max_pos=48, eos_bias=1.0)
     tok.save_pretrained(bart_dir)
     hub.import_model(bart_dir, BART, cache_dir=cache)
+    if getattr(pymodelmgr._core, "HAVE_FALLBACK", 0):  # a cross-encoder for /v1/rerank
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+        ce_dir = str(tmp_path_factory.mktemp("cross"))
+        mtok = AutoTokenizer.from_pretrained(minilm)
+        torch.manual_seed(3)
+        m = BertForSequenceClassification(BertConfig(
+            vocab_size=len(mtok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=1, max_position_embeddings=128,
+            initializer_range=0.3)).eval()
+        with torch.no_grad():
+            m.classifier.weight.mul_(4)
+        m.save_pretrained(ce_dir)
+        mtok.save_pretrained(ce_dir)
+        hub.import_model(ce_dir, CROSS, cache_dir=cache)
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     yield {"cache": cache, "minilm": minilm, "bart": bart_dir}
@@ -613,3 +629,36 @@ def test_usage_counts_cached_texts():
     assert b.data["device"] == "cache" and b.data["usage"] == a.data["usage"]
     assert c.data["cache_hits"] == 1 and c.data["usage"]["prompt_tokens"] == 3 + 5
     assert sample(m, "pymodelmgr_input_tokens_total", model=SYN) == 7 + 5
+
+
+@needs_native
+def test_rerank_equals_task(model_cache):
+    if not getattr(pymodelmgr._core, "HAVE_FALLBACK", 0):
+        pytest.skip("the fallback backend (rerank) is not built")
+    settings = real_settings(model_cache["cache"])
+    query = "where does the fox jump"
+    docs = ["the quick brown fox jumps over the lazy dog", "a small city at night", "music",
+            "École café naïve", "fox"]
+    ref = in_process(lambda mm: mm.task({"query": query, "documents": docs}, "rerank", CROSS,
+                                        device="cpu"), settings)
+    assert ref.success, ref.error
+    with serving(ServerConfig(settings=settings, device="cpu")) as s:
+        st, _, body = post(s.port, "/v1/rerank", {"model": CROSS, "query": query,
+                                                  "documents": docs})
+        assert st == 200, body
+        assert [(x["index"], x["relevance_score"]) for x in body["results"]] == \
+            [(x["index"], x["score"]) for x in ref.data["results"]]
+        assert "document" not in body["results"][0] and body["model"] == CROSS
+        st, _, body = post(s.port, "/rerank", {"model": CROSS, "query": query, "top_n": 2,
+                                               "documents": [{"text": d} for d in docs],
+                                               "return_documents": True})
+        assert st == 200 and len(body["results"]) == 2
+        best = ref.data["results"][0]["index"]
+        assert body["results"][0] == {"index": best,
+                                      "relevance_score": ref.data["results"][0]["score"],
+                                      "document": {"text": docs[best]}}
+        for bad in ({"query": "", "documents": docs}, {"query": "q", "documents": []},
+                    {"query": "q", "documents": ["a", 3]}, {"query": "q", "documents": ["a"],
+                                                           "top_n": 0}):
+            st, _, body = post(s.port, "/v1/rerank", {"model": CROSS, **bad})
+            assert st == 400 and body["error"]["param"], bad
