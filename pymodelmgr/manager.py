@@ -193,6 +193,8 @@ class ModelManager:
             embed_cache_entries=(settings.embedding_cache.max_cache_size
                                  if settings.embedding_cache.enabled else 0),
             embed_cache_ttl_ms=int(settings.embedding_cache.ttl_seconds * 1000),
+            memory_fraction=wp.memory_fraction,
+            max_loaded_models=wp.max_loaded_models,
         )
         self._aliases = dict(settings.model_aliases)
         # alias target -> the name the app last used for it (results and status() say that)
@@ -406,7 +408,10 @@ class ModelManager:
 
         Returns:
             ``data = {"model_name", "released"}``; ``released`` is False when the model was
-            not loaded.
+            not loaded.  A released model adds ``released_bytes`` (the memory its devices got
+            back, measured: the process's resident set on the CPU, the GPU's free memory after
+            the CUDA cache is emptied), ``release_seconds`` (from the release to the memory
+            being back) and ``reason``.
         """
         bad = _bad_name(model_name) or self._unusable()
         if bad is not None:
@@ -419,7 +424,8 @@ class ModelManager:
             res.data.setdefault("released", False)
             if "model_name" in res.data:
                 res.data["model_name"] = app_name
-            logger.info("release_model(%s): released=%s", model_name, res.data["released"])
+            logger.info("release_model(%s): released=%s released_bytes=%s", model_name,
+                        res.data["released"], res.data.get("released_bytes"))
         return res
 
     async def drop_model_queue(self, model_name: str, reason: str = "Manual drop") -> Result:
@@ -474,7 +480,18 @@ class ModelManager:
         ``timed_out``, ``cancelled``, ``batches``, ``items``; ``data["tasks"]`` has the
         engine's task accounting; ``data["embedding_cache"]`` the cache's ``hits``,
         ``misses``, ``size``, ``capacity``, ``evictions`` and ``expirations`` (None when the
-        cache is off)."""
+        cache is off).
+
+        Memory: each model also has ``memory_bytes`` (all devices), ``memory_bytes_by_device``
+        (``{"cpu": n, "cuda:0": n}``: measured after load, the estimate while loading) and
+        ``last_release_reason`` (``idle``, ``manual``, ``evicted_for=<model>``, ``shutdown``,
+        ``oom``, ``failed``: this entry's, or the previous instance's; None if never
+        released); ``state`` is ``waiting_for_memory`` while a load waits for memory.
+        ``data["devices"]`` lists each device: ``name``, ``label``, ``simulated``,
+        ``total_bytes``, ``free_bytes``, ``budget_bytes`` (memory_fraction of the total),
+        ``used_bytes`` (held by this manager's models) and ``models``.
+        ``data["released_models"]`` has the last release of each model name: ``model_name``,
+        ``reason``, ``released_bytes``, ``seconds``, ``at``."""
         bad = self._unusable()
         if bad is not None:
             return bad
@@ -487,7 +504,16 @@ class ModelManager:
                 if app_name is not None:
                     m["alias_of"] = m["model_name"]
                     m["model_name"] = app_name
-        return Result.success(data={"models": models, "tasks": stats, "embedding_cache": cache})
+        released = self._engine.releases()
+        if self._alias_names:
+            for r in released:
+                app_name = self._alias_names.get(r["model_name"])
+                if app_name is not None:
+                    r["alias_of"] = r["model_name"]
+                    r["model_name"] = app_name
+        return Result.success(data={"models": models, "tasks": stats, "embedding_cache": cache,
+                                    "devices": self._engine.devices(),
+                                    "released_models": released})
 
     async def close(self, cancel_pending: bool = False) -> None:
         """Shuts down: with ``cancel_pending`` queued tasks fail with ``SHUTTING_DOWN``,

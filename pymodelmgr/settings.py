@@ -46,6 +46,13 @@ class WorkerPoolConfig(BaseModel):
             once; 0 means unbounded.
         max_batch_items: texts one worker takes into one batch.
         max_batch_tokens: tokens (padded) one worker takes into one batch.
+        memory_fraction: the share of each device the manager may fill with models: of each
+            GPU's total memory, and of the machine's RAM for the CPU (a cgroup memory limit,
+            when lower, counts as the RAM).  A load that does not fit evicts idle models
+            (least recently used first, never pinned ones), waits for busy ones up to
+            ``queue_timeout``, or fails with ``INSUFFICIENT_MEMORY``.
+        max_loaded_models: models loaded at once (all devices together); a load beyond it
+            evicts the least recently used idle model.  0 means no cap.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
@@ -59,6 +66,8 @@ class WorkerPoolConfig(BaseModel):
     max_queue_size: int = Field(default=100_000, ge=0, le=MAX_COUNT)
     max_batch_items: int = Field(default=256, ge=1, le=MAX_COUNT)
     max_batch_tokens: int = Field(default=16384, ge=1, le=MAX_COUNT)
+    memory_fraction: float = Field(default=0.9, gt=0, le=1)
+    max_loaded_models: int = Field(default=0, ge=0, le=MAX_COUNT)
 
     @field_validator("devices")
     @classmethod

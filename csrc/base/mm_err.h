@@ -40,7 +40,8 @@
     X(EDEVICE,       -24, "DEVICE_ERROR",            "device error")             \
     X(EINTERNAL,     -25, "INTERNAL_ERROR",          "internal error")           \
     X(EBUSY,         -26, "BUSY",                    "resource busy")            \
-    X(EDISABLED,     -27, "MODEL_MANAGER_DISABLED",  "model manager is disabled")
+    X(EDISABLED,     -27, "MODEL_MANAGER_DISABLED",  "model manager is disabled") \
+    X(ENOSPACE,      -28, "INSUFFICIENT_MEMORY",     "not enough device memory for the model")
 
 enum mm_err {
 #define MM__ERR_ENUM(sym, val, name, phrase) MM_##sym = (val),

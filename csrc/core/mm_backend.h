@@ -60,6 +60,14 @@ typedef struct mm_backend_info {
                                 when the weights change ("" = the requested revision) */
 } mm_backend_info;
 
+/* A model's memory on one device before it is loaded: weights (shared by
+ * the CPU workers of one model, so counted once on the CPU) and a bound on
+ * one worker's activations at the batch budget. */
+typedef struct mm_footprint {
+    uint64_t weights_bytes;
+    uint64_t activation_bytes;
+} mm_footprint;
+
 typedef struct mm_backend_vtable {
     const char *name;
 
@@ -95,6 +103,15 @@ typedef struct mm_backend_vtable {
      * so the engine may serve embeddings from its cache (settings
      * embedding_cache) and hand run() only the texts it has not seen. */
     int embed_cacheable;
+
+    /* Optional.  Estimates the footprint of one worker on dev before load()
+     * (may block like load: it may resolve or download the files), on the
+     * worker thread, no lock held.  0, or a negative code (the engine then
+     * loads without an estimate).  A backend whose load() or run() runs out
+     * of device memory returns / fails the task with MM_ENOMEM: the engine
+     * evicts and retries the load once, and splits a batch down to one task. */
+    int (*estimate)(const mm_model_spec *spec, const mm_device *dev, mm_footprint *fp, char *err,
+                    size_t errlen);
 } mm_backend_vtable;
 
 #endif

@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,7 @@ static int parse_fake(const char *spec, mm_gpu_list *list) {
         g->index = list->n;
         g->free_bytes = (uint64_t)(mib * 1048576.0);
         g->total_bytes = g->free_bytes;
+        g->nvml_index = -1;
         snprintf(g->name, sizeof g->name, "simulated GPU %d", list->n);
         list->n++;
         p = end;
@@ -145,6 +147,7 @@ static void discover_nvml(mm_gpu_list *list) {
         g->index = k;
         g->free_bytes = mi[i].free;
         g->total_bytes = mi[i].total;
+        g->nvml_index = i;
         snprintf(g->name, sizeof g->name, "%s", names[i]);
     }
     if (shutdown)
@@ -173,6 +176,109 @@ static void apply_visible_to_simulated(mm_gpu_list *list) {
         list->gpus[k].index = k;
     }
     list->n = nv;
+}
+
+/* Live NVML queries keep one handle open for the process (nvmlInit is
+ * reference counted and cheap to keep; nothing here creates a CUDA context). */
+static pthread_once_t live_once = PTHREAD_ONCE_INIT;
+static nvml_handle_fn live_handle;
+static nvml_mem_fn live_mem;
+
+static void live_open(void) {
+    void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib)
+        return;
+    nvml_init_fn init = (nvml_init_fn)dlsym(lib, "nvmlInit_v2");
+    nvml_handle_fn handle = (nvml_handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
+    nvml_mem_fn mem = (nvml_mem_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo");
+    if (!init || !handle || !mem || init() != 0) {
+        dlclose(lib);
+        return;
+    }
+    live_handle = handle;
+    live_mem = mem;
+}
+
+int mm_devices_gpu_free(const mm_gpu *g, uint64_t *free_bytes) {
+    if (g->nvml_index < 0)
+        return MM_EUNSUPPORTED;
+    pthread_once(&live_once, live_open);
+    void *h = NULL;
+    nvml_memory mi;
+    if (!live_handle || live_handle((unsigned)g->nvml_index, &h) != 0 || live_mem(h, &mi) != 0)
+        return MM_EUNSUPPORTED;
+    *free_bytes = mi.free;
+    return 0;
+}
+
+/* A cgroup v2 (or v1) memory file holding one number; 0 when absent or
+ * "max". */
+static uint64_t read_u64_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char buf[64] = "";
+    uint64_t v = 0;
+    if (fgets(buf, sizeof buf, f) && buf[0] >= '0' && buf[0] <= '9')
+        v = strtoull(buf, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+static uint64_t cgroup_limit(void) {
+    uint64_t v = read_u64_file("/sys/fs/cgroup/memory.max");
+    if (!v)
+        v = read_u64_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    return v >= (1ULL << 60) ? 0 : v; /* v1 writes "no limit" as a huge number */
+}
+
+static uint64_t cgroup_usage(void) {
+    uint64_t v = read_u64_file("/sys/fs/cgroup/memory.current");
+    return v ? v : read_u64_file("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+}
+
+static uint64_t meminfo_kb(const char *key) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    size_t klen = strlen(key);
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, klen) && line[klen] == ':') {
+            v = strtoull(line + klen + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+uint64_t mm_devices_ram_total(void) {
+    uint64_t total = meminfo_kb("MemTotal") * 1024;
+    uint64_t lim = cgroup_limit();
+    return lim && (lim < total || !total) ? lim : total;
+}
+
+uint64_t mm_devices_ram_available(void) {
+    uint64_t avail = meminfo_kb("MemAvailable") * 1024;
+    uint64_t lim = cgroup_limit();
+    if (lim) {
+        uint64_t used = cgroup_usage();
+        uint64_t head = used < lim ? lim - used : 0;
+        if (head < avail)
+            avail = head;
+    }
+    return avail;
+}
+
+uint64_t mm_devices_rss(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    unsigned long size = 0, resident = 0;
+    int ok = fscanf(f, "%lu %lu", &size, &resident) == 2;
+    fclose(f);
+    return ok ? (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
 int mm_devices_discover(const char *fake, mm_gpu_list *list) {

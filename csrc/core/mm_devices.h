@@ -22,6 +22,7 @@ typedef struct mm_gpu {
     int index;           /* CUDA ordinal as this process sees it */
     uint64_t free_bytes; /* at discovery */
     uint64_t total_bytes;
+    int nvml_index;      /* for live queries; -1 when simulated */
     char name[64];
 } mm_gpu;
 
@@ -40,6 +41,17 @@ int mm_devices_discover(const char *fake, mm_gpu_list *list);
 /* Keeps only the GPUs whose ordinal is in allowed ("0,2"); an allowed
  * ordinal that is not visible is ignored.  0, or MM_EINVAL when malformed. */
 int mm_devices_restrict(mm_gpu_list *list, const char *allowed);
+
+/* The free memory of a real GPU now, through NVML (no CUDA context).
+ * 0, or MM_EUNSUPPORTED when NVML is not there.  Any thread; blocks briefly. */
+int mm_devices_gpu_free(const mm_gpu *g, uint64_t *free_bytes);
+
+/* The CPU side: the budget base (physical RAM, or the cgroup's memory limit
+ * when lower), what is available now (MemAvailable, capped by the cgroup's
+ * headroom), and this process's resident set (anonymous + file-backed). */
+uint64_t mm_devices_ram_total(void);
+uint64_t mm_devices_ram_available(void);
+uint64_t mm_devices_rss(void);
 
 /* A placement: which device each worker runs on. */
 typedef struct mm_placement {

@@ -79,6 +79,8 @@ static void engine_destroy(mm_engine_t *e) {
     mm_metrics_close(&e->metrics);
     mm__cache_free_revisions(e);
     mm_embcache_free(e->cache);
+    mm__mem_free(e);
+    pthread_cond_destroy(&e->mem_cv);
     pthread_cond_destroy(&e->reaper_cv);
     pthread_cond_destroy(&e->retire_cv);
     pthread_mutex_destroy(&e->mu);
@@ -102,6 +104,7 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&e->reaper_cv, &ca);
+    pthread_cond_init(&e->mem_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&e->retire_cv, NULL);
     e->next_id = 1;
@@ -118,6 +121,8 @@ int mm_engine_new(const mm_engine_params *p, mm_engine_t **out) {
         rc = mm_devices_discover(p->fake_gpus, &e->gpus);
     if (rc == 0 && p->allowed_gpus)
         rc = mm_devices_restrict(&e->gpus, p->allowed_gpus);
+    if (rc == 0)
+        mm__mem_init(e);
     if (rc == 0 && p->embed_cache_entries > 0)
         rc = mm_embcache_new(p->embed_cache_entries,
                              p->embed_cache_ttl_ms > 0 ? p->embed_cache_ttl_ms : 3600000,
@@ -557,6 +562,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
     if (a->has_keep_alive && m->keep_alive_ms != a->keep_alive_ms) {
         m->keep_alive_ms = a->keep_alive_ms;
         pthread_cond_signal(&e->reaper_cv);
+        mm__mem_changed(e); /* an unpinned model may now be evicted */
     }
     if (a->kind == MM_KIND_RUN && e->params.max_queue_size && m->qlen >= e->params.max_queue_size) {
         snprintf(err, errlen,
@@ -687,8 +693,7 @@ int mm_engine_release(mm_engine_t *e, mm_channel_t *ch, const char *model_name, 
     mm_model *m = model_find(e, model_name);
     if (m) {
         mm_log(MM_LOG_INFO, "releasing model %s", m->name);
-        mm__model_count_release(m, MM_REL_MANUAL);
-        mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__mem_retire(e, m, "manual");
         mm__model_abort_if_unwanted(m);
     } else {
         m = retiring_find(e, model_name);
@@ -754,8 +759,7 @@ int mm_engine_shutdown(mm_engine_t *e, mm_channel_t *ch, int cancel_pending, uin
         if (cancel_pending)
             mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN,
                                  "the model manager is shutting down");
-        mm__model_count_release(m, MM_REL_SHUTDOWN);
-        mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__mem_retire(e, m, "shutdown");
     }
     if (cancel_pending)
         for (m = e->retiring; m; m = m->retire_next)
@@ -781,8 +785,7 @@ void mm_engine_free(mm_engine_t *e) {
     mm_model *m, *tmp;
     HASH_ITER(hh, e->models, m, tmp) {
         mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model manager was closed");
-        mm__model_count_release(m, MM_REL_SHUTDOWN);
-        mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__mem_retire(e, m, "shutdown");
     }
     for (m = e->retiring; m; m = m->retire_next) {
         mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model manager was closed");
@@ -810,14 +813,27 @@ static const char *state_name(mm_model_state s) {
     return "unknown";
 }
 
-static void fill_status(const mm_model *m, int64_t now, double wall, mm_model_status *s) {
+static void fill_status(mm_engine_t *e, const mm_model *m, int64_t now, double wall,
+                        mm_model_status *s) {
     memset(s, 0, sizeof *s);
     snprintf(s->model_name, sizeof s->model_name, "%s", m->name);
     s->task_type = m->spec.task_type;
     snprintf(s->state, sizeof s->state, "%s", state_name(m->state));
+    if (m->state == MM_MS_LOADING && m->waiting_mem)
+        snprintf(s->state, sizeof s->state, "waiting_for_memory");
+    for (int i = 0; i < e->n_mem && s->n_mem < 16; i++) {
+        uint64_t b = m->mem_dev[i] ? m->mem_dev[i] : m->resv[i];
+        if (!b)
+            continue;
+        snprintf(s->mem_dev_name[s->n_mem], sizeof s->mem_dev_name[0], "%s", e->mem[i].name);
+        s->mem_dev[s->n_mem++] = b;
+    }
+    const char *why = m->release_reason[0] ? m->release_reason : mm__mem_last_reason(e, m->name);
+    snprintf(s->last_release_reason, sizeof s->last_release_reason, "%s", why ? why : "");
     s->download_done = atomic_load_explicit(&m->dl_done, memory_order_relaxed);
     s->download_total = atomic_load_explicit(&m->dl_total, memory_order_relaxed);
-    if (m->state == MM_MS_LOADING && s->download_total && s->download_done < s->download_total)
+    if (m->state == MM_MS_LOADING && !m->waiting_mem && s->download_total &&
+        s->download_done < s->download_total)
         snprintf(s->state, sizeof s->state, "downloading");
     snprintf(s->device_request, sizeof s->device_request, "%s", m->device_request);
     s->n_devices = m->n_workers < 16 ? m->n_workers : 16;
@@ -872,9 +888,9 @@ int mm_engine_status(mm_engine_t *e, mm_model_status **out, size_t *n) {
     double wall = mm_wall_s();
     size_t k = 0;
     for (mm_model *m = e->models; m; m = m->hh.next)
-        fill_status(m, now, wall, &arr[k++]);
+        fill_status(e, m, now, wall, &arr[k++]);
     for (mm_model *r = e->retiring; r; r = r->retire_next)
-        fill_status(r, now, wall, &arr[k++]);
+        fill_status(e, r, now, wall, &arr[k++]);
     pthread_mutex_unlock(&e->mu);
     *out = arr;
     *n = k;

@@ -34,6 +34,10 @@ typedef struct mm_engine_params {
     const char *backend_options_json; /* passed to backends as spec->options_json (copied) */
     size_t embed_cache_entries;    /* embedding cache size; 0: no cache */
     int64_t embed_cache_ttl_ms;    /* embedding cache entry lifetime */
+    double memory_fraction;        /* budget per device: this fraction of a GPU's total, or of
+                                      the RAM (cgroup limit respected) for the CPU; 0: 0.9 */
+    int max_loaded_models;         /* models loaded at once; 0: no cap */
+    uint64_t cpu_total_bytes;      /* the CPU's total for the budget; 0: the machine's */
 } mm_engine_params;
 
 /* Fills the defaults: unbounded queue, 30 s queue timeout, 5 min keep-alive,
@@ -108,7 +112,7 @@ int mm_engine_shutdown(mm_engine_t *e, mm_channel_t *ch, int cancel_pending, uin
 typedef struct mm_model_status {
     char model_name[512];
     mm_task_type task_type;
-    char state[16];
+    char state[24];
     char device_request[32];
     int n_devices;
     char devices[16][32];
@@ -121,7 +125,11 @@ typedef struct mm_model_status {
     double last_used;            /* wall-clock seconds, 0 if never */
     double loaded_at;            /* wall-clock seconds, 0 if not yet */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
-    uint64_t memory_bytes;
+    uint64_t memory_bytes;       /* all devices */
+    int n_mem;                   /* per-device footprint: mem_dev[i] bytes on mem_dev_name[i] */
+    char mem_dev_name[16][32];
+    uint64_t mem_dev[16];
+    char last_release_reason[96]; /* this entry's, or the name's previous instance's; "" none */
     uint64_t download_done, download_total; /* bytes, while (or after) loading downloads */
     char backend[32];
     char error[512];
@@ -130,6 +138,36 @@ typedef struct mm_model_status {
 /* Copies a snapshot of every model (including ones still draining).  *out is
  * freed by the caller with mm_free.  0 or MM_ENOMEM. */
 int mm_engine_status(mm_engine_t *e, mm_model_status **out, size_t *n);
+
+/* One device's memory for status(): the budget is what the manager may
+ * fill, used what its own models hold (measured after load, estimated
+ * before), free the budget left (simulated GPUs) or the device's free
+ * memory now (real GPUs, CPU), whichever is smaller. */
+typedef struct mm_device_status {
+    char name[32];     /* "cpu", "cuda:0" */
+    char label[64];    /* the GPU's name; "" for the CPU */
+    int simulated;
+    uint64_t total_bytes, free_bytes, budget_bytes, used_bytes;
+    int n_models;
+    char models[16][128]; /* names of the models holding memory on it (first 16) */
+} mm_device_status;
+
+/* Copies every device's memory snapshot; *out freed with mm_free.  0 or
+ * MM_ENOMEM. */
+int mm_engine_devices(mm_engine_t *e, mm_device_status **out, size_t *n);
+
+/* A model's last release, kept after it left the registry. */
+typedef struct mm_release_record {
+    char model_name[400];
+    char reason[96];          /* idle, manual, evicted_for=<model>, shutdown, oom, failed */
+    uint64_t released_bytes;  /* memory the devices got back */
+    double seconds;           /* from the release decision to memory back */
+    double at;                /* wall clock */
+} mm_release_record;
+
+/* Copies the release records (most recent release per name); *out freed
+ * with mm_free.  0 or MM_ENOMEM. */
+int mm_engine_releases(mm_engine_t *e, mm_release_record **out, size_t *n);
 
 /* Task accounting, for tests that check every task completes exactly once. */
 typedef struct mm_engine_stats {

@@ -31,6 +31,18 @@ typedef enum mm_model_state {
 struct mm_engine;
 struct mm_model;
 
+/* Memory slots: 0 is the CPU, 1 + i the engine's GPU i (mm_memory.c). */
+#define MM_MEM_SLOTS (MM_MAX_GPUS + 1)
+
+typedef struct mm_memdev {
+    char name[32];
+    int is_gpu;
+    int gpu;                /* index into engine->gpus, -1 for the CPU */
+    uint64_t total, budget; /* immutable */
+    uint64_t used;          /* sum of the reservations of models not yet reaped; guarded by mu */
+    struct mm_model *evicting; /* a load waiting for the models it evicted here; guarded by mu */
+} mm_memdev;
+
 typedef struct mm_worker {
     pthread_t thread;       /* written at start, joined by the reaper */
     int started;            /* thread was created */
@@ -75,6 +87,17 @@ typedef struct mm_model {
     _Atomic int abort_load; /* set under mu; read lock-free by load() (spec.cancelled) */
     uint64_t submitted, done, failed, dropped, timed_out, cancelled, batches, items;
     uint64_t memory_bytes;
+    /* Memory policy (mm_memory.c).  resv: what the model holds against each
+     * slot's budget, from its load until it is reaped (the estimate, then
+     * the larger of it and the measured footprint); mem_dev: measured. */
+    uint64_t resv[MM_MEM_SLOTS];
+    uint64_t mem_dev[MM_MEM_SLOTS];
+    mm_footprint fp;          /* the estimate for one worker */
+    int fit_state;            /* 0 pending, 1 fitted, -1 failed or skipped */
+    int waiting_mem;          /* status shows waiting_for_memory */
+    uint64_t released_bytes;  /* summed by the workers as they unload */
+    int64_t retire_ns;        /* when the release was decided */
+    char release_reason[96];  /* why it was retired */
     size_t batch_items, batch_tokens; /* effective budgets */
     int load_err;
     char errmsg[512];
@@ -109,7 +132,56 @@ struct mm_engine {
     pthread_t reaper;         /* immutable */
     mm_engine_params params;  /* immutable (strings owned) */
     mm_gpu_list gpus;         /* immutable */
+    mm_memdev mem[MM_MEM_SLOTS]; /* slot 0 CPU, 1 + i GPU i; fields guarded as marked */
+    int n_mem;                /* immutable */
+    pthread_cond_t mem_cv;    /* memory freed, a model went idle, a load fitted (monotonic) */
+    int mem_waiters;          /* threads waiting on mem_cv; guarded by mu */
+    struct mm_release_rec *releases; /* last release per name; guarded by mu */
 };
+
+/* ---- the memory policy (mm_memory.c); all with e->mu held unless said ---- */
+
+/* Fills the slot table from e->gpus and the params.  Caller: mm_engine_new. */
+void mm__mem_init(struct mm_engine *e);
+/* Frees the release records. */
+void mm__mem_free(struct mm_engine *e);
+/* Slot of a device. */
+int mm__mem_slot(const struct mm_engine *e, const mm_device *d);
+/* Worker 0, before any worker loads: estimate (drops the lock), choose the
+ * GPUs for "gpu", evict idle models, wait for memory, reserve.  0: fitted;
+ * 1: nothing to load (released or failed meanwhile); MM_ENOSPACE with a
+ * message in err. */
+int mm__mem_fit(struct mm_engine *e, struct mm_model *m, char *err, size_t errlen);
+/* After an MM_ENOMEM at load: evicts every idle model on dev's slot
+ * (reason "oom") and waits until they are gone.  Returns how many. */
+int mm__mem_evict_for_oom(struct mm_engine *e, struct mm_model *m, const mm_device *dev);
+/* No lock: what a load is measured by: the resident set (CPU) or the free
+ * memory (real GPU); 0 for a simulated GPU. */
+uint64_t mm__mem_probe(struct mm_engine *e, const mm_device *dev);
+/* After a worker's load: records the footprint measured between two probes
+ * (or the backend's report where nothing is measurable) and raises the
+ * reservation to it. */
+void mm__mem_loaded(struct mm_engine *e, struct mm_model *m, const mm_device *dev,
+                    uint64_t before, uint64_t after, uint64_t reported);
+/* Retires m (mm__model_retire) and records why ("idle", "manual", ...). */
+void mm__mem_retire(struct mm_engine *e, struct mm_model *m, const char *reason);
+/* At reap: gives back the model's reservations, records its release,
+ * wakes loads waiting for memory. */
+void mm__mem_reaped(struct mm_engine *e, struct mm_model *m);
+/* A model went idle or changed: wake loads waiting for memory. */
+void mm__mem_changed(struct mm_engine *e);
+/* The previous release reason recorded for name, or NULL. */
+const char *mm__mem_last_reason(struct mm_engine *e, const char *name);
+
+/* No lock: the worker's unload plus the verified release (malloc_trim; a
+ * bounded wait for a real GPU's free memory).  Returns the bytes the device
+ * got back. */
+uint64_t mm__mem_unload(struct mm_engine *e, struct mm_model *m, const mm_device *dev,
+                        void *state);
+/* No lock: runs a batch; tasks that fail with MM_ENOMEM are run again in
+ * halves, down to one task, which then keeps OUT_OF_MEMORY. */
+void mm__mem_run(struct mm_engine *e, struct mm_model *m, void *state, mm_task_t **batch,
+                 size_t n);
 
 /* Completes a task exactly once: sets status (and the error when code != 0),
  * unlinks nothing, hands it to its channel.  Caller holds e->mu. */

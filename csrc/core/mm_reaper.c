@@ -50,8 +50,7 @@ static int64_t check_idle(mm_engine_t *e, mm_model *m, int64_t now, int64_t next
     if (dl <= now) {
         mm_log(MM_LOG_INFO, "releasing model %s after %.2f min idle (keep_alive)", m->name,
                m->keep_alive_ms / 60000.0);
-        mm__model_count_release(m, MM_REL_IDLE);
-        mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__mem_retire(e, m, "idle");
         return next;
     }
     return dl < next ? dl : next;
@@ -76,6 +75,7 @@ static void reap(mm_engine_t *e) {
             mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model was released");
         mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, MM_ECANCELLED,
                                    "the model was released before it finished loading");
+        mm__mem_reaped(e, m);
         mm__model_complete_waiters(e, m, MM_KIND_RELEASE, 0, NULL);
         mm__model_destroy(m);
         pthread_cond_broadcast(&e->retire_cv);

@@ -8,10 +8,15 @@
  *
  * Options: dim (16), load_ms (0), item_us (0, per input item), batch_us (0,
  * per batch), max_items / max_tokens (batch limits it reports), mem_mb (0,
- * memory it reports), download_mb (load_ms becomes a pretend download of that
+ * its footprint: the estimate before load and what it reports after; on the
+ * CPU it really allocates and touches that much, once per model name however
+ * many workers share it, so resident-memory measurements and releases are
+ * real), download_mb (load_ms becomes a pretend download of that
  * size, reported as progress), fail=load (every load fails), fail_loads=N (the first
- * N loads of this name in this process fail).  An input item containing
- * "__fail__" fails its task with TASK_FAILED.
+ * N loads of this name in this process fail), fail=oom_over=N (a batch of
+ * more than N items fails every task with OUT_OF_MEMORY, as a GPU would),
+ * oom_loads=N (the first N loads of this name fail with OUT_OF_MEMORY).  An
+ * input item containing "__fail__" fails its task with TASK_FAILED.
  */
 #include <jansson.h>
 #include <math.h>
@@ -20,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "mm_alloc.h"
@@ -29,11 +35,15 @@
 typedef struct synth_opts {
     mm_task_type type;
     long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads, download_mb;
+    long oom_over, oom_loads; /* oom_over: 0 = never */
     int fail_load;
 } synth_opts;
 
+struct host_block;
+
 typedef struct synth_state {
     synth_opts o;
+    struct host_block *block; /* CPU: the shared pretend weights, or NULL */
 } synth_state;
 
 static int parse_long(const char *v, long lo, long hi, long *out) {
@@ -94,16 +104,20 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
             bad = parse_long(v, 0, 1L << 30, &o->fail_loads);
         else if (!strcmp(k, "download_mb"))
             bad = parse_long(v, 0, 1L << 20, &o->download_mb);
+        else if (!strcmp(k, "oom_loads"))
+            bad = parse_long(v, 0, 1L << 30, &o->oom_loads);
         else if (!strcmp(k, "fail")) {
             if (!strcmp(v, "load"))
                 o->fail_load = 1;
+            else if (!strncmp(v, "oom_over=", 9))
+                bad = parse_long(v + 9, 1, 1L << 30, &o->oom_over);
             else
                 bad = 1;
         } else {
             snprintf(err, errlen,
                      "unknown synthetic option \"%.60s\" (known: dim, load_ms, item_us, "
                      "batch_us, max_items, max_tokens, mem_mb, download_mb, fail=load, "
-                     "fail_loads)",
+                     "fail=oom_over=N, fail_loads, oom_loads)",
                      k);
             return MM_EINVAL;
         }
@@ -247,9 +261,81 @@ static int load_nap(const mm_model_spec *spec, long us) {
     return spec->cancelled && spec->cancelled(spec->progress_ctx);
 }
 
+/* CPU pretend weights: one touched anonymous mapping per model name,
+ * reference counted across its workers (as real backends share weights). */
+typedef struct host_block {
+    struct host_block *next;
+    long refs;
+    void *p;
+    size_t len;
+    char name[];
+} host_block;
+static host_block *blocks; /* guarded by counts_mu */
+
+static host_block *block_get(const char *name, long mb) {
+    pthread_mutex_lock(&counts_mu);
+    host_block *b = blocks;
+    while (b && strcmp(b->name, name))
+        b = b->next;
+    if (b) {
+        b->refs++;
+        pthread_mutex_unlock(&counts_mu);
+        return b;
+    }
+    b = mm_malloc(sizeof *b + strlen(name) + 1);
+    void *p = NULL;
+    size_t len = (size_t)mb << 20;
+    if (b) {
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            mm_free(b);
+            b = NULL;
+        }
+    }
+    if (!b) {
+        pthread_mutex_unlock(&counts_mu);
+        return NULL;
+    }
+    memset(p, 1, len);
+    strcpy(b->name, name);
+    b->refs = 1;
+    b->p = p;
+    b->len = len;
+    b->next = blocks;
+    blocks = b;
+    pthread_mutex_unlock(&counts_mu);
+    return b;
+}
+
+static void block_put(host_block *b) {
+    if (!b)
+        return;
+    pthread_mutex_lock(&counts_mu);
+    if (--b->refs == 0) {
+        host_block **pp = &blocks;
+        while (*pp != b)
+            pp = &(*pp)->next;
+        *pp = b->next;
+        munmap(b->p, b->len);
+        mm_free(b);
+    }
+    pthread_mutex_unlock(&counts_mu);
+}
+
+static int synth_estimate(const mm_model_spec *spec, const mm_device *dev, mm_footprint *fp,
+                          char *err, size_t errlen) {
+    (void)dev;
+    synth_opts o;
+    int rc = parse_opts(spec->model_name, &o, err, errlen);
+    if (rc < 0)
+        return rc;
+    fp->weights_bytes = (uint64_t)o.mem_mb << 20;
+    fp->activation_bytes = 0;
+    return 0;
+}
+
 static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
                       size_t errlen) {
-    (void)dev;
     synth_opts o;
     int rc = parse_opts(spec->model_name, &o, err, errlen);
     if (rc < 0)
@@ -281,10 +367,20 @@ static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **st
         snprintf(err, errlen, "synthetic load failure injected (load #%ld)", nth);
         return MM_ELOAD;
     }
+    if (nth <= o.fail_loads + o.oom_loads) {
+        snprintf(err, errlen, "synthetic out-of-memory at load injected (load #%ld)", nth);
+        return MM_ENOMEM;
+    }
     synth_state *s = mm_calloc(1, sizeof *s);
     if (!s)
         return MM_ENOMEM;
     s->o = o;
+    if (!dev->is_gpu && o.mem_mb > 0 && !(s->block = block_get(spec->model_name, o.mem_mb))) {
+        mm_free(s);
+        snprintf(err, errlen, "cannot allocate the %ld MiB of host memory mem_mb asks for",
+                 o.mem_mb);
+        return MM_ENOMEM;
+    }
     *state = s;
     return 0;
 }
@@ -411,6 +507,13 @@ static void synth_run(void *state, mm_task_t **tasks, size_t n) {
     for (size_t k = 0; k < n; k++)
         items += mm_task_n_items(tasks[k]);
     sleep_us(s->o.batch_us + s->o.item_us * (long)items);
+    if (s->o.oom_over > 0 && (long)items > s->o.oom_over) {
+        for (size_t k = 0; k < n; k++)
+            mm_task_fail(tasks[k], MM_ENOMEM,
+                         "synthetic out of memory: a batch of %zu items (more than %ld)", items,
+                         s->o.oom_over);
+        return;
+    }
     for (size_t k = 0; k < n; k++) {
         mm_task_t *t = tasks[k];
         int failed = 0;
@@ -433,7 +536,11 @@ static void synth_run(void *state, mm_task_t **tasks, size_t n) {
     }
 }
 
-static void synth_unload(void *state) { mm_free(state); }
+static void synth_unload(void *state) {
+    synth_state *s = state;
+    block_put(s->block);
+    mm_free(s);
+}
 
 static int synth_info(void *state, mm_backend_info *info) {
     synth_state *s = state;
@@ -455,4 +562,5 @@ const mm_backend_vtable mm_synthetic_backend = {
     .info = synth_info,
     .cost = NULL,
     .embed_cacheable = 1,
+    .estimate = synth_estimate,
 };

@@ -82,7 +82,7 @@ static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err)
     mm_log(atomic_load(&m->abort_load) ? MM_LOG_INFO : MM_LOG_ERROR, "%s", msg);
     /* The backend's own code (e.g. MODEL_NOT_FOUND, AUTH_REQUIRED) says more
      * than a generic one; anything vague becomes MODEL_LOAD_FAILED. */
-    int code = (rc == MM_EINVAL || rc == MM_ENOMEM || rc == MM_EINTERNAL || rc == MM_EIO)
+    int code = (rc == MM_EINVAL || rc == MM_EINTERNAL || rc == MM_EIO)
                    ? MM_ELOAD
                    : rc;
     mm__model_fail_queue(e, m, MM_TS_FAILED, code, msg);
@@ -92,17 +92,19 @@ static void on_load_failed(mm_engine_t *e, mm_model *m, int rc, const char *err)
     m->state = MM_MS_FAILED;
 }
 
-static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
+static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st, uint64_t before,
+                      uint64_t after) {
     m->n_loaded++;
     snprintf(w->revision, sizeof w->revision, "%s", m->revision);
+    uint64_t reported = 0;
     if (m->vt->info) {
         mm_backend_info info;
         memset(&info, 0, sizeof info);
         if (m->vt->info(st, &info) == 0) {
             if (info.revision[0])
                 snprintf(w->revision, sizeof w->revision, "%s", info.revision);
-            m->memory_bytes += info.memory_bytes;
             w->memory_bytes = info.memory_bytes;
+            reported = info.memory_bytes;
             if (info.max_batch_items && (!m->batch_items || info.max_batch_items < m->batch_items))
                 m->batch_items = info.max_batch_items;
             if (info.max_batch_tokens &&
@@ -110,6 +112,7 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st) {
                 m->batch_tokens = info.max_batch_tokens;
         }
     }
+    mm__mem_loaded(e, m, &w->dev, before, after, reported);
     mm__cache_note_revision(e, m->name, m->revision, w->revision);
     if (m->state == MM_MS_LOADING) {
         m->state = MM_MS_READY;
@@ -158,8 +161,10 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
     mm_metrics_on_batch(m->met, items, run_s);
     m->last_used_ns = mm_now_ns();
     m->last_used_wall = mm_wall_s();
-    if (m->qlen == 0 && m->in_flight == 0)
+    if (m->qlen == 0 && m->in_flight == 0) {
         pthread_cond_signal(&e->reaper_cv);
+        mm__mem_changed(e); /* idle now: a load waiting for memory may evict it */
+    }
 }
 
 /* Runs the next chunk of big; engine->mu held on entry and return (dropped
@@ -197,18 +202,48 @@ void *mm__worker_main(void *arg) {
     while (older_instance_retiring(e, m) && m->state != MM_MS_FAILED)
         pthread_cond_wait(&e->retire_cv, &e->mu);
     int skip = m->state == MM_MS_FAILED || (m->state == MM_MS_DRAINING && m->qlen == 0);
+    int rc = 0;
+    /* Worker 0 fits the model into memory (evicting, waiting) for all its
+     * workers; the others wait for the verdict, then load in parallel. */
+    if (w == &m->workers[0]) {
+        rc = skip ? 1 : mm__mem_fit(e, m, err, sizeof err);
+        m->fit_state = rc == 0 ? 1 : -1;
+        if (rc == 1) {
+            skip = 1;
+            rc = 0;
+        }
+        pthread_cond_broadcast(&e->mem_cv);
+    } else if (!skip) {
+        e->mem_waiters++;
+        while (m->fit_state == 0 && m->state != MM_MS_FAILED)
+            pthread_cond_wait(&e->mem_cv, &e->mu);
+        e->mem_waiters--;
+        skip = m->fit_state != 1;
+    }
+    mm_device dev = w->dev; /* the fit may have moved it to another GPU */
     pthread_mutex_unlock(&e->mu);
 
-    int rc = 0;
+    uint64_t before = 0, after = 0;
     int64_t load_t0 = 0;
-    if (!batch) {
+    if (!batch && rc == 0) {
         rc = MM_ENOMEM;
         snprintf(err, sizeof err, "out of memory starting a worker");
-    } else if (!skip) {
+    } else if (!skip && rc == 0) {
         load_t0 = mm_now_ns();
-        rc = m->vt->load(&m->spec, &w->dev, &st, err, sizeof err);
-        if (rc == 0 && !st)
-            st = NULL; /* a backend may keep no state */
+        before = mm__mem_probe(e, &dev);
+        rc = m->vt->load(&m->spec, &dev, &st, err, sizeof err);
+        if (rc == MM_ENOMEM) {
+            /* Out of device memory: evict idle models there, retry once. */
+            pthread_mutex_lock(&e->mu);
+            int evicted = mm__mem_evict_for_oom(e, m, &dev);
+            pthread_mutex_unlock(&e->mu);
+            mm_log(MM_LOG_WARNING, "out of memory loading %s on %s; evicted %d idle model(s), "
+                   "retrying once", m->name, dev.name, evicted);
+            err[0] = '\0';
+            before = mm__mem_probe(e, &dev);
+            rc = m->vt->load(&m->spec, &dev, &st, err, sizeof err);
+        }
+        after = mm__mem_probe(e, &dev);
     }
 
     pthread_mutex_lock(&e->mu);
@@ -220,7 +255,7 @@ void *mm__worker_main(void *arg) {
     } else if (rc < 0) {
         on_load_failed(e, m, rc, err);
     } else {
-        on_loaded(e, m, w, st);
+        on_loaded(e, m, w, st, before, after);
         if (m->n_load_done == m->n_workers && m->state != MM_MS_FAILED)
             mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, 0, NULL);
         mm_task_t *big = NULL; /* a large task this worker runs in chunks */
@@ -247,7 +282,7 @@ void *mm__worker_main(void *arg) {
                 pthread_cond_signal(&m->work_cv); /* more for another worker */
             pthread_mutex_unlock(&e->mu);
             int64_t run_t0 = mm_now_ns();
-            m->vt->run(st, batch, n);
+            mm__mem_run(e, m, st, batch, n);
             double run_s = (double)(mm_now_ns() - run_t0) / 1e9;
             if (e->cache)
                 for (size_t i = 0; i < n; i++)
@@ -258,13 +293,15 @@ void *mm__worker_main(void *arg) {
     }
     pthread_mutex_unlock(&e->mu);
 
+    uint64_t back = 0;
     if (!skip && rc == 0)
-        m->vt->unload(st);
+        back = mm__mem_unload(e, m, &dev, st);
     mm_free(batch);
 
     pthread_mutex_lock(&e->mu);
     w->memory_bytes = 0;
     m->n_exited++;
+    m->released_bytes += back;
     if (m->n_exited == m->n_workers) {
         if (m->state != MM_MS_FAILED)
             m->state = MM_MS_RELEASED;

@@ -402,7 +402,18 @@ static PyObject *status_dict(const mm_model_status *s) {
                             "total_bytes", (unsigned long long)s->download_total, "fraction",
                             (double)s->download_done / (double)s->download_total)
             : Py_NewRef(Py_None);
-    if (!keep || !until || !last || !loaded || !error || !download) {
+    PyObject *by_dev = PyDict_New();
+    for (int i = 0; by_dev && i < s->n_mem; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(s->mem_dev[i]);
+        if (!v || PyDict_SetItemString(by_dev, s->mem_dev_name[i], v) < 0)
+            Py_CLEAR(by_dev);
+        Py_XDECREF(v);
+    }
+    PyObject *reason = s->last_release_reason[0] ? PyUnicode_FromString(s->last_release_reason)
+                                                 : Py_NewRef(Py_None);
+    if (!keep || !until || !last || !loaded || !error || !download || !by_dev || !reason) {
+        Py_XDECREF(by_dev);
+        Py_XDECREF(reason);
         Py_XDECREF(download);
         Py_XDECREF(keep);
         Py_XDECREF(until);
@@ -414,7 +425,7 @@ static PyObject *status_dict(const mm_model_status *s) {
     }
     return Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:N,s:i,s:i,s:n,s:n,s:N,s:N,s:N,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
-        "s:K,s:s,s:N,s:N}",
+        "s:K,s:s,s:N,s:N,s:N,s:N}",
         "model_name", s->model_name, "task_type", mm_task_type_name(s->task_type), "state",
         s->state, "device", s->device_request, "devices", devices, "workers", s->workers,
         "workers_loaded", s->workers_loaded, "queue_depth", (Py_ssize_t)s->queue_depth,
@@ -425,7 +436,8 @@ static PyObject *status_dict(const mm_model_status *s) {
         (unsigned long long)s->timed_out, "cancelled", (unsigned long long)s->cancelled,
         "batches", (unsigned long long)s->batches, "items", (unsigned long long)s->items,
         "memory_bytes", (unsigned long long)s->memory_bytes, "backend", s->backend, "error",
-        error, "download", download);
+        error, "download", download, "memory_bytes_by_device", by_dev, "last_release_reason",
+        reason);
 }
 
 static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
@@ -439,6 +451,73 @@ static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out && i < n; i++) {
         PyObject *d = status_dict(&arr[i]);
+        if (!d) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
+    }
+    mm_free(arr);
+    return out;
+}
+
+static PyObject *engine_devices(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    mm_device_status *arr;
+    size_t n;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mm_engine_devices(self->e, &arr, &n);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return PyErr_NoMemory();
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        const mm_device_status *d = &arr[i];
+        PyObject *models = PyList_New(d->n_models);
+        for (int k = 0; models && k < d->n_models; k++) {
+            PyObject *nm = PyUnicode_DecodeUTF8(d->models[k], strlen(d->models[k]), "replace");
+            if (!nm)
+                Py_CLEAR(models);
+            else
+                PyList_SET_ITEM(models, k, nm);
+        }
+        PyObject *dd = models ? Py_BuildValue(
+                                    "{s:s,s:s,s:O,s:K,s:K,s:K,s:K,s:N}", "name", d->name,
+                                    "label", d->label, "simulated",
+                                    d->simulated ? Py_True : Py_False, "total_bytes",
+                                    (unsigned long long)d->total_bytes, "free_bytes",
+                                    (unsigned long long)d->free_bytes, "budget_bytes",
+                                    (unsigned long long)d->budget_bytes, "used_bytes",
+                                    (unsigned long long)d->used_bytes, "models", models)
+                              : NULL;
+        if (!dd) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, dd);
+    }
+    mm_free(arr);
+    return out;
+}
+
+static PyObject *engine_releases(mmpy_engine *self, PyObject *unused) {
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    mm_release_record *arr;
+    size_t n;
+    if (mm_engine_releases(self->e, &arr, &n) < 0)
+        return PyErr_NoMemory();
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        const mm_release_record *r = &arr[i];
+        PyObject *d = Py_BuildValue("{s:s,s:s,s:K,s:d,s:d}", "model_name", r->model_name,
+                                    "reason", r->reason, "released_bytes",
+                                    (unsigned long long)r->released_bytes, "seconds", r->seconds,
+                                    "at", r->at);
         if (!d) {
             Py_CLEAR(out);
             break;
@@ -519,6 +598,7 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                              "max_batch_items",  "max_batch_tokens", "cpu_threads",
                              "cache_dir",        "fake_gpus",        "backend_options_json",
                              "allowed_gpus",     "embed_cache_entries", "embed_cache_ttl_ms",
+                             "memory_fraction",  "max_loaded_models", "cpu_total_bytes",
                              NULL};
     mm_engine_params p;
     mm_engine_default_params(&p);
@@ -528,10 +608,24 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     const char *cache_dir = p.cache_dir, *fake = NULL, *opts = "{}", *allowed = NULL;
     Py_ssize_t cache_entries = 0;
     long long cache_ttl = 3600000;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|nLLnnizzzznL:Engine", kwlist, &mqs, &qt, &ka,
+    double mem_frac = 0.9;
+    int max_loaded = 0;
+    unsigned long long cpu_total = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|nLLnnizzzznLdiK:Engine", kwlist, &mqs, &qt, &ka,
                                      &mbi, &mbt, &threads, &cache_dir, &fake, &opts, &allowed,
-                                     &cache_entries, &cache_ttl))
+                                     &cache_entries, &cache_ttl, &mem_frac, &max_loaded,
+                                     &cpu_total))
         return NULL;
+    if (!(mem_frac > 0 && mem_frac <= 1) || max_loaded < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "memory_fraction must be in (0, 1] (got %g) and max_loaded_models >= 0 "
+                     "(got %d)",
+                     mem_frac, max_loaded);
+        return NULL;
+    }
+    p.memory_fraction = mem_frac;
+    p.max_loaded_models = max_loaded;
+    p.cpu_total_bytes = cpu_total;
     if (mqs < 0 || mbi < 0 || mbt < 0 || threads < 0 || cache_entries < 0) {
         PyErr_SetString(PyExc_ValueError, "engine limits must not be negative");
         return NULL;
@@ -610,6 +704,9 @@ static PyMethodDef engine_methods[] = {
     {"shutdown", (PyCFunction)engine_shutdown, METH_VARARGS,
      "shutdown(channel, cancel_pending) -> control task id"},
     {"status", (PyCFunction)engine_status, METH_NOARGS, "status() -> list of model dicts"},
+    {"devices", (PyCFunction)engine_devices, METH_NOARGS, "devices() -> list of device dicts"},
+    {"releases", (PyCFunction)engine_releases, METH_NOARGS,
+     "releases() -> the last release of each model name"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "stats() -> task accounting dict"},
     {"forked", (PyCFunction)engine_forked, METH_NOARGS,
      "forked() -> None, or a message when this process is a fork() child of the engine's"},
