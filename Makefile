@@ -6,20 +6,22 @@ JOBS   ?= 2
 CTEST  := ctest --output-on-failure --timeout 300 -j$(JOBS)
 C_ONLY := -DMM_BUILD_PYTHON=OFF -DMM_BUILD_TORCH=OFF -DMM_WERROR=ON
 
-.PHONY: setup deps build demo test test-c test-asan test-tsan test-fuzz test-py bench clean
+.PHONY: setup deps build demo test test-c test-asan test-tsan test-fuzz test-py test-wheel bench clean
 
 setup: build demo
 
 deps:
 	bash scripts/install_deps.sh
 
+# Quiet unless V=1: CMake's output goes to build/py/build.log (shown when a step fails).
+V ?= 0
 build: deps
-	$(PY) setup.py -q build_ext --inplace
+	PYMODELMGR_VERBOSE=$(V) $(PY) setup.py -q build_ext --inplace
 
 demo: build
 	$(PY) -m pymodelmgr demo
 
-test: build test-c test-asan test-tsan test-fuzz test-py
+test: build test-c test-asan test-tsan test-fuzz test-wheel test-py
 
 test-c:
 	cmake -S . -B build/c $(C_ONLY) -DCMAKE_BUILD_TYPE=Debug >/dev/null
@@ -42,6 +44,11 @@ test-fuzz:
 
 test-py: build
 	$(PY) -m pytest -q --durations=15 tests/python
+
+# The wheel as a user gets it: pip-built, installed into a fresh venv elsewhere, a real
+# MiniLM task run from another folder (scripts/check_wheel.sh; about a minute).
+test-wheel: build
+	bash scripts/check_wheel.sh
 
 bench: build
 	$(PY) benchmarks/bench_overhead.py

@@ -1,16 +1,15 @@
-"""Command line: ``python -m pymodelmgr <command>``.
+"""Command line: python -m pymodelmgr COMMAND (or the pymodelmgr script).
 
-Commands:
-    demo                  semantic search over a small bundled corpus: pre-load, concurrent
-                          batches as SPEC.md recommends, status, release.  Uses the real
-                          all-MiniLM-L6-v2 when the native backend and the model are available
-                          (``--model``), and the synthetic model otherwise (``--synthetic``).
-    download REPO_ID      fetch a model into the cache (progress on stderr).
-    import-model DIR --as REPO_ID
-                          put a local model folder into the cache under a repo id, so
-                          ``task(..., model_name=REPO_ID)`` finds it offline.
-    cache                 list the models in the cache.
-    serve                 the OpenAI-compatible HTTP server (python -m pymodelmgr serve --help).
+Commands (python -m pymodelmgr COMMAND --help for each):
+    demo           semantic search over a small bundled corpus: pre-load, concurrent batches,
+                   status, release; the real all-MiniLM-L6-v2 when the native backend and
+                   the model are available, else a synthetic model
+    download       fetch a model into the cache (progress on stderr)
+    import-model   put a local model folder into the cache under a repo id
+    cache          list the models in the cache
+    status         the installation (version, native backend, torch), the cache, and with
+                   --load MODEL a model loaded in this process and its status
+    serve          the OpenAI-compatible HTTP server (pymodelmgr[server]; its own options)
 """
 from __future__ import annotations
 
@@ -56,6 +55,15 @@ def _cosine(a, b):
                                                math.sqrt(sum(y * y for y in b)) or 1.0)
 
 
+def _progress(line: str, last: bool) -> None:
+    """A progress line on stderr: redrawn in place on a terminal, else one plain line each
+    (no carriage returns in a log file or a pipe)."""
+    if sys.stderr.isatty():
+        print("\r" + line, end="\n" if last else "", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / max(total, 1))
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
@@ -84,13 +92,11 @@ async def _demo(model: str, device: str) -> int:
             nonlocal done
             r = await mm.task(batch, "embedding", model, num_workers=2, device=device)
             done += 1
-            print("\r  embedding corpus " + _bar(done, len(batches)), end="", file=sys.stderr,
-                  flush=True)
+            _progress("  embedding corpus " + _bar(done, len(batches)), last=done == len(batches))
             return r
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one(b) for b in batches))
-        print(file=sys.stderr)
         if not all(r.success for r in results):
             print("embedding failed: " + "; ".join(str(r.error) for r in results if not r.success),
                   file=out)
@@ -148,27 +154,143 @@ def _prepare_minilm(cache_dir: str) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("download", "cache", "import-model"):
-        from . import hub
+def _native_info() -> dict:
+    """What this installation can run: the native backend, its libtorch shim and the torch
+    it finds (located, not imported)."""
+    import importlib.metadata
+    import importlib.util
 
-        return hub.cli_main(argv)
+    from . import _core
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    shim = os.path.join(here, "libmm_torch.so")
+    info = {"native_backend": bool(getattr(_core, "HAVE_NATIVE", 0)),
+            "torch_shim": shim if os.path.exists(shim) else None, "torch": None,
+            "torch_dir": None}
+    spec = importlib.util.find_spec("torch")
+    if spec is not None and spec.submodule_search_locations:
+        info["torch_dir"] = list(spec.submodule_search_locations)[0]
+        try:
+            info["torch"] = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            info["torch"] = "unknown version"
+    return info
+
+
+def _version_string() -> str:
+    from . import __version__
+
+    info = _native_info()
+    if info["torch_shim"] and info["torch"]:
+        backend = f"real models through torch {info['torch']}"
+    elif info["torch_shim"]:
+        backend = "libtorch shim built, but torch is not installed"
+    else:
+        backend = "built without the libtorch shim: synthetic models only"
+    return f"pymodelmgr {__version__} ({backend}; Python {sys.version.split()[0]})"
+
+
+async def _status(args) -> int:
+    """``status``: the installation, the cache and, with --load, one model loaded here."""
+    import json
+
+    from . import ModelManager, ModelManagerSettings, __version__, hub
+
+    cache_dir = args.cache_dir or ModelManagerSettings().cache_dir
+    info = _native_info()
+    cached = hub.list_cache(cache_dir)
+    out = {"version": __version__, **info, "cache_dir": os.path.abspath(cache_dir),
+           "cached_models": [{"repo_id": m.repo_id, "size_bytes": m.size_bytes, "refs": m.refs}
+                             for m in cached],
+           "loaded_models": []}
+    rc = 0
+    if args.load:
+        settings = ModelManagerSettings(cache_dir=cache_dir)
+        async with ModelManager(settings) as mm:
+            t0 = time.perf_counter()
+            r = await mm.task(None, args.task_type, args.load, num_workers=args.num_workers,
+                              device=args.device)
+            load_s = time.perf_counter() - t0
+            if not r.success:
+                out["load_error"] = {"code": r.error.code, "message": r.error.message}
+                rc = 1
+            st = await mm.status()
+            for m in st.data["models"]:
+                m["load_seconds"] = round(load_s, 3)
+                out["loaded_models"].append(m)
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return rc
+    print(_version_string())
+    print(f"native backend: {'yes' if info['native_backend'] else 'no'}; libtorch shim: "
+          f"{info['torch_shim'] or 'not built'}; torch: "
+          f"{(info['torch'] + ' at ' + info['torch_dir']) if info['torch'] else 'not installed'}")
+    print(f"cache: {out['cache_dir']} ({len(cached)} model{'s' if len(cached) != 1 else ''})")
+    for m in cached:
+        refs = ", ".join("%s=%s" % (k, v[:12]) for k, v in sorted(m.refs.items()))
+        print("  %-50s %10s  %s" % (m.repo_id, hub._fmt_bytes(m.size_bytes), refs))
+    if not args.load:
+        print("loaded models: none (models live in the process that runs them; "
+              "--load MODEL loads one here and shows its status)")
+    elif "load_error" in out:
+        print(f"loading {args.load} failed: {out['load_error']['code']}: "
+              f"{out['load_error']['message']}")
+    for m in out["loaded_models"]:
+        print(f"loaded: {m['model_name']} ({m['task_type']}) state={m['state']} "
+              f"devices={m['devices']} workers={m['workers']} in {m['load_seconds']:.2f}s")
+    return rc
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import hub
+
+    parser = argparse.ArgumentParser(
+        prog="pymodelmgr",
+        description="pymodelmgr: an in-process model manager for Python apps. "
+                    "Run `python -m pymodelmgr COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=_version_string())
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    d = sub.add_parser("demo", help="semantic search demo (real all-MiniLM-L6-v2 when available)",
+                       description="Semantic search over a small bundled corpus: pre-load, "
+                                   "concurrent batches, status, release.")
+    d.add_argument("--model", default=None, help=f"embedding model (default {MINILM} when "
+                   "the native backend is available, else a synthetic model)")
+    d.add_argument("--synthetic", action="store_true", help="use the synthetic model")
+    d.add_argument("--device", default="cpu", help="cpu (default), gpu or cuda:N")
+    hub.add_cli_commands(sub)
+    st = sub.add_parser("status", help="installation, cache and (with --load) a loaded model",
+                        description="Show the version, the native backend and the torch it "
+                                    "uses, and the model cache.  A one-shot process holds no "
+                                    "models: --load MODEL loads one here and shows its status.")
+    st.add_argument("--cache-dir", default=None, help="the model cache (default data/models)")
+    st.add_argument("--load", metavar="MODEL", default=None, help="load this model and report it")
+    st.add_argument("--task-type", default="embedding", help="embedding (default) or text_generation")
+    st.add_argument("--device", default="cpu", help="cpu (default), gpu or cuda:N")
+    st.add_argument("--num-workers", type=int, default=1, help="workers for --load (default 1)")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    # serve parses its own options (pymodelmgr.server.main): listed here, run by main().
+    sub.add_parser("serve", add_help=False,
+                   help="the OpenAI-compatible HTTP server (pymodelmgr[server]; serve --help)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The ``pymodelmgr`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "serve":  # the OpenAI-compatible HTTP server (pymodelmgr[server])
         from .server import main as serve_main
 
         return serve_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="pymodelmgr", description=__doc__.splitlines()[0],
-                                     epilog="Other commands: download, cache, import-model, serve "
-                                            "(see python -m pymodelmgr download --help).")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="semantic search demo")
-    d.add_argument("--model", default=None, help=f"embedding model (default {MINILM} when "
-                   "the native backend is available, else a synthetic model)")
-    d.add_argument("--synthetic", action="store_true", help="use the synthetic model")
-    d.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    # Progress of downloads (logger pymodelmgr) and warnings reach stderr as plain lines.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd in ("download", "cache", "import-model"):
+        from . import hub
+
+        logging.getLogger("pymodelmgr").setLevel(logging.INFO)
+        return hub.run_cli(args)
+    if args.cmd == "status":
+        return asyncio.run(_status(args))
 
     from .settings import ModelManagerSettings
 

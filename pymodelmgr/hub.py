@@ -99,6 +99,7 @@ class _ProgressBar:
         self.delay = delay
         self.log_every = log_every
         self.last_log = 0.0
+        self.last_pct = -1  # the percentage last logged: 100% (hashing, renames) is logged once
         self.drawn = False
         self.last: Optional[Dict] = None
 
@@ -120,8 +121,9 @@ class _ProgressBar:
             self.stream.write("\r" + line[:cols].ljust(cols))
             self.stream.flush()
             self.drawn = True
-        elif now - self.last_log >= self.log_every:
+        elif now - self.last_log >= self.log_every and int(frac * 100) != self.last_pct:
             self.last_log = now
+            self.last_pct = int(frac * 100)
             log.info("downloading %s: %d%% (%s of %s, %s/s)", self.name, int(frac * 100), _fmt_bytes(done),
                      _fmt_bytes(total), _fmt_bytes(rate))
 
@@ -357,28 +359,31 @@ def import_model(src_dir: str, repo_id: str, cache_dir: Optional[str] = None, re
 
 # ---- command line ----------------------------------------------------------------
 
-def cli_main(argv: Optional[List[str]] = None) -> int:
-    """``download``, ``cache`` and ``import-model`` sub-commands, for
-    ``python -m pymodelmgr`` to delegate to (``return hub.cli_main(argv)``).
-    Results go to stdout, progress and errors to stderr; returns the exit
-    status."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m pymodelmgr")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("download", help="fetch a model into the cache without loading it")
-    d.add_argument("model")
-    d.add_argument("--revision", default="main")
-    d.add_argument("--cache-dir", default=None)
+def add_cli_commands(sub) -> None:
+    """Adds the ``download``, ``cache`` and ``import-model`` sub-commands to an argparse
+    sub-parser set (``python -m pymodelmgr`` lists them beside its own); run them with
+    :func:`run_cli`."""
+    d = sub.add_parser("download", help="fetch a model into the cache without loading it",
+                       description="Fetch a model from the Hugging Face Hub into the cache "
+                                   "(progress on stderr); prints the snapshot folder.")
+    d.add_argument("model", help="a Hugging Face repo id, org/name")
+    d.add_argument("--revision", default="main", help="branch, tag or commit (default main)")
+    d.add_argument("--cache-dir", default=None, help="the model cache (default: MM_HUB_CACHE or data/models)")
     d.add_argument("--refresh", action="store_true", help="ask the hub where the branch points now")
-    c = sub.add_parser("cache", help="list cached models and their sizes")
-    c.add_argument("--cache-dir", default=None)
-    i = sub.add_parser("import-model", help="import a local model folder into the cache as a repo id")
-    i.add_argument("src_dir")
-    i.add_argument("--as", dest="repo_id", required=True)
-    i.add_argument("--revision", default="main")
-    i.add_argument("--cache-dir", default=None)
-    args = ap.parse_args(argv)
+    c = sub.add_parser("cache", help="list cached models and their sizes",
+                       description="List the models in the cache, their size and refs.")
+    c.add_argument("--cache-dir", default=None, help="the model cache (default: MM_HUB_CACHE or data/models)")
+    i = sub.add_parser("import-model", help="import a local model folder into the cache as a repo id",
+                       description="Put a local model folder into the cache under a repo id, so "
+                                   "task(..., model_name=REPO_ID) finds it offline.")
+    i.add_argument("src_dir", help="the model folder (config.json, weights, tokenizer)")
+    i.add_argument("--as", dest="repo_id", required=True, metavar="REPO_ID", help="org/name to file it under")
+    i.add_argument("--revision", default="main", help="the branch name to record (default main)")
+    i.add_argument("--cache-dir", default=None, help="the model cache (default: MM_HUB_CACHE or data/models)")
+
+
+def run_cli(args) -> int:
+    """Runs a sub-command parsed by :func:`add_cli_commands`; returns the exit status."""
     try:
         if args.cmd == "download":
             # Only a repo id: snapshot() would use an existing local folder in place, so a
@@ -408,3 +413,14 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
         print("error: %s" % e, file=sys.stderr)
         return 1
     return 0
+
+
+def cli_main(argv: Optional[List[str]] = None) -> int:
+    """``download``, ``cache`` and ``import-model`` on their own (``python -m pymodelmgr``
+    has them too).  Results go to stdout, progress and errors to stderr; returns the exit
+    status."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pymodelmgr")
+    add_cli_commands(ap.add_subparsers(dest="cmd", required=True))
+    return run_cli(ap.parse_args(argv))

@@ -29,7 +29,7 @@ need = {"torch": "2.13.0", "transformers": None, "sentence-transformers": None,
         "protobuf": None, "huggingface_hub": None, "setuptools": None,
         "ctranslate2": None, "onnxruntime": None, "onnx": None,
         "starlette": None, "uvicorn": None, "prometheus_client": None, "openai": None,
-        "ray": "2.60.0", "fastapi": None}
+        "ray": "2.60.0", "fastapi": None, "mypy": None}
 for name, ver in need.items():
     v = md.version(name)
     if ver and not v.startswith(ver):

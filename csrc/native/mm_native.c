@@ -48,6 +48,7 @@
 
 static pthread_mutex_t g_shim_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *g_lib_dir;  /* guarded by g_shim_mu */
+static char *g_torch_dir; /* guarded by g_shim_mu: the torch package's lib folder */
 static void *g_shim;     /* guarded by g_shim_mu; never closed once open */
 
 static struct {
@@ -59,17 +60,41 @@ static struct {
     mm_torch_embedder_free_fn free;
 } g_api; /* written once under g_shim_mu before g_shim is set */
 
-int mm_native_set_lib_dir(const char *dir) {
+/* Replaces *slot (g_lib_dir or g_torch_dir) with a copy of dir. */
+static int set_dir(char **slot, const char *dir) {
     if (!dir)
         return MM_EINVAL;
     char *copy = mm_strdup(dir);
     if (!copy)
         return MM_ENOMEM;
     pthread_mutex_lock(&g_shim_mu);
-    mm_free(g_lib_dir);
-    g_lib_dir = copy;
+    mm_free(*slot);
+    *slot = copy;
     pthread_mutex_unlock(&g_shim_mu);
     return 0;
+}
+
+int mm_native_set_lib_dir(const char *dir) { return set_dir(&g_lib_dir, dir); }
+
+int mm_native_set_torch_dir(const char *dir) { return set_dir(&g_torch_dir, dir); }
+
+/* g_shim_mu held.  Loads the torch package's own libraries by path (as
+ * `import torch` would), so that the shim's NEEDED entries match them by
+ * soname.  Missing files are skipped (a CPU torch has no CUDA libraries);
+ * the handles stay open for the life of the process, like the shim's. */
+static void torch_preload_locked(void) {
+    static const char *const libs[] = {"libc10.so", "libtorch_cpu.so", "libc10_cuda.so",
+                                       "libtorch_cuda.so", "libtorch.so"};
+    if (!g_torch_dir)
+        return;
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", g_torch_dir, libs[i]);
+        if (access(path, R_OK) == 0 && !dlopen(path, RTLD_NOW | RTLD_LOCAL)) {
+            const char *why = dlerror();
+            mm_log(MM_LOG_WARNING, "cannot preload %s: %s", path, why ? why : "unknown error");
+        }
+    }
 }
 
 /* g_shim_mu held. */
@@ -90,13 +115,16 @@ static int shim_open_locked(char *err, size_t errlen) {
     } else {
         snprintf(path, sizeof path, "%s", SHIM_NAME);
     }
+    torch_preload_locked();
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *why = dlerror();
         snprintf(err, errlen,
-                 "cannot load the libtorch shim %s: %s (is the torch it was built against "
-                 "still installed?)",
-                 path, why ? why : "unknown error");
+                 "cannot load the libtorch shim %s: %s (%s)", path, why ? why : "unknown error",
+                 g_torch_dir ? "is this the torch version pymodelmgr was built against? "
+                               "reinstall pymodelmgr after changing torch"
+                             : "torch is not installed in this environment: install the torch "
+                               "pymodelmgr was built against");
         return MM_ELOAD;
     }
     mm_torch_abi_version_fn abi = (mm_torch_abi_version_fn)dlsym(h, "mm_torch_abi_version");

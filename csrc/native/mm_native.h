@@ -28,6 +28,14 @@ extern const mm_backend_vtable mm_native_backend;
  * by the dynamic loader's search path. */
 int mm_native_set_lib_dir(const char *dir);
 
+/* Tells the backend where the installed torch package keeps its libraries
+ * (site-packages/torch/lib), found by the Python layer without importing
+ * torch.  Before the shim is dlopened, libtorch is loaded from there, so the
+ * shim's NEEDED libc10.so / libtorch_cpu.so resolve to those copies wherever
+ * torch is installed (not only next to pymodelmgr, as the shim's RUNPATH
+ * $ORIGIN/../torch/lib expects).  Copies dir; 0 or MM_ENOMEM / MM_EINVAL. */
+int mm_native_set_torch_dir(const char *dir);
+
 /* ---- for the generation part (a gen file in csrc/native, issue 6) ---- */
 
 /* Optional: a vtable for MM_TASK_TEXT_GENERATION models, defined by the

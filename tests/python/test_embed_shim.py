@@ -80,6 +80,8 @@ class ShimError(Exception):
 
 class Shim:
     def __init__(self, path):
+        import torch  # noqa: F401 - loads libc10/libtorch, which the shim needs (its RUNPATH
+        #              is relative to an installed pymodelmgr, not to this source tree)
         self.lib = lib = ctypes.CDLL(path)
         P = ctypes.POINTER
         lib.mm_torch_embedder_load.argtypes = [ctypes.c_char_p, P(EmbedParams),

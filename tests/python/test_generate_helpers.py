@@ -75,6 +75,8 @@ def lib():
     path = find_lib()
     if path is None:
         pytest.skip("libmm_torch.so not built (make build)")
+    import torch  # noqa: F401 - loads libc10/libtorch, which the shim needs (its RUNPATH
+    #              is relative to an installed pymodelmgr, not to this source tree)
     L = ctypes.CDLL(path)
     if not hasattr(L, "mm_torch_gen_run"):
         pytest.skip(f"{path} has no generation entry points")

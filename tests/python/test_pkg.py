@@ -183,9 +183,155 @@ async def test_async_own_alias(model_manager):
 
 def test_pytest_plugin_fixture(tmp_path):
     (tmp_path / "test_app.py").write_text(textwrap.dedent(PLUGIN_USER_TESTS))
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="error::ResourceWarning")
+    # Not installed here (scripts/check_wheel.sh checks the entry point of an installed
+    # wheel): load the plugin by name, and nothing else automatically.
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "pymodelmgr.testing",
-                        "-p", "asyncio", "-W", "error::ResourceWarning", "test_app.py"],
+                        "-p", "pytest_asyncio.plugin", "-W", "error::ResourceWarning",
+                        "test_app.py"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 passed" in r.stdout
+
+
+# ---- the command line (item 2) ------------------------------------------------------
+
+def _cli(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "pymodelmgr", *args], capture_output=True,
+                          text=True, timeout=120, env=env, **kw)
+
+
+def test_cli_help_lists_every_command_without_markup():
+    r = _cli("--help")
+    assert r.returncode == 0, r.stderr
+    listed = {line.split()[0] for line in r.stdout.splitlines() if line.startswith("    ")}
+    assert {"demo", "download", "import-model", "cache", "status", "serve"} <= listed, r.stdout
+    assert "``" not in r.stdout and "--version" in r.stdout
+    for cmd in ("demo", "download", "import-model", "cache", "status"):
+        sub = _cli(cmd, "--help")
+        assert sub.returncode == 0 and sub.stdout.startswith("usage: pymodelmgr " + cmd), sub
+
+
+def test_cli_version():
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"pymodelmgr {pymodelmgr.__version__} ("), r
+
+
+def test_cli_status_cache_and_loaded_model(tmp_path):
+    import json
+
+    r = _cli("status", "--cache-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "cache: " + str(tmp_path) + " (0 models)" in r.stdout and "loaded models: none" in r.stdout
+    r = _cli("status", "--cache-dir", str(tmp_path), "--load", "synthetic/embedding?dim=4",
+             "--num-workers", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["version"] == pymodelmgr.__version__ and out["cached_models"] == []
+    (m,) = out["loaded_models"]
+    assert m["model_name"] == "synthetic/embedding?dim=4" and m["state"] == "ready"
+    assert m["workers"] == 2 and m["load_seconds"] >= 0
+    bad = _cli("status", "--cache-dir", str(tmp_path), "--load", "synthetic/embedding?fail=load")
+    assert bad.returncode == 1 and "MODEL_LOAD_FAILED" in bad.stdout
+
+
+def test_cli_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    r = _cli("demo", "--synthetic")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "embedding corpus" in ln]
+    assert len(lines) == 5 and lines[-1].endswith("5/5")
+
+
+def test_download_log_says_100_percent_once(caplog):
+    import io
+    import logging
+
+    from pymodelmgr import hub
+
+    bar = hub._ProgressBar("acme/x", stream=io.StringIO(), delay=0.0, log_every=0.0)
+    p = {"file": "model.safetensors", "file_index": 0, "file_count": 1}
+    with caplog.at_level(logging.INFO, logger="pymodelmgr"):
+        for done in (10, 50, 100, 100, 100, 100, 100, 100):  # 100%: hashing, renaming
+            bar({**p, "file_done": done, "file_total": 100, "model_done": done, "model_total": 100})
+        bar.close(True)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("100%" in m for m in msgs) == 1, msgs
+    assert [m.split(": ")[1].split()[0] for m in msgs if "%" in m] == ["10%", "50%", "100%"]
+    assert bar.stream.getvalue() == ""  # not a terminal: no bar, no carriage return
+
+
+def test_build_is_quiet():
+    """`make build`'s step: CMake's output goes to build/py/build.log (V=1 shows it)."""
+    env = dict(os.environ, PYMODELMGR_VERBOSE="0")
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = (r.stdout + r.stderr).splitlines()
+    assert not [ln for ln in out if "%]" in ln or "Building" in ln or "Linking" in ln], out
+    assert len(out) <= 3, out
+    assert os.path.getsize(os.path.join(ROOT, "build", "py", "build.log")) > 0
+
+
+# ---- packaging (item 1) ---------------------------------------------------------------
+
+def test_shim_runpath_is_relative_to_the_torch_package():
+    shim = os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")
+    if not os.path.exists(shim):
+        pytest.skip("built without the libtorch shim")
+    out = subprocess.run(["readelf", "-d", shim], capture_output=True, text=True, check=True).stdout
+    paths = re.findall(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*)\]", out)
+    assert paths == ["$ORIGIN/../torch/lib"], paths
+
+
+def test_shim_loads_without_runpath_help_or_torch_import(tmp_path):
+    """pymodelmgr and torch in different folders (this source tree and site-packages): the
+    shim's RUNPATH finds nothing, so the backend loads libtorch from the torch package it
+    located first; the app never imported torch."""
+    shim = os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")
+    if not os.path.exists(shim):
+        pytest.skip("built without the libtorch shim")
+    from test_embed_shim import minilm_dir
+
+    code = textwrap.dedent(f'''
+        import asyncio, sys
+        import pymodelmgr
+        async def main():
+            async with pymodelmgr.ModelManager({{"fake_gpus": "none"}}) as mm:
+                r = await mm.task(["hello"], "embedding", {minilm_dir()!r}, device="cpu")
+                assert r.success, r.error
+                print(len(r.data["embeddings"][0]), "torch" in sys.modules)
+        asyncio.run(main())
+    ''')
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["384", "False"]
+
+
+def test_setup_without_torch_stops_with_what_to_run(tmp_path):
+    """As in pip's isolated build environment of a venv without torch: the build stops
+    before CMake and says what to run, unless PYMODELMGR_BUILD_TORCH=0."""
+    import venv
+
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(tmp_path / "v")
+    vpy = str(tmp_path / "v" / "bin" / "python")
+    site = subprocess.run([sys.executable, "-c", "import setuptools, os; "
+                           "print(os.path.dirname(os.path.dirname(setuptools.__file__)))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the venv sees setuptools (through PYTHONPATH, as pip's build environment does) but
+    # not torch; `python -I` (the target environment) has no torch either
+    shim_dir = tmp_path / "only-setuptools"
+    shim_dir.mkdir()
+    for name in ("setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
+        if os.path.exists(os.path.join(site, name)):
+            os.symlink(os.path.join(site, name), shim_dir / name)
+    env = dict(os.environ, PYTHONPATH=str(shim_dir), PYMODELMGR_BUILD_DIR=str(tmp_path / "b"))
+    r = subprocess.run([vpy, os.path.join(ROOT, "setup.py"), "-q", "build_ext",
+                        "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "t")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "torch is not installed in this Python environment" in r.stderr
+    assert "pip install torch==" in r.stderr and "PYMODELMGR_BUILD_TORCH=0" in r.stderr
+    assert not os.path.exists(tmp_path / "b" / "CMakeCache.txt")  # stopped before CMake
