@@ -34,6 +34,9 @@ Families (labels in braces; ``model`` is the model name as requested):
 ``pymodelmgr_workers``                    gauge       {model}: workers (``state`` loaded or total)
 ``pymodelmgr_memory_bytes``               gauge       {model, device}: what the backend holds
 ``pymodelmgr_device_memory_bytes``        gauge       {device}: the sum over models
+``pymodelmgr_device_total_bytes``         gauge       {device}: also ``_free_bytes``,
+                                                      ``_budget_bytes``, ``_used_bytes`` (the memory
+                                                      policy's view)
 ``pymodelmgr_embedding_cache_hits_total`` counter     (also ``_misses_total``, ``_evictions_total``,
                                                       ``_expirations_total``; ``_entries`` gauge)
 ========================================  ==========  ==========================================
@@ -65,6 +68,8 @@ def snapshot(manager: Any) -> Optional[Dict[str, Any]]:
     try:
         snap = manager._engine.metrics()
         snap["embedding_cache"] = manager._engine.stats().get("embedding_cache")
+        devices = getattr(manager._engine, "devices", None)  # the memory policy's view
+        snap["devices"] = devices() if devices else []
     except RuntimeError:  # closed between the check and the call
         return None
     return snap
@@ -137,6 +142,11 @@ class PymodelmgrCollector:
                                 labels=["model", "device"])
         devmem = GaugeMetricFamily("pymodelmgr_device_memory_bytes",
                                    "Bytes all models hold on a device.", labels=["device"])
+        dev = {k: GaugeMetricFamily(f"pymodelmgr_device_{k}_bytes", doc, labels=["device"])
+               for k, doc in (("total", "A device's memory."),
+                              ("free", "A device's free memory, as last measured."),
+                              ("budget", "What models may use on a device (memory_fraction)."),
+                              ("used", "What the memory policy counts as used by models."))}
 
         # Sum across managers per label set.
         acc: Dict[Tuple, float] = {}
@@ -177,6 +187,10 @@ class PymodelmgrCollector:
             for r in s["memory"]:
                 add(("mem", r["model"], r["device"]), r["bytes"])
                 add(("devmem", r["device"]), r["bytes"])
+            for d in s.get("devices") or []:
+                for k in dev:
+                    if d.get(f"{k}_bytes") is not None:
+                        acc[("dev_" + k, d["name"])] = d[f"{k}_bytes"]  # one machine: not summed
             cache = s.get("embedding_cache")
             if cache:
                 for k in ("hits", "misses", "evictions", "expirations", "size"):
@@ -184,7 +198,8 @@ class PymodelmgrCollector:
 
         fams = {"tasks": tasks, "items": items, "batches": batches, "tok_in": tok_in,
                 "tok_out": tok_out, "loads": loads, "rels": rels, "qdepth": qdepth,
-                "inflight": inflight, "workers": workers, "mem": mem, "devmem": devmem}
+                "inflight": inflight, "workers": workers, "mem": mem, "devmem": devmem,
+                **{"dev_" + k: f for k, f in dev.items()}}
         for key in sorted(acc, key=lambda k: tuple(str(x) for x in k)):
             if key[0] in fams:
                 fams[key[0]].add_metric(list(key[1:]), acc[key])

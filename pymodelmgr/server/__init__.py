@@ -45,7 +45,8 @@ def run(config: ServerConfig, log_level: str = "info") -> int:
     uconfig = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
                              access_log=False, server_header=False, date_header=True,
                              timeout_graceful_shutdown=int(max(config.shutdown_timeout, 1)),
-                             lifespan="on", log_config=None)
+                             lifespan="on", log_config=None,
+                             limit_concurrency=config.max_connections)
     server = uvicorn.Server(uconfig)
     # uvicorn re-raises the signal it caught once it has shut down; a handler of our own
     # turns that into a clean exit 0 (the shutdown was graceful).
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
-                   help="require Authorization: Bearer KEY (default: env PYMODELMGR_API_KEY)")
+                   help="require Authorization: Bearer KEY (default: env PYMODELMGR_API_KEY, "
+                        "which other users cannot read in the process list)")
     p.add_argument("--settings", default=None,
                    help="a JSON file with ModelManagerSettings fields")
     p.add_argument("--embedding-model", action="append", default=[], metavar="NAME",
@@ -86,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send its request body")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for requests in flight")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="answer 503 beyond this many concurrent connections")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -108,5 +112,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         allow_local_models=args.allow_local_models,
         device=args.device, num_workers=args.num_workers, keep_alive=args.keep_alive,
         max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
-        shutdown_timeout=args.shutdown_timeout)
+        shutdown_timeout=args.shutdown_timeout, max_connections=args.max_connections)
     return run(config, args.log_level)

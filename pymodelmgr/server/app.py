@@ -58,6 +58,8 @@ class ServerConfig:
         default_max_tokens: completions' ``max_tokens`` when the request has none (16, as
             OpenAI).
         shutdown_timeout: seconds SIGTERM waits for requests in flight.
+        max_connections: concurrent connections and requests beyond which uvicorn answers
+            503 at once (None: no limit; the manager's queue bound gives 429s first).
     """
 
     host: str = "127.0.0.1"
@@ -76,6 +78,7 @@ class ServerConfig:
     max_items: int = 2048
     default_max_tokens: int = 16
     shutdown_timeout: float = 30.0
+    max_connections: Optional[int] = None
 
     def __repr__(self) -> str:  # never show the key
         return (f"ServerConfig(host={self.host!r}, port={self.port}, "

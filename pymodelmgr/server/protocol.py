@@ -29,6 +29,7 @@ STATUS_BY_CODE: Dict[str, int] = {
     "QUEUE_FULL": 429,
     "BUSY": 429,
     "SHUTTING_DOWN": 503,
+    "INSUFFICIENT_MEMORY": 503,  # the model cannot be placed now (others are busy)
     "MODEL_MANAGER_DISABLED": 503,
     "QUEUE_TIMEOUT": 504,
     "NETWORK_ERROR": 502,

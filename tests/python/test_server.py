@@ -447,6 +447,31 @@ def test_raw_http_bad_requests():
         assert st == 200 and len(body["data"][0]["embedding"]) == 16
 
 
+def test_slow_clients_do_not_block_others():
+    """A client that never finishes its headers, one that stops mid-body and one that
+    never reads a large answer: the others are served meanwhile."""
+    with serving(synthetic_config(body_timeout=30)) as s:
+        stalled = []
+        for data in (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Le",
+                     b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"):
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.sendall(data)
+            stalled.append(c)
+        big = json.dumps({"model": SYN, "input": ["x"] * 2000}).encode()
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(20):  # answers pile up unread
+            c.sendall(request_bytes("/v1/embeddings", big))
+        stalled.append(c)
+        t0 = time.time()
+        for i in range(5):
+            st, _, body = post(s.port, "/v1/embeddings", {"model": SYN, "input": f"t{i}"})
+            assert st == 200
+        assert time.time() - t0 < 10
+        for c in stalled:
+            c.close()
+
+
 def test_metrics_match_the_work_done():
     texts = ["one two three", "four five", "six"]
     with serving(synthetic_config()) as s:
@@ -511,6 +536,30 @@ def test_in_process_register():
     assert sample(m, "pymodelmgr_device_memory_bytes", device="cpu") == 3 << 20
     # the first task had nothing to look up (no revision loaded yet); the second missed
     assert sample(m, "pymodelmgr_embedding_cache_misses_total") == 1
+
+
+def test_eviction_and_device_memory_metrics():
+    """The memory policy's evictions and device figures reach Prometheus."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import pymodelmgr.metrics
+    a, b = "synthetic/embedding?dim=4&mem_mb=600", "synthetic/embedding?dim=8&mem_mb=600"
+
+    async def go():
+        reg = CollectorRegistry()
+        async with ModelManager({"fake_gpus": "1000"}) as mm:
+            pymodelmgr.metrics.register(reg, mm)
+            assert (await mm.task(["x"], "embedding", a, device="cuda:0")).success
+            m1 = metric_samples(generate_latest(reg).decode())
+            assert (await mm.task(["x"], "embedding", b, device="cuda:0")).success  # evicts a
+            return m1, metric_samples(generate_latest(reg).decode())
+    m1, m2 = asyncio.run(go())
+    assert sample(m1, "pymodelmgr_memory_bytes", model=a, device="cuda:0") == 600 << 20
+    assert sample(m1, "pymodelmgr_device_total_bytes", device="cuda:0") == 1000 << 20
+    assert sample(m1, "pymodelmgr_device_used_bytes", device="cuda:0") == 600 << 20
+    assert sample(m2, "pymodelmgr_model_releases_total", model=a, reason="evicted") == 1
+    assert sample(m2, "pymodelmgr_memory_bytes", model=a, device="cuda:0") == 0
+    assert sample(m2, "pymodelmgr_memory_bytes", model=b, device="cuda:0") == 600 << 20
 
 
 def test_load_200_clients_nothing_lost():
