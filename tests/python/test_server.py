@@ -481,6 +481,18 @@ def test_metrics_match_the_work_done():
             assert r.usage.prompt_tokens == 2 * (len(t.split()) + 2) + 1
         gen = client.completions.create(model=SYN_GEN, prompt=["a b", "c"], max_tokens=5)
         assert gen.usage.completion_tokens == 10
+        assert [c.finish_reason for c in gen.choices] == ["length", "length"]
+        # n choices per prompt (index = prompt * n + choice), and stop strings
+        words = gen.choices[0].text.split()
+        two = client.completions.create(model=SYN_GEN, prompt="a b", max_tokens=5, n=2,
+                                        temperature=0.7, seed=1, stop=[" " + words[2]])
+        assert [c.index for c in two.choices] == [0, 1]
+        cut = [c for c in two.choices if c.finish_reason == "stop"]
+        assert all(words[2] not in c.text.split()[2:3] for c in cut)
+        stopped = client.completions.create(model=SYN_GEN, prompt="a b", max_tokens=5,
+                                            stop=" " + words[1])
+        assert stopped.choices[0].text == words[0]
+        assert stopped.choices[0].finish_reason == "stop"
         st, _, _ = post(s.port, "/v1/embeddings", {"model": SYN, "input": "x __fail__"})
         assert st == 500
         st, headers, body = get(s.port, "/metrics")
@@ -491,11 +503,11 @@ def test_metrics_match_the_work_done():
         assert sample(m, "pymodelmgr_tasks_total", model=SYN, task_type="embedding",
                       outcome="failed") == 1
         assert sample(m, "pymodelmgr_tasks_total", model=SYN_GEN, task_type="text_generation",
-                      outcome="success") == 2
+                      outcome="success") == 4
         assert sample(m, "pymodelmgr_items_total", model=SYN) == 7
         words = sum(len(t.split()) + 2 + len(t.split()) + 3 for t in texts)
         assert sample(m, "pymodelmgr_input_tokens_total", model=SYN) == words  # the failed task read none
-        assert sample(m, "pymodelmgr_output_tokens_total", model=SYN_GEN) == 10
+        assert sample(m, "pymodelmgr_output_tokens_total", model=SYN_GEN) == 10 + 10 + 5
         assert sample(m, "pymodelmgr_model_loads_total", model=SYN, result="success") == 1
         assert sample(m, "pymodelmgr_queue_wait_seconds_count", model=SYN) == 4
         assert sample(m, "pymodelmgr_queue_wait_seconds_bucket", model=SYN, le="+Inf") == 4
@@ -508,7 +520,7 @@ def test_metrics_match_the_work_done():
                       status="200") == 3
         assert sample(m, "pymodelmgr_http_requests_total", route="/v1/embeddings",
                       status="500") == 1
-        assert sample(m, "pymodelmgr_http_request_seconds_count", route="/v1/completions") == 1
+        assert sample(m, "pymodelmgr_http_request_seconds_count", route="/v1/completions") == 3
 
 
 def test_in_process_register():
