@@ -828,6 +828,8 @@ static void fill_status(mm_engine_t *e, const mm_model *m, int64_t now, double w
         snprintf(s->mem_dev_name[s->n_mem], sizeof s->mem_dev_name[0], "%s", e->mem[i].name);
         s->mem_dev[s->n_mem++] = b;
     }
+    s->est_weights = m->fp.weights_bytes;
+    s->est_activation = m->fp.activation_bytes;
     const char *why = m->release_reason[0] ? m->release_reason : mm__mem_last_reason(e, m->name);
     snprintf(s->last_release_reason, sizeof s->last_release_reason, "%s", why ? why : "");
     s->download_done = atomic_load_explicit(&m->dl_done, memory_order_relaxed);

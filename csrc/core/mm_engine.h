@@ -129,6 +129,7 @@ typedef struct mm_model_status {
     int n_mem;                   /* per-device footprint: mem_dev[i] bytes on mem_dev_name[i] */
     char mem_dev_name[16][32];
     uint64_t mem_dev[16];
+    uint64_t est_weights, est_activation; /* the estimate before load (0: none) */
     char last_release_reason[96]; /* this entry's, or the name's previous instance's; "" none */
     uint64_t download_done, download_total; /* bytes, while (or after) loading downloads */
     char backend[32];

@@ -460,16 +460,31 @@ uint64_t mm__mem_probe(mm_engine_t *e, const mm_device *dev) {
     return 0;
 }
 
+void mm__mem_load_begin(mm_engine_t *e, mm_model *m, const mm_device *dev, uint64_t before) {
+    if (mm__mem_slot(e, dev) == 0 && m->cpu_loading++ == 0)
+        m->cpu_rss0 = before;
+}
+
 void mm__mem_loaded(mm_engine_t *e, mm_model *m, const mm_device *dev, uint64_t before,
                     uint64_t after, uint64_t reported) {
     int s = mm__mem_slot(e, dev);
     uint64_t measured = 0;
-    if (s == 0)
-        measured = after > before ? after - before : 0; /* the resident set grew */
-    else if (!slot_simulated(e, s))
+    if (s == 0) {
+        /* CPU workers load side by side and share weights: the model's
+         * footprint is the growth from the first start to the last end. */
+        if (--m->cpu_loading > 0)
+            return;
+        uint64_t grew = after > m->cpu_rss0 ? after - m->cpu_rss0 : 0;
+        measured = grew > m->mem_dev[0] ? grew - m->mem_dev[0] : 0;
+        if (!grew && !m->mem_dev[0])
+            measured = reported; /* nothing measurable: trust the backend */
+    } else if (!slot_simulated(e, s)) {
         measured = before > after ? before - after : 0; /* the GPU's free memory fell */
-    if (!measured && (s != 0 || m->mem_dev[0] == 0))
-        measured = reported; /* simulated GPU, or nothing measurable: trust the backend */
+        if (!measured)
+            measured = reported;
+    } else {
+        measured = reported; /* a simulated GPU holds what the backend says */
+    }
     m->mem_dev[s] += measured;
     if (m->mem_dev[s] > m->resv[s]) {
         e->mem[s].used += m->mem_dev[s] - m->resv[s];

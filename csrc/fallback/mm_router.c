@@ -216,6 +216,13 @@ static size_t router_cost(void *state, const mm_task_t *t) {
     return mm_task_total_bytes(t) / 4 + 2 * mm_task_n_items(t);
 }
 
+/* The memory policy's estimate: the safetensors headers and config.json
+ * describe the model whichever backend runs it (mm_native_mem.c). */
+static int router_estimate(const mm_model_spec *spec, const mm_device *dev, mm_footprint *fp,
+                           char *err, size_t errlen) {
+    return mm_native_estimate(spec, dev, fp, err, errlen);
+}
+
 const mm_backend_vtable mm_router_backend = {
     .name = "auto",
     .accepts = router_accepts,
@@ -226,6 +233,7 @@ const mm_backend_vtable mm_router_backend = {
     .info = router_info,
     .cost = router_cost,
     .embed_cacheable = 1,
+    .estimate = router_estimate,
 };
 
 /* ------------------------------------------------------------------ checks */

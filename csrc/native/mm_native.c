@@ -938,4 +938,5 @@ const mm_backend_vtable mm_native_backend = {
     .info = native_info,
     .cost = native_cost,
     .embed_cacheable = 1,
+    .estimate = mm_native_estimate,
 };

@@ -55,6 +55,12 @@ void *mm_native_shim_sym(const char *symbol, char *err, size_t errlen);
 /* Resolves spec's model (hub snapshot at spec->revision in
  * spec->cache_dir, or a local directory) into dir (cap bytes).  0, or the
  * hub's code with a message in err.  Blocks (may download). */
+/* The footprint estimate of mm_native_backend (mm_native_mem.c): weights
+ * from the safetensors headers, activations bounded from config.json.
+ * Resolves (and may download) the model first.  0 or a negative code. */
+int mm_native_estimate(const mm_model_spec *spec, const mm_device *dev, mm_footprint *fp,
+                       char *err, size_t errlen);
+
 int mm_native_resolve_model(const mm_model_spec *spec, char *dir, size_t cap, char *err,
                             size_t errlen);
 

@@ -409,9 +409,16 @@ static PyObject *status_dict(const mm_model_status *s) {
             Py_CLEAR(by_dev);
         Py_XDECREF(v);
     }
+    PyObject *estimate =
+        s->est_weights || s->est_activation
+            ? Py_BuildValue("{s:K,s:K}", "weights_bytes", (unsigned long long)s->est_weights,
+                            "activation_bytes", (unsigned long long)s->est_activation)
+            : Py_NewRef(Py_None);
     PyObject *reason = s->last_release_reason[0] ? PyUnicode_FromString(s->last_release_reason)
                                                  : Py_NewRef(Py_None);
-    if (!keep || !until || !last || !loaded || !error || !download || !by_dev || !reason) {
+    if (!keep || !until || !last || !loaded || !error || !download || !by_dev || !reason ||
+        !estimate) {
+        Py_XDECREF(estimate);
         Py_XDECREF(by_dev);
         Py_XDECREF(reason);
         Py_XDECREF(download);
@@ -425,7 +432,7 @@ static PyObject *status_dict(const mm_model_status *s) {
     }
     return Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:N,s:i,s:i,s:n,s:n,s:N,s:N,s:N,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
-        "s:K,s:s,s:N,s:N,s:N,s:N}",
+        "s:K,s:s,s:N,s:N,s:N,s:N,s:N}",
         "model_name", s->model_name, "task_type", mm_task_type_name(s->task_type), "state",
         s->state, "device", s->device_request, "devices", devices, "workers", s->workers,
         "workers_loaded", s->workers_loaded, "queue_depth", (Py_ssize_t)s->queue_depth,
@@ -437,7 +444,7 @@ static PyObject *status_dict(const mm_model_status *s) {
         "batches", (unsigned long long)s->batches, "items", (unsigned long long)s->items,
         "memory_bytes", (unsigned long long)s->memory_bytes, "backend", s->backend, "error",
         error, "download", download, "memory_bytes_by_device", by_dev, "last_release_reason",
-        reason);
+        reason, "memory_estimate", estimate);
 }
 
 static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
