@@ -271,6 +271,41 @@ def _measured_stream(resp: StreamingResponse, st: _State, route: str, t0: float)
     return resp
 
 
+async def _unless_gone(request: Request, aw):
+    """Awaits aw (task() calls) and, if that takes longer than a moment, watches the
+    connection: a client that disconnects first gets its work cancelled (queued tasks
+    leave their queue, running ones stop at their next chunk) instead of leaving it to run
+    for nobody.  Quick requests pay one timer, not a watcher task."""
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    state = {"gone": False, "watch": None, "done": False}
+
+    async def watch():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if not state["done"]:
+            state["gone"] = True
+            me.cancel()
+
+    def start_watch():
+        state["watch"] = loop.create_task(watch())
+
+    timer = loop.call_later(0.5, start_watch)
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        if hasattr(me, "uncancel"):  # Python 3.11+
+            me.uncancel()
+        raise ApiError(499, "the client closed the connection", "CANCELLED") from None
+    finally:
+        state["done"] = True
+        timer.cancel()
+        if state["watch"] is not None:
+            state["watch"].cancel()
+
+
 def _model(body: Any, st: _State) -> str:
     name = body.get("model") if isinstance(body, dict) else None
     return P.check_model_name(name, st.allowed, st.config.allow_local_models)
@@ -286,7 +321,8 @@ async def embeddings(request: Request, st: _State) -> Response:
     kwargs = dict(req["kwargs"])
     if st.numpy:
         kwargs["output"] = "numpy"
-    r = await st.mm.task(req["texts"], "embedding", name, **st.task_args(), **kwargs)
+    r = await _unless_gone(request, st.mm.task(req["texts"], "embedding", name,
+                                                **st.task_args(), **kwargs))
     if not r.success:
         raise _from_result(r)
     vecs = r.data["embeddings"]
@@ -301,12 +337,13 @@ async def embeddings(request: Request, st: _State) -> Response:
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-async def _generate(st: _State, name: str, prompts: List[str], req: Dict[str, Any]):
+async def _generate(request: Request, st: _State, name: str, prompts: List[str],
+                    req: Dict[str, Any]):
     """One task per prompt, submitted together (one batch for the workers), so each
     prompt's usage and finish_reason are its own."""
-    results = await asyncio.gather(*(
+    results = await _unless_gone(request, asyncio.gather(*(
         st.mm.task([p], "text_generation", name, **st.task_args(), **req["kwargs"])
-        for p in prompts))
+        for p in prompts)))
     for r in results:
         if not r.success:
             raise _from_result(r)
@@ -355,7 +392,7 @@ async def completions(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     req = P.parse_completions(body, st.config.default_max_tokens, st.config.max_items)
     name = _model(body, st)
-    results = await _generate(st, name, req["prompts"], req)
+    results = await _generate(request, st, name, req["prompts"], req)
     choices, pt, ct = _choices(results, req)
     cid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
     if not req["stream"]:
@@ -396,8 +433,9 @@ async def rerank(request: Request, st: _State) -> Response:
     req = P.parse_rerank(body, st.config.max_items)
     name = _model(body, st)
     kwargs = {"top_k": req["top_n"]} if req["top_n"] else {}
-    r = await st.mm.task({"query": req["query"], "documents": req["documents"]}, "rerank", name,
-                         **st.task_args(), **kwargs)
+    r = await _unless_gone(request, st.mm.task({"query": req["query"],
+                                                "documents": req["documents"]}, "rerank", name,
+                                               **st.task_args(), **kwargs))
     if not r.success:
         raise _from_result(r)
     docs = req["documents"]

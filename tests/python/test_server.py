@@ -472,6 +472,32 @@ def test_slow_clients_do_not_block_others():
             c.close()
 
 
+def test_disconnected_client_cancels_its_work():
+    """A client that hangs up while its task waits behind a slow one: the task is
+    cancelled (the metrics count it), not run for nobody."""
+    slow = "synthetic/embedding?dim=4&batch_us=800000"
+    with serving(synthetic_config(embedding_models=[slow], generation_models=[])) as s:
+        first = threading.Thread(target=post, args=(s.port, "/v1/embeddings",
+                                                    {"model": slow, "input": "runs"}))
+        first.start()
+        time.sleep(0.2)
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.sendall(request_bytes("/v1/embeddings", json.dumps({"model": slow,
+                                                                "input": "abandoned"}).encode()))
+        time.sleep(0.2)
+        c.close()  # while it is queued
+        first.join(30)
+        time.sleep(0.3)
+        _, _, text = get(s.port, "/metrics")
+    m = metric_samples(text.decode() if isinstance(text, bytes) else text)
+    assert sample(m, "pymodelmgr_tasks_total", model=slow, task_type="embedding",
+                  outcome="cancelled") == 1
+    assert sample(m, "pymodelmgr_tasks_total", model=slow, task_type="embedding",
+                  outcome="success") == 1
+    assert sample(m, "pymodelmgr_http_requests_total", route="/v1/embeddings",
+                  status="499") == 1
+
+
 def test_metrics_match_the_work_done():
     texts = ["one two three", "four five", "six"]
     with serving(synthetic_config()) as s:
