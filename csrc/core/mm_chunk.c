@@ -13,7 +13,8 @@
  * backend whole: its worker runs it a chunk at a time through a view task
  * (the same input blob, a window of its items), copies each chunk's vectors
  * into the task's result, and between two chunks serves one batch from the
- * queue.  So a 20,000-text task cannot starve a small task queued behind
+ * queue.  Chunks take the items in order of length (the order is made once),
+ * so they pad as little as the whole task would have.  So a 20,000-text task cannot starve a small task queued behind
  * it, and a cancelled one stops within one chunk.  Only embedding tasks are
  * chunked: their rows are independent and their result is one matrix.
  *
@@ -23,8 +24,11 @@
  *
  * Every function here runs with engine->mu held, except mm__chunk_run.
  */
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mm_alloc.h"
@@ -118,7 +122,21 @@ int mm__model_abort_if_unwanted(mm_model *m) {
 }
 
 /* The engine's default cost of one item (mm_worker.c's task_cost, per item). */
-static size_t item_cost(const mm_task_t *t, size_t i) { return t->item_len[i] / 4 + 2; }
+static size_t item_cost(size_t len) { return len / 4 + 2; }
+
+/* Item number k of t in chunk order: by length once the order is made. */
+static size_t chunk_item(const mm_task_t *t, size_t k) {
+    return t->chunk_perm ? t->chunk_perm[k] : k;
+}
+
+static const mm_task_t *sort_task; /* qsort has no context argument; under sort_mu */
+static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int by_length(const void *a, const void *b) {
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    size_t li = sort_task->item_len[i], lj = sort_task->item_len[j];
+    return li != lj ? (li < lj ? -1 : 1) : (i < j ? -1 : i > j);
+}
 
 int mm__chunk_wanted(const mm_model *m, const mm_task_t *t) {
     if (t->type != MM_TASK_EMBEDDING || t->kind != MM_KIND_RUN || t->n_items < 2)
@@ -128,10 +146,23 @@ int mm__chunk_wanted(const mm_model *m, const mm_task_t *t) {
     return m->batch_tokens && t->total_bytes / 4 + 2 * t->n_items > m->batch_tokens;
 }
 
-size_t mm__chunk_next(const mm_model *m, const mm_task_t *t) {
+size_t mm__chunk_next(const mm_model *m, mm_task_t *t) {
+    if (t->chunk_next == 0 && !t->chunk_perm) {
+        /* Chunks of similar lengths pad as little as the whole task would have:
+         * order the items by length once (without it, chunks keep input order). */
+        t->chunk_perm = mm_malloc(t->n_items * sizeof *t->chunk_perm);
+        if (t->chunk_perm) {
+            for (size_t i = 0; i < t->n_items; i++)
+                t->chunk_perm[i] = i;
+            pthread_mutex_lock(&sort_mu);
+            sort_task = t;
+            qsort(t->chunk_perm, t->n_items, sizeof *t->chunk_perm, by_length);
+            pthread_mutex_unlock(&sort_mu);
+        }
+    }
     size_t n = 0, cost = 0;
-    for (size_t i = t->chunk_next; i < t->n_items; i++) {
-        size_t c = item_cost(t, i);
+    for (size_t k = t->chunk_next; k < t->n_items; k++) {
+        size_t c = item_cost(t->item_len[chunk_item(t, k)]);
         if (n > 0 && ((m->batch_items && n + 1 > m->batch_items) ||
                       (m->batch_tokens && cost + c > m->batch_tokens)))
             break;
@@ -141,8 +172,30 @@ size_t mm__chunk_next(const mm_model *m, const mm_task_t *t) {
     return n;
 }
 
+/* A backend's message about "item K" of a chunk, with K made the task's own
+ * index; other messages get the chunk's place in the task appended. */
+static void chunk_error(mm_task_t *t, const mm_task_t *v, size_t start) {
+    const char *msg = v->err_msg ? v->err_msg : "";
+    const char *p = strstr(msg, "item ");
+    char *end = NULL;
+    size_t k = p && p[5] >= '0' && p[5] <= '9' ? (size_t)strtoull(p + 5, &end, 10) : SIZE_MAX;
+    char out[1200];
+    if (k < v->n_items)
+        snprintf(out, sizeof out, "%.*sitem %zu%s", (int)(p - msg), msg, chunk_item(t, start + k),
+                 end);
+    else
+        snprintf(out, sizeof out, "%s (in a chunk of %zu of the task's %zu texts)", msg,
+                 v->n_items, t->n_items);
+    mm__task_set_error(t, v->err_code, out);
+}
+
 int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
     size_t start = t->chunk_next;
+    size_t *off = mm_malloc(2 * count * sizeof *off);
+    if (!off) {
+        mm_task_fail(t, MM_ENOMEM, "out of memory for a chunk of %zu texts", count);
+        return 1;
+    }
     mm_task_t v;
     memset(&v, 0, sizeof v);
     v.id = t->id;
@@ -151,11 +204,15 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
     v.status = MM_TS_RUNNING;
     v.user_flags = t->user_flags;
     v.n_items = count;
-    v.item_off = t->item_off + start;
-    v.item_len = t->item_len + start;
+    v.item_off = off;
+    v.item_len = off + count;
     v.blob = t->blob;
-    for (size_t i = 0; i < count; i++)
-        v.total_bytes += v.item_len[i];
+    for (size_t j = 0; j < count; j++) {
+        size_t i = chunk_item(t, start + j);
+        v.item_off[j] = t->item_off[i];
+        v.item_len[j] = t->item_len[i];
+        v.total_bytes += v.item_len[j];
+    }
     v.params_json = t->params_json;
     v.model_name = t->model_name;
     atomic_init(&v.stop_code, atomic_load(&t->stop_code));
@@ -167,20 +224,17 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
     if (v.item_tokens) { /* the chunk's per-item counts, for the embedding cache */
         if (!t->item_tokens)
             t->item_tokens = mm_calloc(t->n_items, sizeof *t->item_tokens);
-        if (t->item_tokens)
-            memcpy(t->item_tokens + start, v.item_tokens, count * sizeof *v.item_tokens);
+        for (size_t j = 0; t->item_tokens && j < count; j++)
+            t->item_tokens[chunk_item(t, start + j)] = v.item_tokens[j];
         mm_free(v.item_tokens);
     }
     int finished = 1;
     if (v.err_code) {
-        char msg[1200];
-        snprintf(msg, sizeof msg, "%s (in items %zu-%zu of %zu)", v.err_msg ? v.err_msg : "",
-                 start, start + count - 1, t->n_items);
-        mm__task_set_error(t, v.err_code, msg);
+        chunk_error(t, &v, start);
     } else if (v.rkind != MM_RESULT_EMBEDDINGS) {
         if (!atomic_load(&t->stop_code))
-            mm_task_fail(t, MM_EINTERNAL, "the backend returned no embeddings for items %zu-%zu",
-                         start, start + count - 1);
+            mm_task_fail(t, MM_EINTERNAL, "the backend returned no embeddings for a chunk of %zu",
+                         count);
     } else if (!t->vecs && !mm_task_result_embeddings(t, v.dim)) {
         mm_task_fail(t, MM_ENOMEM, "out of memory for %zu embeddings of %zu floats", t->n_items,
                      v.dim);
@@ -188,7 +242,9 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
         mm_task_fail(t, MM_EINTERNAL, "chunks of one task gave %zu- and %zu-float vectors", t->dim,
                      v.dim);
     } else {
-        memcpy(t->vecs + start * t->dim, v.vecs, count * t->dim * sizeof(float));
+        for (size_t j = 0; j < count; j++)
+            memcpy(t->vecs + chunk_item(t, start + j) * t->dim, v.vecs + j * t->dim,
+                   t->dim * sizeof(float));
         if (v.extras && !t->extras) {
             t->extras = v.extras; /* the first chunk's extra fields */
             v.extras = NULL;
@@ -197,5 +253,6 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
         finished = t->chunk_next >= t->n_items;
     }
     mm__task_free_results(&v);
+    mm_free(off);
     return finished;
 }

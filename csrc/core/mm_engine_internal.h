@@ -250,7 +250,7 @@ int mm__complete_if_stopped(struct mm_engine *e, mm_model *m, mm_task_t *t);
 int mm__model_abort_if_unwanted(mm_model *m);
 /* Whether t runs in chunks on m (a large embedding task), and the next chunk. */
 int mm__chunk_wanted(const mm_model *m, const mm_task_t *t);
-size_t mm__chunk_next(const mm_model *m, const mm_task_t *t);
+size_t mm__chunk_next(const mm_model *m, mm_task_t *t);
 /* Runs items [t->chunk_next, +count) of t as a view task on the backend, no
  * lock held, and merges the result into t; returns 1 when t is finished (all
  * items done, or failed). */

@@ -82,6 +82,7 @@ void mm__task_destroy(mm_task_t *t) {
     mm_free(t->cached_vecs);
     mm_free(t->stop_msg);
     mm_free(t->item_tokens);
+    mm_free(t->chunk_perm);
     mm_free(t);
 }
 

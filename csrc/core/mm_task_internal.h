@@ -75,6 +75,7 @@ struct mm_task {
     int running_indexed;    /* in running_by_id; engine mutex */
     int chunked;            /* run in chunks by one worker (a large embedding task) */
     size_t chunk_next;      /* first item of the next chunk; that worker only */
+    size_t *chunk_perm;     /* items in chunk order (by length), or NULL; that worker */
 };
 
 /* Allocates a task with a copy of the inputs; NULL on out-of-memory. */

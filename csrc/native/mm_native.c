@@ -485,6 +485,12 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
     rc = mm__ntok_load(s->dir, &s->tok, err, errlen);
     if (rc != 0)
         goto fail;
+    if (spec->cancelled && spec->cancelled(spec->progress_ctx)) {
+        /* Nobody waits for this model any more: skip reading the weights. */
+        snprintf(err, errlen, "load of \"%.200s\" was cancelled", spec->model_name);
+        rc = MM_ECANCELLED;
+        goto fail;
+    }
 
     mm_torch_embedder_params p;
     g_api.default_params(&p);
