@@ -218,6 +218,28 @@ int mm__chunk_run(mm_model *m, void *st, mm_task_t *t, size_t count) {
     atomic_init(&v.stop_code, atomic_load(&t->stop_code));
     mm_task_t *vp = &v;
     m->vt->run(st, &vp, 1);
+    while (v.err_code == MM_ENOMEM && count > 1) {
+        /* Out of memory on this chunk: run its first half, the rest comes next time. */
+        mm_log(MM_LOG_WARNING, "model %s ran out of memory on a chunk of %zu texts: retrying %zu",
+               m->name, count, count / 2);
+        mm__task_free_results(&v);
+        v.vecs = NULL;
+        v.texts = NULL;
+        v.text_lens = NULL;
+        v.extras = v.err_msg = NULL;
+        v.n_texts = v.per_item = v.dim = 0;
+        v.rkind = MM_RESULT_NONE;
+        v.err_code = 0;
+        v.tokens_in = v.tokens_out = 0;
+        mm_free(v.item_tokens);
+        v.item_tokens = NULL;
+        count /= 2;
+        v.n_items = count;
+        v.total_bytes = 0;
+        for (size_t j = 0; j < count; j++)
+            v.total_bytes += v.item_len[j];
+        m->vt->run(st, &vp, 1);
+    }
 
     t->tokens_in += v.tokens_in;
     t->tokens_out += v.tokens_out;

@@ -301,3 +301,16 @@ async def test_closing_during_a_real_download_keeps_the_partial_file(hub_env):
         assert math.isclose(sum(x * x for x in r.data["embeddings"][0]), 1.0, rel_tol=1e-4)
     finally:
         await mm2.close()
+
+
+async def test_a_chunk_that_runs_out_of_memory_is_halved():
+    model = "synthetic/embedding?dim=4&fail=oom_over=50"  # any call over 50 texts: OOM
+    mm = make()
+    try:
+        data = texts(600)
+        r = await mm.task(data, "embedding", model, device="cpu")
+        assert r.success, r.error
+        lone = await mm.task([data[599]], "embedding", model, device="cpu")
+        assert r.data["embeddings"][599] == lone.data["embeddings"][0]
+    finally:
+        await mm.close()
