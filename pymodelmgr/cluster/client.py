@@ -438,8 +438,11 @@ class ClusterModelManager:
                     self._finish(t, Result(False, {}, ErrorInfo(out[1], out[2], out[3])))
                 elif kind == "dropped":
                     self._finish(t, exc=RuntimeError(out[1]))
-                else:
+                elif t.cancelled:
                     self._finish(t, None)
+                else:  # cancelled on the node by close(cancel_pending=True)
+                    self._finish(t, Result(False, {}, ErrorInfo(
+                        "SHUTTING_DOWN", "the cluster model manager was closed", None)))
         self._schedule_dispatch()
 
     def _lost(self, t: _Task) -> None:

@@ -137,7 +137,13 @@ class NodeManager:
         ModelManager's status, and the actor's own counters."""
         r = await self._mm.status()
         data = r.data if r.success else {}
-        return {"node_id": self._node_id, "pid": os.getpid(), "gpus_mb": self._gpus_mb,
+        gpus_mb = self._gpus_mb
+        devices = data.get("devices")
+        if devices:  # the memory policy's numbers: each GPU's budget
+            gpus_mb = [d["budget_bytes"] / 2**20 for d in devices
+                       if str(d.get("name", "")).startswith("cuda") and d.get("budget_bytes")]
+        return {"node_id": self._node_id, "pid": os.getpid(), "gpus_mb": gpus_mb,
+                "devices": devices,
                 "models": data.get("models", []), "tasks": data.get("tasks", {}),
                 "embedding_cache": data.get("embedding_cache"),
                 "running": len(self._running), "calls": self._calls,

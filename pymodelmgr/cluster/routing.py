@@ -13,8 +13,10 @@ from typing import Dict, Iterable, List, Optional
 
 __all__ = ["NodeView", "WARM_STATES", "choose_replica", "choose_placement", "model_mb_hint"]
 
-WARM_STATES = ("loading", "ready")
+WARM_STATES = ("loading", "ready", "waiting_for_memory")
 """Model states that count as a replica: the model is there or about to be."""
+HOLDING_STATES = WARM_STATES + ("draining",)
+"""Model states whose memory counts as used."""
 
 _MEM_MB = re.compile(r"[?&]mem_mb=(\d+)")
 
@@ -72,14 +74,18 @@ class NodeView:
     def gpu_used_mb(self, busy_only: bool = False) -> float:
         used = 0.0
         for m in self.models.values():
-            if m.get("state") not in WARM_STATES and m.get("state") != "draining":
+            if m.get("state") not in HOLDING_STATES:
                 continue
             devs = m.get("devices") or []
             if not any(str(d).startswith("cuda") for d in devs):
                 continue
             if busy_only and not (m.get("queue_depth", 0) or m.get("in_flight", 0)):
                 continue
-            used += (m.get("memory_bytes") or 0) / 2**20
+            by_dev = m.get("memory_bytes_by_device")  # the memory policy's numbers
+            if by_dev:
+                used += sum(v for k, v in by_dev.items() if str(k).startswith("cuda")) / 2**20
+            else:
+                used += (m.get("memory_bytes") or 0) / 2**20
         return used
 
     def gpu_free_mb(self) -> Optional[float]:
