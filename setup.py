@@ -155,6 +155,12 @@ class CMakeBuild(build_ext):
                 _install_file(src, out_path)
             elif name.endswith(".so"):
                 _install_file(src, os.path.join(out_dir, name))
+        # A library an earlier build left here and this one did not make (the shim, after
+        # PYMODELMGR_BUILD_TORCH=0) must not reach the wheel.
+        made = set(os.listdir(produced)) | {os.path.basename(out_path)}
+        for name in os.listdir(out_dir):
+            if name.endswith(".so") and name not in made:
+                os.remove(os.path.join(out_dir, name))
 
     def copy_extensions_to_source(self):
         # --inplace (and editable installs) build into build/lib* and then copy

@@ -107,8 +107,8 @@ static int shim_open_locked(char *err, size_t errlen) {
         if (access(path, R_OK) != 0) {
             snprintf(err, errlen,
                      "the native backend needs the libtorch shim %s, which is not in %s: "
-                     "pymodelmgr was built without torch; install torch and rebuild "
-                     "(make build)",
+                     "pymodelmgr was built without torch; install torch, then reinstall "
+                     "pymodelmgr (pip install . from its clone, or make build there)",
                      SHIM_NAME, g_lib_dir);
             return MM_ELOAD;
         }
