@@ -108,8 +108,6 @@ static int take_exception(int default_code, char *err, size_t errlen) {
 static int fb_accepts(const char *model_name) { return mm_native_backend.accepts(model_name); }
 
 static int fb_check(const mm_model_spec *spec, const mm_task_t *task, char *err, size_t errlen) {
-    if (spec->task_type == MM_TASK_RERANK || spec->task_type == MM_TASK_CLASSIFICATION)
-        return mm_fallback_check_fields_task(spec, task, err, errlen);
     return mm_native_backend.check ? mm_native_backend.check(spec, task, err, errlen) : 0;
 }
 

@@ -23,9 +23,4 @@
 extern const mm_backend_vtable mm_router_backend;
 extern const mm_backend_vtable mm_fallback_backend;
 
-/* Validates rerank / classification kwargs and inputs (any backend); 0 or a
- * negative code with a message in err. */
-int mm_fallback_check_fields_task(const mm_model_spec *spec, const mm_task_t *task, char *err,
-                                  size_t errlen);
-
 #endif

@@ -17,12 +17,12 @@
  *       why the fallback was chosen.  A build without the libtorch shim fails
  *       as it always did (the message says why); "transformers" still works.
  *
- * Rerank and classification models go to the fallback (native heads: see
- * the native backend).  check() runs on the submitting thread without a
- * model: embedding and generation kwargs are checked as the native backend
- * checks them whatever the backend (one contract), rerank / classification
- * kwargs and inputs by mm_fallback_check_fields_task.  run() forwards the
- * batch and adds "backend" to every successful result.  No Python here.
+ * Rerank and classification models take the same path: the native backend
+ * runs BERT-family ...ForSequenceClassification heads, the fallback the rest.
+ * check() runs on the submitting thread without a model: kwargs and inputs
+ * are checked as the native backend checks them whatever the backend (one
+ * contract).  run() forwards the batch and adds "backend" to every
+ * successful result.  No Python here.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -67,10 +67,6 @@ static int backend_choice(const mm_model_spec *spec, bchoice *out, char *err, si
     return rc;
 }
 
-static int is_fields_task(mm_task_type t) {
-    return t == MM_TASK_RERANK || t == MM_TASK_CLASSIFICATION;
-}
-
 static int router_accepts(const char *model_name) {
     return mm_native_backend.accepts(model_name);
 }
@@ -81,16 +77,6 @@ static int router_check(const mm_model_spec *spec, const mm_task_t *task, char *
     int rc = backend_choice(spec, &b, err, errlen);
     if (rc != 0)
         return rc;
-    if (is_fields_task(spec->task_type)) {
-        if (b == B_NATIVE) {
-            snprintf(err, errlen,
-                     "the native backend has no %s models yet: use backend=\"auto\" or "
-                     "\"transformers\"",
-                     spec->task_type == MM_TASK_RERANK ? "rerank" : "classification");
-            return MM_EUNSUPPORTED;
-        }
-        return mm_fallback_check_fields_task(spec, task, err, errlen);
-    }
     return mm_native_backend.check ? mm_native_backend.check(spec, task, err, errlen) : 0;
 }
 
@@ -145,10 +131,7 @@ static int router_load(const mm_model_spec *spec, const mm_device *dev, void **s
     }
     if (b == B_NATIVE) {
         rc = load_with(s, &mm_native_backend, spec, dev, err, errlen);
-    } else if (b == B_TRANSFORMERS || is_fields_task(spec->task_type)) {
-        if (b == B_AUTO)
-            mm_log(MM_LOG_INFO, "%s: %s runs through the transformers fallback", spec->model_name,
-                   spec->task_type == MM_TASK_RERANK ? "rerank" : "classification");
+    } else if (b == B_TRANSFORMERS) {
         rc = load_with(s, &mm_fallback_backend, spec, dev, err, errlen);
     } else {
         char dir[MM_HUB_PATH_MAX], what[256];
@@ -235,94 +218,3 @@ const mm_backend_vtable mm_router_backend = {
     .embed_cacheable = 1,
     .estimate = router_estimate,
 };
-
-/* ------------------------------------------------------------------ checks */
-
-static int check_top_k(json_t *v, char *err, size_t errlen) {
-    if (json_is_null(v))
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 1) {
-        snprintf(err, errlen, "top_k must be a positive integer or None");
-        return MM_EINVAL;
-    }
-    return 0;
-}
-
-int mm_fallback_check_fields_task(const mm_model_spec *spec, const mm_task_t *task, char *err,
-                                  size_t errlen) {
-    const int rerank = spec->task_type == MM_TASK_RERANK;
-    json_t *p = json_loads(mm_task_params_json(task), 0, NULL);
-    int rc = 0;
-    if (!json_is_object(p)) {
-        snprintf(err, errlen, "task parameters are not a JSON object");
-        rc = MM_EINVAL;
-        goto out;
-    }
-    const char *k;
-    json_t *v;
-    json_object_foreach(p, k, v) {
-        if (!strcmp(k, "top_k")) {
-            rc = check_top_k(v, err, errlen);
-        } else if (rerank && !strcmp(k, "return_documents")) {
-            if (!json_is_boolean(v)) {
-                snprintf(err, errlen, "return_documents must be True or False");
-                rc = MM_EINVAL;
-            }
-        } else if (!rerank && !strcmp(k, "function_to_apply")) {
-            const char *f = json_string_value(v);
-            if (!json_is_null(v) && (!f || (strcmp(f, "none") && strcmp(f, "sigmoid") &&
-                                            strcmp(f, "softmax")))) {
-                snprintf(err, errlen,
-                         "function_to_apply must be \"none\", \"sigmoid\" or \"softmax\"");
-                rc = MM_EINVAL;
-            }
-        } else if (!strcmp(k, "truncate")) {
-            if (!json_is_boolean(v)) {
-                snprintf(err, errlen, "truncate must be True or False");
-                rc = MM_EINVAL;
-            }
-        } else {
-            snprintf(err, errlen, "unknown keyword argument for a %s task: %.80s (known: %s)",
-                     rerank ? "rerank" : "classification", k,
-                     rerank ? "top_k, return_documents, truncate"
-                            : "top_k, function_to_apply, truncate");
-            rc = MM_EINVAL;
-        }
-        if (rc != 0)
-            goto out;
-    }
-    if (!rerank || mm_task_get_kind(task) != MM_KIND_RUN)
-        goto out;
-    /* Rerank items are {"query": str, "documents": [str, ...]} JSON texts. */
-    for (size_t i = 0, n = mm_task_n_items(task); i < n; i++) {
-        size_t len = 0;
-        const char *s = mm_task_item(task, i, &len);
-        json_t *q = json_loadb(s, len, 0, NULL);
-        json_t *query = json_is_object(q) ? json_object_get(q, "query") : NULL;
-        json_t *docs = json_is_object(q) ? json_object_get(q, "documents") : NULL;
-        if (!json_is_string(query) || !json_is_array(docs) || json_array_size(docs) == 0) {
-            snprintf(err, errlen,
-                     "rerank input %zu must be {\"query\": str, \"documents\": [str, ...]} with "
-                     "at least one document",
-                     i);
-            rc = MM_EINVAL;
-        } else {
-            size_t j;
-            json_t *d;
-            json_array_foreach(docs, j, d) {
-                if (!json_is_string(d)) {
-                    snprintf(err, errlen, "rerank input %zu: documents[%zu] is not a string", i,
-                             j);
-                    rc = MM_EINVAL;
-                    break;
-                }
-            }
-        }
-        json_decref(q);
-        if (rc != 0)
-            break;
-    }
-out:
-    json_decref(p);
-    return rc;
-}

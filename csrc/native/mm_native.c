@@ -413,8 +413,16 @@ static void opt_str(const char *options_json, const char *key, char *out, size_t
     json_decref(o);
 }
 
-/* The generation vtable, or NULL when that part is not linked in. */
-static const mm_backend_vtable *gen_backend(void) { return &mm_native_gen_backend; }
+/* Task types another vtable runs (generation; rerank and classification,
+ * mm_native_heads.c). */
+static int forwarded(mm_task_type t) {
+    return t == MM_TASK_TEXT_GENERATION || t == MM_TASK_RERANK || t == MM_TASK_CLASSIFICATION;
+}
+
+/* That vtable, or NULL when the generation part is not linked in. */
+static const mm_backend_vtable *gen_backend_for(mm_task_type t) {
+    return t == MM_TASK_TEXT_GENERATION ? &mm_native_gen_backend : &mm_native_heads_backend;
+}
 
 static int native_accepts(const char *model_name) {
     return model_name && model_name[0] && strncmp(model_name, "synthetic/", 10) != 0;
@@ -422,8 +430,8 @@ static int native_accepts(const char *model_name) {
 
 static int native_check(const mm_model_spec *spec, const mm_task_t *task, char *err,
                         size_t errlen) {
-    if (spec->task_type == MM_TASK_TEXT_GENERATION) {
-        const mm_backend_vtable *g = gen_backend();
+    if (forwarded(spec->task_type)) {
+        const mm_backend_vtable *g = gen_backend_for(spec->task_type);
         if (!g) {
             snprintf(err, errlen, "native text generation is not built into this pymodelmgr");
             return MM_EUNSUPPORTED;
@@ -457,8 +465,8 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
         snprintf(err, errlen, "out of memory");
         return MM_ENOMEM;
     }
-    if (spec->task_type == MM_TASK_TEXT_GENERATION) {
-        s->gen = gen_backend();
+    if (forwarded(spec->task_type)) {
+        s->gen = gen_backend_for(spec->task_type);
         if (!s->gen) {
             mm_free(s);
             snprintf(err, errlen, "native text generation is not built into this pymodelmgr");

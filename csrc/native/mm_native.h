@@ -47,6 +47,15 @@ extern const mm_backend_vtable mm_native_gen_backend;
 extern const mm_backend_vtable mm_native_gen_backend __attribute__((weak));
 #endif
 
+/* Rerank and classification models (mm_native_heads.c): BERT-family
+ * ...ForSequenceClassification checkpoints; mm_native_backend forwards them. */
+extern const mm_backend_vtable mm_native_heads_backend;
+
+/* Validates a rerank / classification task's kwargs and inputs (any backend
+ * that runs these task types); 0 or a negative code with a message in err. */
+int mm_native_check_fields_task(const mm_model_spec *spec, const mm_task_t *task, char *err,
+                                size_t errlen);
+
 /* Opens libmm_torch.so once (thread-safe) and returns the address of
  * symbol, or NULL with a message in err naming what is missing (the
  * library, libtorch, or the symbol).  Blocks on the first call. */

@@ -50,13 +50,21 @@ void mm__ntok_free(mm__ntok *t) {
 int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_len,
                     int64_t *ids, int64_t *type_ids, size_t cap, size_t *n, char *err,
                     size_t errlen) {
+    return mm__ntok_encode_pair(t, text, len, NULL, 0, max_len, ids, type_ids, cap, n, err,
+                                errlen);
+}
+
+int mm__ntok_encode_pair(const mm__ntok *t, const char *text, size_t len, const char *pair,
+                         size_t pair_len, size_t max_len, int64_t *ids, int64_t *type_ids,
+                         size_t cap, size_t *n, char *err, size_t errlen) {
     mm_tok_params p;
     mm_tok_default_params(t->tok, &p);
     p.add_special_tokens = 1;
     p.max_length = max_len;
     mm_tok_encoding enc;
     memset(&enc, 0, sizeof enc);
-    int rc = mm_tok_encode(t->tok, text, len, NULL, 0, &p, &enc, err, errlen);
+    p.trunc_strategy = MM_TOK_TRUNC_LONGEST_FIRST;
+    int rc = mm_tok_encode(t->tok, text, len, pair, pair_len, &p, &enc, err, errlen);
     if (rc != 0)
         return rc;
     size_t k = enc.len < cap ? enc.len : cap;
@@ -115,6 +123,13 @@ int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_
     *n = 0;
     snprintf(err, errlen, "no tokenizer");
     return MM_EUNSUPPORTED;
+}
+
+int mm__ntok_encode_pair(const mm__ntok *t, const char *text, size_t len, const char *pair,
+                         size_t pair_len, size_t max_len, int64_t *ids, int64_t *type_ids,
+                         size_t cap, size_t *n, char *err, size_t errlen) {
+    (void)pair, (void)pair_len;
+    return mm__ntok_encode(t, text, len, max_len, ids, type_ids, cap, n, err, errlen);
 }
 
 int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char *err,

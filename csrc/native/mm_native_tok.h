@@ -33,6 +33,12 @@ int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_
                     int64_t *ids, int64_t *type_ids, size_t cap, size_t *n, char *err,
                     size_t errlen);
 
+/* The same for a text pair (cross-encoders: [CLS] text [SEP] pair [SEP]),
+ * truncated longest-first to max_len as Hugging Face does. */
+int mm__ntok_encode_pair(const mm__ntok *t, const char *text, size_t len, const char *pair,
+                         size_t pair_len, size_t max_len, int64_t *ids, int64_t *type_ids,
+                         size_t cap, size_t *n, char *err, size_t errlen);
+
 /* Tokens a prompt occupies at the start of an encoded text: its encoding with
  * special tokens, minus a trailing special token.  0, or a negative code. */
 int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char *err,

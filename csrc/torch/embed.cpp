@@ -255,6 +255,7 @@ struct Model {
     std::vector<Pool> pools;
     std::string pooling_name;
     bool include_prompt = true;
+    bool head = false; /* ...ForSequenceClassification head instead of the ST pipeline */
     std::vector<Step> steps; /* after pooling; a trailing Normalize is cut off */
     bool normalize = false;  /* ...and recorded here */
     int64_t dim = 0, max_seq_length = 0;
@@ -282,6 +283,53 @@ struct Model {
 std::string module_kind(const std::string &type) {
     size_t dot = type.rfind('.');
     return dot == std::string::npos ? type : type.substr(dot + 1);
+}
+
+/* A ...ForSequenceClassification head after the first token, as transformers
+ * runs it (dropout is off at inference): BERT's pooler (dense + tanh) and
+ * classifier; RoBERTa / XLM-R's classifier.dense + tanh and out_proj;
+ * DistilBERT's pre_classifier + ReLU and classifier.  The output is the
+ * logits (num_labels); the caller applies the activation. */
+void load_head(Model &m, const json_t *c, const std::string &dir) {
+    const Weights &w = m.weights;
+    const int64_t H = m.enc.hidden;
+    std::string first, second;
+    Act mid = Act::Tanh;
+    if (m.enc.arch == Arch::Bert) {
+        first = "pooler.dense";
+        second = "classifier";
+    } else if (m.enc.arch == Arch::Roberta) {
+        first = "classifier.dense";
+        second = "classifier.out_proj";
+    } else if (m.enc.arch == Arch::DistilBert) {
+        first = "pre_classifier";
+        second = "classifier";
+        mid = Act::Relu;
+    } else {
+        fail(MM_EARCH, "%s: no native classification head for %s", dir.c_str(),
+             m.enc.arch_name.c_str());
+    }
+    json_t *archs = jget(c, "architectures");
+    const char *a0 = json_is_array(archs) ? json_string_value(json_array_get(archs, 0)) : NULL;
+    std::string arch = a0 ? a0 : "";
+    const std::string suffix = "ForSequenceClassification";
+    if (arch.size() < suffix.size() ||
+        arch.compare(arch.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        !w.has(second + ".weight"))
+        fail(MM_EARCH, "%s is %s, not a ...ForSequenceClassification model with a %s head",
+             dir.c_str(), arch.empty() ? "(no architectures)" : arch.c_str(), second.c_str());
+    Step s1, s2;
+    s1.is_dense = s2.is_dense = true;
+    s1.lin = {w.get(first + ".weight", {H, H}), w.get(first + ".bias", {H}), {}};
+    s1.act = mid;
+    at::Tensor out_w = w.get(second + ".weight");
+    if (out_w.dim() != 2 || out_w.size(1) != H)
+        fail(MM_ELOAD, "%s.weight in %s is not [num_labels, %lld]", second.c_str(), dir.c_str(),
+             (long long)H);
+    s2.lin = {out_w, w.get(second + ".bias", {out_w.size(0)}), {}};
+    for (const Step *st : {&s1, &s2})
+        m.memory_bytes += (uint64_t)(st->lin.w.numel() + st->lin.b.numel()) * st->lin.w.element_size();
+    m.steps = {std::move(s1), std::move(s2)};
 }
 
 void load_encoder(Model &m, const std::string &dir) {
@@ -402,6 +450,8 @@ void load_encoder(Model &m, const std::string &dir) {
         ly.ln_out = {w.get(ln2 + ".weight", {H}), w.get(ln2 + ".bias", {H}), e.eps};
         e.layers.push_back(std::move(ly));
     }
+    if (m.head)
+        load_head(m, c, dir);
     /* Only what the graph references stays alive (the pooler, the separate
      * Q/K/V copies and any LM head are dropped; mmapped ones unmap). */
     w.tensors.clear();
@@ -479,7 +529,7 @@ Step load_dense(Model &m, const std::string &path, int64_t in_dim) {
 
 void load_model(Model &m) {
     const std::string &dir = m.dir;
-    JsonPtr modules = read_json(join_path(dir, "modules.json"), false);
+    JsonPtr modules = read_json(m.head ? std::string() : join_path(dir, "modules.json"), false);
     std::string tdir = dir;
     bool have_pooling = false;
     std::vector<std::pair<std::string, std::string>> rest; /* kind, path */
@@ -518,6 +568,12 @@ void load_model(Model &m) {
                 l->pack();
 
     int64_t width = m.enc.hidden;
+    if (m.head) { /* the head replaces Pooling and Dense */
+        m.pools = {Pool::Cls};
+        m.pooling_name = "cls+classifier";
+        width = m.steps.back().lin.w.size(0);
+        have_pooling = true;
+    }
     for (const auto &r : rest) {
         const std::string &kind = r.first;
         if (kind == "Pooling") {
@@ -706,8 +762,8 @@ static at::ScalarType parse_dtype_name(const std::string &s, bool cuda, std::str
     fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16)", s.c_str());
 }
 
-MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_params *p,
-                                   mm_torch_embedder_t **out, char *err, size_t errlen) {
+static int embedder_load(const char *dir, const mm_torch_embedder_params *p,
+                         mm_torch_embedder_t **out, bool head, char *err, size_t errlen) {
     if (out)
         *out = nullptr;
     return guard(err, errlen, [&] {
@@ -726,16 +782,32 @@ MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_para
         if (p->num_threads > 0)
             at::set_num_threads(p->num_threads);
 
-        std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;
+        std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name +
+                          (head ? "|classifier" : "");
         bool loaded_it = false;
-        std::shared_ptr<Model> model =
-            g_models.get(key, dir, device, dtype, dtype_name, load_model, &loaded_it);
+        std::shared_ptr<Model> model = g_models.get(
+            key, dir, device, dtype, dtype_name,
+            [head](Model &m) {
+                m.head = head;
+                load_model(m);
+            },
+            &loaded_it);
         auto *h = new mm_torch_embedder;
         h->model = std::move(model);
         h->loaded_it = loaded_it;
         *out = h;
         return 0;
     });
+}
+
+MMT_API int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_params *p,
+                                   mm_torch_embedder_t **out, char *err, size_t errlen) {
+    return embedder_load(dir, p, out, false, err, errlen);
+}
+
+MMT_API int mm_torch_classifier_load(const char *dir, const mm_torch_embedder_params *p,
+                                     mm_torch_embedder_t **out, char *err, size_t errlen) {
+    return embedder_load(dir, p, out, true, err, errlen);
 }
 
 MMT_API int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_embedder_info *info) {

@@ -77,6 +77,15 @@ void mm_torch_embedder_default_params(mm_torch_embedder_params *p);
 int mm_torch_embedder_load(const char *dir, const mm_torch_embedder_params *p,
                            mm_torch_embedder_t **out, char *err, size_t errlen);
 
+/* Loads a BERT / RoBERTa / XLM-RoBERTa / DistilBERT ...ForSequenceClassification
+ * model (config.json architectures) with its classification head: the same
+ * handle as an embedder's, whose "vectors" (info.dim = num_labels) are the
+ * head's logits of the first token, before any activation.  MM_EARCH for
+ * another architecture or a model without such a head.  Optional: a backend
+ * resolves it with dlsym (cross-encoders run elsewhere when it is missing). */
+int mm_torch_classifier_load(const char *dir, const mm_torch_embedder_params *p,
+                             mm_torch_embedder_t **out, char *err, size_t errlen);
+
 /* Fills *info (pointers stay owned by h).  0 or MM_EINVAL. */
 int mm_torch_embedder_info_get(const mm_torch_embedder_t *h, mm_torch_embedder_info *info);
 

@@ -39,8 +39,8 @@ from test_generate_hub import corpus as gen_corpus  # noqa: E402
 
 SLOW_OK = {"worker_pool": {"queue_timeout": 0}, "cpu_threads": 1}
 REPOS = {"modernbert": "tiny-org/modernbert-embed", "pegasus": "tiny-org/pegasus-random",
-         "ce": "tiny-org/bert-cross-encoder", "cls": "tiny-org/bert-classifier",
-         "remote": "tiny-org/custom-code-bert"}
+         "ce": "tiny-org/bert-cross-encoder", "xce": "tiny-org/xlm-roberta-cross-encoder",
+         "cls": "tiny-org/bert-classifier", "remote": "tiny-org/custom-code-bert"}
 TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog", "a",
          "École café naïve", "東京 привет 🙂", "one two three four five six seven eight nine ten " * 3]
 
@@ -94,17 +94,26 @@ def models(tmp_path_factory):
     PegasusForConditionalGeneration(pcfg).eval().save_pretrained(out["pegasus"])
     sp.save_pretrained(out["pegasus"])
 
-    for kind, labels in (("ce", 1), ("cls", 3)):
-        torch.manual_seed(2 + labels)
-        bcfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=64, num_labels=labels,
-                          max_position_embeddings=128, initializer_range=0.3)
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    for kind, labels in (("ce", 1), ("cls", 3), ("xce", 1)):
+        torch.manual_seed(2 + labels + len(kind))
+        shape = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, num_labels=labels,
+                     initializer_range=0.3)
+        if kind == "xce":  # XLM-R's graph (position offsets, classifier.dense/out_proj head);
+            # the BERT tokenizer's pair type ids need a second token type
+            bcfg = XLMRobertaConfig(max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                                    type_vocab_size=2, **shape)
+        else:
+            bcfg = BertConfig(max_position_embeddings=128, **shape)
         if labels == 3:
             bcfg.id2label = {0: "negative", 1: "neutral", 2: "positive"}
             bcfg.label2id = {v: k for k, v in bcfg.id2label.items()}
-        m = BertForSequenceClassification(bcfg).eval()
+        m = (XLMRobertaForSequenceClassification if kind == "xce"
+             else BertForSequenceClassification)(bcfg).eval()
         with torch.no_grad():  # spread the scores (a random head gives ~0.5 for everything)
-            m.classifier.weight.mul_(4)
+            (m.classifier.out_proj if kind == "xce" else m.classifier).weight.mul_(
+                {"ce": 0.5, "xce": 2, "cls": 1}[kind])
         out[kind] = str(base / kind)
         m.save_pretrained(out[kind])
         tok.save_pretrained(out[kind])
@@ -204,15 +213,17 @@ async def test_native_and_fallback_agree_and_backend_choice(make_mm, served):
     assert bad.error.code == "INVALID_ARGUMENT" and "onnx" in bad.error.message
 
 
-async def test_rerank_equals_cross_encoder(make_mm, served, models):
+@pytest.mark.parametrize("kind,backend", [("ce", "auto"), ("xce", "auto"), ("ce", "transformers")])
+async def test_rerank_equals_cross_encoder(make_mm, served, models, kind, backend):
+    """BERT and XLM-R cross-encoders run natively under "auto"; the fallback on request."""
     from sentence_transformers import CrossEncoder
-    mm = make(make_mm, served)
-    ce = CrossEncoder(models["ce"], device="cpu")
+    mm = make(make_mm, served, model_backends={REPOS[kind]: backend})
+    ce = CrossEncoder(models[kind], device="cpu")
     q1 = {"query": "where does the fox jump", "documents": TEXTS}
     q2 = {"query": "café", "documents": ["École café", "nothing here", "café café"]}
-    r = await mm.task(q1, "rerank", REPOS["ce"], device="cpu")
+    r = await mm.task(q1, "rerank", REPOS[kind], device="cpu")
     assert r.success, r.error
-    assert r.data["backend"] == "transformers"
+    assert r.data["backend"] == ("native" if backend == "auto" else "transformers")
     want = ce.predict([(q1["query"], d) for d in TEXTS])
     res = r.data["results"]
     assert sorted(x["index"] for x in res) == list(range(len(TEXTS)))
@@ -220,7 +231,7 @@ async def test_rerank_equals_cross_encoder(make_mm, served, models):
     for x in res:
         assert abs(x["score"] - want[x["index"]]) < 1e-5 and "document" not in x
     assert len(set(round(float(s), 3) for s in want)) > 2  # the scores really differ
-    r = await mm.task([q1, q2], "rerank", REPOS["ce"], device="cpu", top_k=2,
+    r = await mm.task([q1, q2], "rerank", REPOS[kind], device="cpu", top_k=2,
                       return_documents=True)
     assert r.success, r.error
     first, second = r.data["results"]
@@ -235,17 +246,18 @@ async def test_rerank_equals_cross_encoder(make_mm, served, models):
                                ({"query": "q", "documents": ["a"]}, {"top_k": 0}, "top_k"),
                                ({"query": "q", "documents": ["a"]}, {"normalize": True},
                                 "normalize")):
-        bad = await mm.task(bad_data, "rerank", REPOS["ce"], device="cpu", **kw)
+        bad = await mm.task(bad_data, "rerank", REPOS[kind], device="cpu", **kw)
         assert bad.error.code == "INVALID_ARGUMENT" and word in bad.error.message, bad.error
 
 
-async def test_classification_equals_pipeline(make_mm, served, models):
+@pytest.mark.parametrize("backend", ["auto", "transformers"])
+async def test_classification_equals_pipeline(make_mm, served, models, backend):
     from transformers import pipeline
-    mm = make(make_mm, served)
+    mm = make(make_mm, served, model_backends={REPOS["cls"]: backend})
     pipe = pipeline("text-classification", model=models["cls"], device="cpu")
     r = await mm.task(TEXTS, "classification", REPOS["cls"], device="cpu")
     assert r.success, r.error
-    assert r.data["backend"] == "transformers"
+    assert r.data["backend"] == ("native" if backend == "auto" else "transformers")
     for text, got in zip(TEXTS, r.data["labels"]):
         (want,) = pipe([text], top_k=1)
         assert len(got) == 1 and got[0]["label"] == want[0]["label"]
@@ -256,6 +268,12 @@ async def test_classification_equals_pipeline(make_mm, served, models):
     assert [d["label"] for d in row] == [d["label"] for d in want]
     assert sorted(d["label"] for d in row) == ["negative", "neutral", "positive"]
     assert np.allclose([d["score"] for d in row], [d["score"] for d in want], atol=1e-5)
+    r = await mm.task(["a b", "c"], "classification", REPOS["cls"], device="cpu", top_k=2,
+                      function_to_apply="sigmoid")
+    for text, got in zip(["a b", "c"], r.data["labels"]):
+        want = pipe([text], top_k=2, function_to_apply="sigmoid")[0]
+        assert [d["label"] for d in got] == [d["label"] for d in want]
+        assert np.allclose([d["score"] for d in got], [d["score"] for d in want], atol=1e-5)
     bad = await mm.task("x", "classification", REPOS["cls"], device="cpu",
                         function_to_apply="tanh")
     assert bad.error.code == "INVALID_ARGUMENT" and "function_to_apply" in bad.error.message
