@@ -592,17 +592,19 @@ class ModelManager:
         self._futures.clear()
 
     def __del__(self, _warn=warnings.warn) -> None:
-        # A manager dropped without close(): say so (ResourceWarning, like an unclosed
-        # file) and free its threads, models and descriptors now.
+        # A manager dropped without close(): free its threads, models and descriptors now,
+        # and say so (a ResourceWarning, like an unclosed file; -W error makes it an
+        # "exception ignored" report, after the cleanup).
         if getattr(self, "_closed", True) or not hasattr(self, "_loops"):
             return
-        if self._engine.forked() is None:  # a fork() child owns none of it: no warning
-            _warn(f"unclosed {self!r}: call 'await close()' or use 'async with'",
-                  ResourceWarning, source=self)
+        forked = self._engine.forked() is not None  # a fork() child owns none of it
+        msg = f"unclosed {self!r}: call 'await close()' or use 'async with'"
         try:
             self._close_now()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+        if not forked:
+            _warn(msg, ResourceWarning, source=self)
 
     async def __aenter__(self) -> "ModelManager":
         return self
