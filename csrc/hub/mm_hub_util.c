@@ -390,6 +390,10 @@ int mm__hub_classify(const char *path) {
          * index decides (see mm_hub.c resolve_shards). */
         if (has_suffix(path, ".safetensors"))
             return MM__HUB_SHARD;
+        /* A model's own code (config.json auto_map names it): small, and only
+         * ever run by the transformers fallback with trust_remote_code=True. */
+        if (has_suffix(path, ".py"))
+            return MM__HUB_WANT;
         if (strncmp(path, "pytorch_model", 13) == 0 &&
             (has_suffix(path, ".bin") || has_suffix(path, ".bin.index.json")))
             return MM__HUB_TORCH_BIN;

@@ -118,6 +118,8 @@ def models(tmp_path_factory):
         m.save_pretrained(out[kind])
         tok.save_pretrained(out[kind])
 
+    # the classifier again, as a model whose config names code of its own: a custom
+    # config and model class (a BERT classifier whose scores are halved)
     out["remote"] = str(base / "remote")
     os.makedirs(out["remote"])
     for name in os.listdir(out["cls"]):
@@ -125,10 +127,25 @@ def models(tmp_path_factory):
             data = f.read()
         if name == "config.json":
             cfg = json.loads(data)
-            cfg["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+            cfg["model_type"] = "bert"  # a look-alike: the native BERT graph would load it
+            cfg["architectures"] = ["CustomClassifier"]
+            cfg["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                               "AutoModelForSequenceClassification": "modeling_custom.CustomClassifier"}
             data = json.dumps(cfg).encode()
         with open(os.path.join(out["remote"], name), "wb") as f:
             f.write(data)
+    with open(os.path.join(out["remote"], "configuration_custom.py"), "w") as f:
+        f.write("from transformers import BertConfig\n\n\n"
+                "class CustomConfig(BertConfig):\n    model_type = 'bert'\n")
+    with open(os.path.join(out["remote"], "modeling_custom.py"), "w") as f:
+        f.write("from transformers import BertForSequenceClassification\n"
+                "from .configuration_custom import CustomConfig\n\n\n"
+                "class CustomClassifier(BertForSequenceClassification):\n"
+                "    config_class = CustomConfig\n\n"
+                "    def forward(self, *args, **kwargs):\n"
+                "        out = super().forward(*args, **kwargs)\n"
+                "        out.logits = out.logits * 0.5\n"
+                "        return out\n")
     return out
 
 
@@ -290,6 +307,25 @@ async def test_remote_code_refused_by_default(make_mm, served):
     assert not r.success and "trust_remote_code=True" in r.error.message
     bad = await mm.task(["x"], "embedding", REPOS["remote"], device="cpu", trust_remote_code="yes")
     assert bad.error.code == "INVALID_ARGUMENT"
+
+
+async def test_remote_code_runs_when_trusted(make_mm, served, models):
+    """trust_remote_code=True for that model: its code comes through the hub and runs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    mm = make(make_mm, served)
+    r = await mm.task(TEXTS[:3], "classification", REPOS["remote"], device="cpu",
+                      trust_remote_code=True, top_k=None)
+    assert r.success, r.error
+    assert r.data["backend"] == "transformers"
+    model = AutoModelForSequenceClassification.from_pretrained(models["remote"],
+                                                               trust_remote_code=True)
+    assert type(model).__name__ == "CustomClassifier"
+    pipe = pipeline("text-classification", model=model,
+                    tokenizer=AutoTokenizer.from_pretrained(models["remote"]), device="cpu")
+    for text, got in zip(TEXTS[:3], r.data["labels"]):
+        want = pipe([text], top_k=None)[0]
+        assert [d["label"] for d in got] == [d["label"] for d in want]
+        assert np.allclose([d["score"] for d in got], [d["score"] for d in want], atol=1e-5)
 
 
 async def test_release_frees_the_fallback_model(make_mm, served):

@@ -307,6 +307,8 @@ static void test_classify(void) {
         {"../config.json", MM__HUB_SKIP},
         {"1_Pooling/../../x.json", MM__HUB_SKIP},
         {"runs/events.json", MM__HUB_SKIP},
+        {"modeling_custom.py", MM__HUB_WANT},
+        {"1_Pooling/custom.py", MM__HUB_SKIP},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int k = mm__hub_classify(cases[i].path);
