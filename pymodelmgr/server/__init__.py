@@ -102,8 +102,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = None
     if args.settings:
-        with open(args.settings, encoding="utf-8") as fh:
-            settings = json.load(fh)
+        from ..settings import ModelManagerSettings
+
+        try:
+            with open(args.settings, encoding="utf-8") as fh:
+                settings = ModelManagerSettings(**json.load(fh))
+        except (OSError, ValueError, TypeError) as exc:  # pydantic's errors are ValueErrors
+            print(f"--settings {args.settings}: {exc}", file=sys.stderr)
+            return 2
     config = ServerConfig(
         host=args.host, port=args.port,
         api_key=args.api_key or os.environ.get("PYMODELMGR_API_KEY") or None,

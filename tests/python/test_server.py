@@ -749,3 +749,12 @@ def test_rerank_equals_task(model_cache):
                                                            "top_n": 0}):
             st, _, body = post(s.port, "/v1/rerank", {"model": CROSS, **bad})
             assert st == 400 and body["error"]["param"], bad
+
+
+def test_cli_refuses_bad_settings(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"worker_pool": {"queue_timeout": "soon"}}')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "pymodelmgr", "serve", "--settings", str(bad)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "queue_timeout" in r.stderr
