@@ -172,6 +172,9 @@ def snapshot(repo_id: str, revision: str = "main", cache_dir: Optional[str] = No
     partial file is resumed next time).  In asyncio code call it through
     ``loop.run_in_executor``.  Raises :class:`HubError`.
     """
+    for what, value in (("repo id", repo_id), ("revision", revision)):
+        if isinstance(value, str) and "\x00" in value:  # C would cut it there: another repo
+            raise ValueError("%s %r contains a NUL byte" % (what, value))
     bar = None
     user_cb = None
     if callable(progress):

@@ -641,6 +641,26 @@ void mm_engine_kick(mm_engine_t *e) {
     pthread_mutex_unlock(&e->mu);
 }
 
+/* A pre-load (task_data=None) waiting for its model: completes it as
+ * cancelled, and aborts the load when nothing else wants it.  Only on the
+ * rare path of a cancel that found no queued or running task. */
+static mm_task_t *cancel_preload(mm_engine_t *e, uint64_t id) {
+    for (mm_model *m = e->models; m; m = m->hh.next) {
+        for (mm_task_t **pp = &m->waiters; *pp; pp = &(*pp)->next) {
+            mm_task_t *t = *pp;
+            if (t->id != id || t->kind != MM_KIND_PRELOAD)
+                continue;
+            *pp = t->next;
+            m->cancelled++;
+            mm__complete(e, t, MM_TS_CANCELLED, MM_ECANCELLED, "cancelled by the caller");
+            if (m->state == MM_MS_LOADING && mm__model_abort_if_unwanted(m))
+                mm__mem_retire(e, m, "manual");
+            return t;
+        }
+    }
+    return NULL;
+}
+
 int mm_engine_cancel(mm_engine_t *e, uint64_t id) {
     pthread_mutex_lock(&e->mu);
     mm_task_t *t = NULL;
@@ -650,6 +670,8 @@ int mm_engine_cancel(mm_engine_t *e, uint64_t id) {
         t = mm__running_find(e, id);
         if (t)
             mm__running_stop(t, MM_ECANCELLED, NULL);
+        else
+            t = cancel_preload(e, id);
         pthread_mutex_unlock(&e->mu);
         return t != NULL;
     }
@@ -659,7 +681,7 @@ int mm_engine_cancel(mm_engine_t *e, uint64_t id) {
     mm__complete(e, t, MM_TS_CANCELLED, MM_ECANCELLED, "cancelled by the caller");
     /* The last task of a model still loading: nobody wants that load now. */
     if (m->in_registry && m->state == MM_MS_LOADING && mm__model_abort_if_unwanted(m))
-        mm__model_retire(e, m, MM_MS_DRAINING);
+        mm__mem_retire(e, m, "manual");
     pthread_mutex_unlock(&e->mu);
     return 1;
 }
@@ -762,9 +784,12 @@ int mm_engine_shutdown(mm_engine_t *e, mm_channel_t *ch, int cancel_pending, uin
         mm__mem_retire(e, m, "shutdown");
     }
     if (cancel_pending)
-        for (m = e->retiring; m; m = m->retire_next)
+        for (m = e->retiring; m; m = m->retire_next) {
             mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN,
                                  "the model manager is shutting down");
+            mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, MM_ESHUTDOWN,
+                                       "the model manager is shutting down");
+        }
     if (cancel_pending)
         mm__running_stop_chunked(e, NULL, MM_ESHUTDOWN, "the model manager is shutting down",
                                  NULL, 0);
@@ -789,6 +814,8 @@ void mm_engine_free(mm_engine_t *e) {
     }
     for (m = e->retiring; m; m = m->retire_next) {
         mm__model_fail_queue(e, m, MM_TS_FAILED, MM_ESHUTDOWN, "the model manager was closed");
+        mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, MM_ESHUTDOWN,
+                                   "the model manager was closed");
         mm__model_abort_if_unwanted(m);
     }
     mm__running_stop_chunked(e, NULL, MM_ESHUTDOWN, "the model manager was closed", NULL, 0);

@@ -314,3 +314,19 @@ async def test_a_chunk_that_runs_out_of_memory_is_halved():
         assert r.data["embeddings"][599] == lone.data["embeddings"][0]
     finally:
         await mm.close()
+
+
+async def test_cancelled_preload_and_close_during_a_preload():
+    mm = make()
+    pre = asyncio.ensure_future(mm.task(None, "embedding", SLOW_LOAD, device="cpu"))
+    await asyncio.sleep(0.2)
+    pre.cancel()
+    await asyncio.gather(pre, return_exceptions=True)
+
+    async def gone():
+        return await model_status(mm, SLOW_LOAD) is None
+    assert await wait_for(gone, 8)  # nobody waits: the load was aborted
+    pre2 = asyncio.ensure_future(mm.task(None, "embedding", SLOW_DOWNLOAD, device="cpu"))
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(mm.close(cancel_pending=True), 8)
+    assert (await pre2).error.code == "SHUTTING_DOWN"

@@ -85,8 +85,10 @@ async def test_nul_in_other_strings_is_rejected(mm):
 def test_nul_in_hub_names(tmp_path, capsys):
     with pytest.raises(ValueError, match="NUL"):
         _core.hub_validate_name("org/na\x00me")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="NUL"):
         hub.download("org/na\x00me", cache_dir=str(tmp_path), offline=True, progress=False)
+    with pytest.raises(ValueError, match="revision"):
+        hub.download("org/name", "main\x00x", cache_dir=str(tmp_path), offline=True, progress=False)
     assert hub.cli_main(["download", "org/na\x00me", "--cache-dir", str(tmp_path)]) == 1
     assert "NUL" in capsys.readouterr().err
 

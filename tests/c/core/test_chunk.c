@@ -45,11 +45,12 @@ static mm_engine_t *new_engine(size_t batch_items) {
     return e;
 }
 
-static int submit_n(mm_engine_t *e, mm_channel_t *ch, const char *model, size_t n, uint64_t *id) {
+static int submit_kind(mm_engine_t *e, mm_channel_t *ch, const char *model, mm_task_kind kind,
+                       size_t n, uint64_t *id) {
     mm_submit_args a = {0};
     a.model_name = model;
     a.type = MM_TASK_EMBEDDING;
-    a.kind = MM_KIND_RUN;
+    a.kind = kind;
     a.device = "cpu";
     a.num_workers = 1;
     a.items = big_items;
@@ -57,6 +58,10 @@ static int submit_n(mm_engine_t *e, mm_channel_t *ch, const char *model, size_t 
     a.n_items = n;
     char err[256];
     return mm_engine_submit(e, ch, &a, id, err, sizeof err);
+}
+
+static int submit_n(mm_engine_t *e, mm_channel_t *ch, const char *model, size_t n, uint64_t *id) {
+    return submit_kind(e, ch, model, MM_KIND_RUN, n, id);
 }
 
 typedef struct seen {
@@ -169,6 +174,19 @@ static void test_unwanted_load_is_aborted(void) {
     CHECK(collect(ch, 2, 5000, &s) == 2); /* not after the 60 s load */
     CHECK(s.status[find(&s, a)] == MM_TS_CANCELLED);
     CHECK(s.status[find(&s, r)] == MM_TS_DONE);
+
+    /* A pre-load that is cancelled, then one cut short by shutdown. */
+    uint64_t p1, p2, sd;
+    CHECK(submit_kind(e, ch, m, MM_KIND_PRELOAD, 0, &p1) == 0);
+    usleep(100000);
+    CHECK(mm_engine_cancel(e, p1) == 1);
+    CHECK(collect(ch, 1, 5000, &s) == 1);
+    CHECK(s.order[2] == p1 && s.status[2] == MM_TS_CANCELLED);
+    CHECK(submit_kind(e, ch, m, MM_KIND_PRELOAD, 0, &p2) == 0);
+    usleep(100000);
+    CHECK(mm_engine_shutdown(e, ch, 1, &sd) == 0);
+    CHECK(collect(ch, 2, 5000, &s) == 2);
+    CHECK(s.status[find(&s, p2)] == MM_TS_FAILED && s.codes[find(&s, p2)] == MM_ESHUTDOWN);
     mm_engine_free(e);
     mm_channel_close(ch);
 }
