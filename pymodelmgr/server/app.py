@@ -387,22 +387,168 @@ def _stream(chunks: List[Dict[str, Any]]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+class _StopCutter:
+    """Cuts a streamed text at its first stop string, holding back a tail short enough
+    to be the start of one, so no stop string (or part of one) is ever sent."""
+
+    def __init__(self, stop: List[str]):
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.buf = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buf += piece
+        text, hit = P.cut_at_stop(self.buf, self.stop)
+        if hit:
+            self.stopped, self.buf = True, ""
+            return text
+        keep = min(self.hold, len(self.buf))
+        out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def _piece(item) -> tuple:
+    """A streamed item as (text, finish_reason, usage): a str, or a dict / object with
+    ``text`` and optionally ``finish_reason`` and ``usage``."""
+    if isinstance(item, str):
+        return item, None, None
+    get = item.get if isinstance(item, dict) else (lambda k, d=None: getattr(item, k, d))
+    return get("text", "") or "", get("finish_reason"), get("usage")
+
+
+async def _token_stream(st: _State, name: str, inputs: List[Any], req: Dict[str, Any],
+                        make_chunk, usage_chunk) -> StreamingResponse:
+    """Real streaming through ``ModelManager.stream()``: one stream per input, merged as
+    pieces arrive; stop strings are cut here (the stream is closed at once, which stops
+    its generation).  The first piece (or error) of every input is awaited before the
+    response starts, so a bad model or argument is still an HTTP error status."""
+    q: asyncio.Queue = asyncio.Queue()
+    cutters = [_StopCutter(req["stop"]) for _ in inputs]
+    gens = [st.mm.stream(x, "text_generation", name, **st.task_args(), **req["kwargs"])
+            for x in inputs]
+
+    async def pump(i: int):
+        gen = gens[i]
+        try:
+            async for item in gen:
+                await q.put((i, item))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the client below
+            await q.put((i, exc))
+            return
+        finally:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await q.put((i, None))
+
+    pumps = [asyncio.ensure_future(pump(i)) for i in range(len(inputs))]
+    early: List[tuple] = []
+    seen = set()
+    try:
+        while len(seen) < len(inputs):  # everyone's first event: errors become statuses
+            i, item = await q.get()
+            if isinstance(item, Exception):
+                raise _stream_error(item)
+            seen.add(i)
+            early.append((i, item))
+    except BaseException:
+        for p in pumps:
+            p.cancel()
+        raise
+
+    async def events():
+        finish: Dict[int, str] = {}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        done: set = set()
+        pending = list(early)
+        try:
+            while len(done) < len(inputs):
+                i, item = pending.pop(0) if pending else await q.get()
+                if i in done:
+                    continue
+                if isinstance(item, Exception):
+                    e = _stream_error(item)
+                    yield _sse(P.error_body(e.status, e.message, e.code, e.param))
+                    break
+                if item is not None:
+                    text, reason, u = _piece(item)
+                    if reason:
+                        finish[i] = reason
+                    if isinstance(u, dict):
+                        for k in usage:
+                            usage[k] += int(u.get(k, 0))
+                    out = cutters[i].feed(text)
+                    if out:
+                        yield _sse(make_chunk(i, out, None))
+                    if not cutters[i].stopped:
+                        continue
+                    pumps[i].cancel()  # a stop string: end that generation now
+                done.add(i)
+                tail = cutters[i].flush()
+                if tail:
+                    yield _sse(make_chunk(i, tail, None))
+                reason = "stop" if cutters[i].stopped else finish.get(i, "stop")
+                yield _sse(make_chunk(i, "", reason))
+            if req["include_usage"]:
+                yield _sse(usage_chunk(usage["prompt_tokens"], usage["completion_tokens"]))
+            yield b"data: [DONE]\n\n"
+        finally:
+            for p in pumps:  # the client left, or we are done: stop every generation
+                p.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _stream_error(exc: Exception) -> ApiError:
+    """An exception out of ModelManager.stream() as an HTTP error."""
+    if isinstance(exc, ApiError):
+        return exc
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return ApiError(P.status_for(code), str(getattr(exc, "message", exc)), code)
+    return ApiError(500, f"generation failed ({type(exc).__name__})", "TASK_FAILED")
+
+
+def _can_stream(st: _State, req: Dict[str, Any]) -> bool:
+    """Token streaming needs ModelManager.stream() (the decoder issue adds it) and one
+    sequence per input."""
+    return req["stream"] and req["n"] == 1 and callable(getattr(st.mm, "stream", None))
+
+
 @_endpoint("/v1/completions")
 async def completions(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     req = P.parse_completions(body, st.config.default_max_tokens, st.config.max_items)
     name = _model(body, st)
+    cid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
+    base = {"id": cid, "object": "text_completion", "created": created, "model": name}
+    if _can_stream(st, req):
+        def chunk(i, text, reason):
+            return {**base, "choices": [{"index": i, "text": text, "logprobs": None,
+                                         "finish_reason": reason}]}
+
+        def usage(pt, ct):
+            return {**base, "choices": [], "usage": _usage(pt, ct)}
+        return await _token_stream(st, name, req["prompts"], req, chunk, usage)
     results = await _generate(request, st, name, req["prompts"], req)
     choices, pt, ct = _choices(results, req)
-    cid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
     if not req["stream"]:
         return _json({"id": cid, "object": "text_completion", "created": created, "model": name,
                       "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
                                   for i, t, f in choices],
                       "usage": _usage(pt, ct)})
-    # The generation backends on main return a whole text per task, so a stream carries
-    # each choice's text as one chunk, then its finish_reason.
-    base = {"id": cid, "object": "text_completion", "created": created, "model": name}
+    # Without ModelManager.stream() (or with n > 1) a stream carries each choice's whole
+    # text as one chunk, then its finish_reason.
     chunks = []
     for i, t, f in choices:
         chunks.append({**base, "choices": [{"index": i, "text": t, "logprobs": None,

@@ -758,3 +758,60 @@ def test_cli_refuses_bad_settings(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pymodelmgr", "serve", "--settings", str(bad)],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "queue_timeout" in r.stderr
+
+
+def test_token_streaming_through_manager_stream():
+    """With ModelManager.stream() (the decoder issue adds it) /v1/completions streams
+    pieces as they come, merging prompts, cutting stop strings that span pieces and
+    closing each stream.  A stand-in stream over task() plays its part here."""
+    import re
+    mm = ModelManager({"fake_gpus": "none"})
+    closed = []
+
+    class StreamError(Exception):
+        def __init__(self, code, message):
+            super().__init__(message)
+            self.code, self.message = code, message
+
+    async def stream(data, task_type, model_name, **kw):
+        r = await mm.task([data], task_type, model_name, **kw)
+        if not r.success:
+            raise StreamError(r.error.code, r.error.message)
+        try:
+            for w in re.findall(r"\S+\s*", r.data["generated_texts"][0]):
+                await asyncio.sleep(0)
+                yield w
+        finally:
+            closed.append(data)
+
+    mm.stream = stream
+    try:
+        with serving(synthetic_config(), manager=mm) as s:
+            client = s.client()
+            prompts = ["a b", "c d e", "f"]
+            whole = client.completions.create(model=SYN_GEN, prompt=prompts, max_tokens=6)
+            expect = [c.text for c in sorted(whole.choices, key=lambda c: c.index)]
+            pieces = {i: [] for i in range(3)}
+            finish = {}
+            for chunk in client.completions.create(model=SYN_GEN, prompt=prompts, max_tokens=6,
+                                                   stream=True):
+                for c in chunk.choices:
+                    if c.text:
+                        pieces[c.index].append(c.text)
+                    if c.finish_reason:
+                        finish[c.index] = c.finish_reason
+            assert ["".join(pieces[i]) for i in range(3)] == expect
+            assert all(len(pieces[i]) > 1 for i in range(3))  # really in pieces
+            assert set(finish) == {0, 1, 2} and sorted(closed) == sorted(prompts)
+            # a stop string that spans two pieces (" word" starts in the previous piece)
+            third = expect[0].split()[2]
+            text = "".join(c.choices[0].text for c in client.completions.create(
+                model=SYN_GEN, prompt="a b", max_tokens=6, stream=True, stop=" " + third)
+                if c.choices)
+            assert text == " ".join(expect[0].split()[:2])
+            # an error before the first piece is still an HTTP status
+            st, _, body = post(s.port, "/v1/completions", {"model": SYN_GEN, "stream": True,
+                                                          "prompt": "x __fail__"})
+            assert st == 500 and body["error"]["code"] == "TASK_FAILED"
+    finally:
+        asyncio.run(mm.close())
