@@ -354,15 +354,24 @@ def _choices(results, req) -> tuple:
     """[(index, text, finish_reason)], prompt_tokens, completion_tokens."""
     n, out, pt, ct = req["n"], [], 0, 0
     for i, r in enumerate(results):
-        texts = r.data["generated_texts"]
+        texts = r.data.get("generated_texts")
+        if texts is None:  # one conversation in, one text out
+            texts = [r.data["generated_text"]]
         seqs = texts[0] if n > 1 else texts
         usage = r.data.get("usage", {})
         pt += usage.get("prompt_tokens", 0)
         ct += usage.get("completion_tokens", 0)
         per_seq = usage.get("completion_tokens", 0) / max(len(seqs), 1)
+        given = r.data.get("finish_reason")  # backends that know it say it
         for j, text in enumerate(seqs):
             text, stopped = P.cut_at_stop(text, req["stop"])
-            finish = "stop" if stopped or per_seq < req["max_tokens"] else "length"
+            known = given[j] if isinstance(given, list) and j < len(given) else given
+            if stopped:
+                finish = "stop"
+            elif isinstance(known, str):
+                finish = known
+            else:
+                finish = "stop" if per_seq < req["max_tokens"] else "length"
             out.append((i * n + j, text, finish))
     return out, pt, ct
 
@@ -565,10 +574,47 @@ async def chat_completions(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     req = P.parse_chat(body, st.config.default_max_tokens)
     name = _model(body, st)
-    raise ApiError(400, f"model {name!r} has no chat template: chat completions need a "
-                   "decoder-only model whose tokenizer defines one, and this build's text "
-                   "generation models are encoder-decoders (T5, BART); use /v1/completions",
-                   "UNSUPPORTED", "model")
+    if not callable(getattr(st.mm, "stream", None)):
+        # Chat templates arrive with the decoder-only models (and ModelManager.stream()).
+        raise ApiError(400, f"model {name!r} has no chat template: chat completions need a "
+                       "decoder-only model whose tokenizer defines one, and this build's text "
+                       "generation models are encoder-decoders (T5, BART); use /v1/completions",
+                       "UNSUPPORTED", "model")
+    cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
+    messages = req["messages"]
+    if _can_stream(st, req):
+        started = set()
+
+        def chunk(i, text, reason):
+            delta = {"content": text} if text else {}
+            if i not in started:  # the first chunk of a choice names the role
+                started.add(i)
+                delta = {"role": "assistant", **delta}
+            return {**base, "choices": [{"index": i, "delta": delta, "logprobs": None,
+                                         "finish_reason": reason}]}
+
+        def usage(pt, ct):
+            return {**base, "choices": [], "usage": _usage(pt, ct)}
+        return await _token_stream(st, name, [messages], req, chunk, usage)
+    results = await _generate(request, st, name, [messages], req)
+    choices, pt, ct = _choices(results, req)
+    if not req["stream"]:
+        return _json({"id": cid, "object": "chat.completion", "created": created, "model": name,
+                      "choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                                   "logprobs": None, "finish_reason": f}
+                                  for i, t, f in choices],
+                      "usage": _usage(pt, ct)})
+    chunks = []
+    for i, t, f in choices:
+        chunks.append({**base, "choices": [{"index": i, "delta": {"role": "assistant",
+                                                                   "content": t},
+                                            "logprobs": None, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                            "finish_reason": f}]})
+    if req["include_usage"]:
+        chunks.append({**base, "choices": [], "usage": _usage(pt, ct)})
+    return _stream(chunks)
 
 
 @_endpoint("/v1/rerank")

@@ -773,8 +773,18 @@ def test_token_streaming_through_manager_stream():
             super().__init__(message)
             self.code, self.message = code, message
 
+    def flat(conv):  # a chat "template" for the stand-in: the contents, joined
+        return " ".join(m["content"] for m in conv) if isinstance(conv, list) else conv
+
+    task = mm.task
+
+    async def chat_task(data, task_type, model_name, **kw):
+        if isinstance(data, list):
+            data = [flat(x) for x in data]
+        return await task(data, task_type, model_name, **kw)
+
     async def stream(data, task_type, model_name, **kw):
-        r = await mm.task([data], task_type, model_name, **kw)
+        r = await task([flat(data)], task_type, model_name, **kw)
         if not r.success:
             raise StreamError(r.error.code, r.error.message)
         try:
@@ -785,6 +795,7 @@ def test_token_streaming_through_manager_stream():
             closed.append(data)
 
     mm.stream = stream
+    mm.task = chat_task
     try:
         with serving(synthetic_config(), manager=mm) as s:
             client = s.client()
@@ -813,5 +824,20 @@ def test_token_streaming_through_manager_stream():
             st, _, body = post(s.port, "/v1/completions", {"model": SYN_GEN, "stream": True,
                                                           "prompt": "x __fail__"})
             assert st == 500 and body["error"]["code"] == "TASK_FAILED"
+
+            # chat: the same paths with messages
+            msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b"}]
+            ref = client.completions.create(model=SYN_GEN, prompt="be brief a b", max_tokens=6)
+            chat = client.chat.completions.create(model=SYN_GEN, messages=msgs, max_tokens=6)
+            assert chat.object == "chat.completion"
+            assert chat.choices[0].message.role == "assistant"
+            assert chat.choices[0].message.content == ref.choices[0].text
+            assert chat.usage.completion_tokens == 6
+            deltas = list(client.chat.completions.create(model=SYN_GEN, messages=msgs,
+                                                         max_completion_tokens=6, stream=True))
+            assert deltas[0].choices[0].delta.role == "assistant"
+            assert "".join(d.choices[0].delta.content or "" for d in deltas if d.choices) == \
+                ref.choices[0].text
+            assert deltas[-1].choices[0].finish_reason == "stop"
     finally:
         asyncio.run(mm.close())
