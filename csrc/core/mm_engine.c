@@ -519,6 +519,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         char hits[32];
         snprintf(hits, sizeof hits, "%zu", t->cache_hits);
         mm__task_add_extra(t, "cache_hits", hits);
+        mm__task_add_extra(t, "backend", "\"cache\""); /* no backend ran it */
         mm__task_add_usage(t);
         mm__complete(e, t, MM_TS_DONE, 0, NULL);
         pthread_mutex_unlock(&e->mu);

@@ -370,3 +370,16 @@ async def test_fallback_and_native_busy_at_once(make_mm, served, models):
     stats = st.data["tasks"]
     assert stats["double_completions"] == 0
     assert stats["completed"] == stats["created"] - 0  # every task completed exactly once
+
+
+async def test_embedding_cache_serves_fallback_vectors(make_mm, served):
+    mm = make(make_mm, served, embedding_cache={"enabled": True})
+    first = await mm.task(TEXTS, "embedding", REPOS["modernbert"], device="cpu")
+    assert first.success and first.data["backend"] == "transformers", first.error
+    again = await mm.task(TEXTS, "embedding", REPOS["modernbert"], device="cpu")
+    assert again.data["backend"] == "cache" and again.data["device"] == "cache"
+    assert again.data["embeddings"] == first.data["embeddings"]
+    part = await mm.task(TEXTS[:2] + ["something new"], "embedding", REPOS["modernbert"],
+                         device="cpu")
+    assert part.data["backend"] == "transformers" and part.data["cache_hits"] == 2
+    assert part.data["embeddings"][:2] == first.data["embeddings"][:2]
