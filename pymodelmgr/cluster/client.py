@@ -394,13 +394,31 @@ class ClusterModelManager:
     def _send(self, n: _Node, model: str, batch: List[_Task]) -> None:
         try:
             actor = self._actor(n)
-            ref = actor.run.remote([t.item for t in batch])
-        except Exception as exc:  # the actor could not be created or reached
+        except Exception as exc:  # the actor could not be created
             self._node_failed(n, f"{type(exc).__name__}: {exc}")
             for t in batch:
                 t.node = n.node_id
                 self._lost(t)
             self._schedule_dispatch()
+            return
+        try:
+            ref = actor.run.remote([t.item for t in batch])
+        except self._node_failures as exc:
+            self._node_failed(n, type(exc).__name__)
+            for t in batch:
+                t.node = n.node_id
+                self._lost(t)
+            self._schedule_dispatch()
+            return
+        except Exception as exc:  # an argument Ray cannot serialise: find which
+            if len(batch) > 1:
+                for t in batch:
+                    self._send(n, model, [t])
+                return
+            t = batch[0]
+            self._finish(t, Result(False, {}, ErrorInfo(
+                "INVALID_ARGUMENT", f"the task's arguments cannot be sent to a node "
+                f"({type(exc).__name__}: {str(exc)[:300]})", {"task_id": t.id})))
             return
         k = len(batch)
         n.outstanding += k

@@ -240,6 +240,15 @@ async def test_no_capacity_and_errors_are_values(make_cm):
     assert bad.error.code == "TASK_FAILED"
     nf = await cm2.task(["x"], "embedding", "synthetic/nonsense")
     assert nf.error.code == "INVALID_ARGUMENT"
+    import threading
+    lock = threading.Lock()
+    outs = await asyncio.gather(
+        cm2.task(["ok"], "embedding", "synthetic/embedding?dim=18", device="cpu"),
+        cm2.task(["x"], "embedding", "synthetic/embedding?dim=18", device="cpu", prompt=lock),
+        cm2.task(["ok2"], "embedding", "synthetic/embedding?dim=18", device="cpu"))
+    assert outs[0].success and outs[2].success  # sent with it, answered anyway
+    assert outs[1].error.code == "INVALID_ARGUMENT" and "lock" in outs[1].error.message
+    assert (await cm2.status()).data["tasks"]["nodes_lost"] == 0
     rep = await cm2.task(["x"], "embedding", "synthetic/embedding?dim=18", replicas=0)
     assert rep.error.code == "INVALID_ARGUMENT" and "replicas" in rep.error.message
     await cm2.close()
