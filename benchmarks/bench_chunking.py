@@ -41,6 +41,14 @@ def corpus(n: int, seed: int) -> list:
     return [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 60))) + f" #{i}" for i in range(n)]
 
 
+async def idle(mm, model: str) -> None:
+    while True:
+        st = [m for m in (await mm.status()).data["models"] if m["model_name"] == model][0]
+        if st["in_flight"] == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def run(model: str, items: int, texts: list, rounds: int) -> dict:
     mm = ModelManager({"fake_gpus": "none", "embedding_cache": {"enabled": False},
                        "worker_pool": {"max_batch_items": items, "max_batch_tokens": 10 ** 8
@@ -54,20 +62,23 @@ async def run(model: str, items: int, texts: list, rounds: int) -> dict:
             r = await mm.task(texts, "embedding", model, device="cpu")
             times.append(time.perf_counter() - t0)
             assert r.success, r.error
+        # a one-text task submitted just after a large one started
         big = asyncio.ensure_future(mm.task(texts, "embedding", model, device="cpu"))
         await asyncio.sleep(0.2)
         t0 = time.perf_counter()
         small = await mm.task(["one small request"], "embedding", model, device="cpu")
         small_s = time.perf_counter() - t0
         assert small.success
+        big.cancel()
+        await asyncio.gather(big, return_exceptions=True)
+        await idle(mm, model)
+        # cancelling a large task that just started: time until its worker is idle
+        big = asyncio.ensure_future(mm.task(texts, "embedding", model, device="cpu"))
+        await asyncio.sleep(0.2)
         t0 = time.perf_counter()
         big.cancel()
         await asyncio.gather(big, return_exceptions=True)
-        while True:
-            st = [m for m in (await mm.status()).data["models"] if m["model_name"] == model][0]
-            if st["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.01)
+        await idle(mm, model)
         cancel_s = time.perf_counter() - t0
         return {"median_s": statistics.median(times), "small_s": small_s, "cancel_s": cancel_s}
     finally:

