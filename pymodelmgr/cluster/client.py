@@ -283,9 +283,13 @@ class ClusterModelManager:
             return
         started = time.monotonic()
         try:
-            st = await n.actor.status.remote()
+            st = await asyncio.wait_for(asyncio.wrap_future(n.actor.status.remote().future()),
+                                        max(10.0, 5 * self._status_interval))
         except self._node_failures as exc:
             self._node_failed(n, f"{type(exc).__name__}")
+            return
+        except asyncio.TimeoutError:  # a busy or stuck node: keep what we knew
+            logger.warning("node manager on node %s did not answer a status poll", n.node_id)
             return
         n.polled_at = started
         self._apply_status(n, st)
