@@ -16,13 +16,14 @@
  *   unload(): model.close() and the last reference dropped, on the thread
  *             that loaded it, so the weights (and the CUDA cache) are freed.
  *
- * While the interpreter is finalizing no Python is called: a model still
- * loaded then is left to the process exit.  Also registers the router
+ * From the interpreter's atexit on no Python is called (see py_enter): a
+ * model still loaded then is left to the process exit.  Also registers the router
  * (mm_router.c) ahead of the native backend (mmpy_fallback_add).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,13 +44,61 @@ typedef struct fstate {
     char revision[64];
 } fstate;
 
-static int py_usable(void) {
+/* Entering Python from a worker: once the interpreter begins to finalize, a
+ * thread that takes the GIL is made to exit on the spot (from inside whatever
+ * it was running: a hang in the engine's join, or std::terminate when that
+ * was a C++ frame of torch).  So an atexit hook (registered below; atexit runs
+ * before finalization begins) closes the gate and waits for the calls in
+ * flight; after it, workers never enter Python again and a model still loaded
+ * is left to the process exit. */
+static pthread_mutex_t g_gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_gate_cv = PTHREAD_COND_INITIALIZER;
+static int g_gate_closed; /* guarded by g_gate_mu */
+static int g_in_python;   /* worker calls between py_enter and py_leave */
+
+static int py_running(void) {
 #if PY_VERSION_HEX >= 0x030D0000
     return Py_IsInitialized() && !Py_IsFinalizing();
 #else
     return Py_IsInitialized() && !_Py_IsFinalizing();
 #endif
 }
+
+/* 1 with the GIL taken (*g set), or 0 when Python may no longer be entered. */
+static int py_enter(PyGILState_STATE *g) {
+    pthread_mutex_lock(&g_gate_mu);
+    int ok = !g_gate_closed && py_running();
+    if (ok)
+        g_in_python++;
+    pthread_mutex_unlock(&g_gate_mu);
+    if (ok)
+        *g = PyGILState_Ensure();
+    return ok;
+}
+
+static void py_leave(PyGILState_STATE g) {
+    PyGILState_Release(g);
+    pthread_mutex_lock(&g_gate_mu);
+    if (--g_in_python == 0)
+        pthread_cond_broadcast(&g_gate_cv);
+    pthread_mutex_unlock(&g_gate_mu);
+}
+
+/* atexit: close the gate, wait (GIL released) for the calls in flight. */
+static PyObject *close_gate(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_gate_mu);
+    g_gate_closed = 1;
+    while (g_in_python > 0)
+        pthread_cond_wait(&g_gate_cv, &g_gate_mu);
+    pthread_mutex_unlock(&g_gate_mu);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef close_gate_def = {"_fallback_close_gate", close_gate, METH_NOARGS,
+                                     "atexit hook: no fallback call into Python after this."};
 
 /* The stable name "INVALID_ARGUMENT" -> its code; MM_ETASK when unknown. */
 static int code_from_name(const char *name) {
@@ -126,12 +175,12 @@ static int fb_load(const mm_model_spec *spec, const mm_device *dev, void **state
                                          sizeof s->revision, err, errlen);
     if (rc != 0)
         goto fail;
-    if (!py_usable()) {
+    PyGILState_STATE g;
+    if (!py_enter(&g)) {
         snprintf(err, errlen, "the Python interpreter is shutting down");
         rc = MM_ESHUTDOWN;
         goto fail;
     }
-    PyGILState_STATE g = PyGILState_Ensure();
     PyObject *mod = PyImport_ImportModule("pymodelmgr.fallback");
     PyObject *model = mod ? PyObject_CallMethod(mod, "load", "sssisss", dir,
                                                 mm_task_type_name(spec->task_type),
@@ -162,7 +211,7 @@ static int fb_load(const mm_model_spec *spec, const mm_device *dev, void **state
     }
     Py_XDECREF(mod);
     s->model = model;
-    PyGILState_Release(g);
+    py_leave(g);
     if (rc != 0)
         goto fail;
     mm_log(MM_LOG_INFO, "transformers fallback: %s loaded on %s for %s tasks", spec->model_name,
@@ -284,12 +333,12 @@ static PyObject *batch_args(mm_task_t **tasks, size_t n) {
 static void fb_run(void *state, mm_task_t **tasks, size_t n) {
     fstate *s = state;
     char err[1024];
-    if (!py_usable()) {
+    PyGILState_STATE g;
+    if (!py_enter(&g)) {
         for (size_t i = 0; i < n; i++)
             mm_task_fail(tasks[i], MM_ESHUTDOWN, "the Python interpreter is shutting down");
         return;
     }
-    PyGILState_STATE g = PyGILState_Ensure();
     PyObject *batch = batch_args(tasks, n);
     PyObject *res = batch ? PyObject_CallMethod(s->model, "run", "O", batch) : NULL;
     if (!res || !PyList_Check(res) || (size_t)PyList_GET_SIZE(res) != n) {
@@ -305,21 +354,21 @@ static void fb_run(void *state, mm_task_t **tasks, size_t n) {
     }
     Py_XDECREF(res);
     Py_XDECREF(batch);
-    PyGILState_Release(g);
+    py_leave(g);
 }
 
 static void fb_unload(void *state) {
     fstate *s = state;
     if (!s)
         return;
-    if (s->model && py_usable()) {
-        PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g;
+    if (s->model && py_enter(&g)) {
         PyObject *r = PyObject_CallMethod(s->model, "close", NULL);
         if (!r)
             PyErr_Clear(); /* nothing to report to: the model is going anyway */
         Py_XDECREF(r);
         Py_CLEAR(s->model);
-        PyGILState_Release(g);
+        py_leave(g);
     }
     mm_free(s);
 }
@@ -349,5 +398,13 @@ int mmpy_fallback_add(PyObject *module) {
         PyErr_NoMemory();
         return -1;
     }
+    PyObject *hook = PyCFunction_New(&close_gate_def, NULL);
+    PyObject *atexit = hook ? PyImport_ImportModule("atexit") : NULL;
+    PyObject *r = atexit ? PyObject_CallMethod(atexit, "register", "O", hook) : NULL;
+    Py_XDECREF(atexit);
+    Py_XDECREF(hook);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
     return PyModule_AddIntConstant(module, "HAVE_FALLBACK", 1);
 }

@@ -383,3 +383,30 @@ async def test_embedding_cache_serves_fallback_vectors(make_mm, served):
                          device="cpu")
     assert part.data["backend"] == "transformers" and part.data["cache_hits"] == 2
     assert part.data["embeddings"][:2] == first.data["embeddings"][:2]
+
+
+def test_exit_without_close_while_a_fallback_task_runs(models, tmp_path):
+    """The interpreter exits (no close()) while a fallback worker is busy: the atexit gate
+    lets the call in flight finish and no worker enters Python after it: no hang, no
+    std::terminate from a thread made to exit inside torch."""
+    import subprocess
+    import sys
+    code = (
+        "import asyncio, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from pymodelmgr import ModelManager\n"
+        "mm = None\n"
+        "async def main():\n"
+        "    global mm\n"
+        "    mm = ModelManager({'fake_gpus': 'none', 'cpu_threads': 1})\n"
+        f"    r = await mm.task(['hi'], 'embedding', {models['modernbert']!r}, device='cpu')\n"
+        "    print(r.data['backend'])\n"
+        f"    asyncio.ensure_future(mm.task(['x y z'] * 2000, 'embedding', {models['modernbert']!r},"
+        " device='cpu'))\n"
+        "    await asyncio.sleep(0.2)\n"
+        "asyncio.run(main())\n")
+    root = os.path.dirname(os.path.dirname(pymodelmgr.__file__))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": root})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["transformers"]
