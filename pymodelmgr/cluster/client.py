@@ -667,7 +667,7 @@ class ClusterModelManager:
 
     async def status(self) -> Result:
         """Aggregated status: ``data["nodes"]`` is one dict per live node (``node_id``,
-        ``gpus_mb``, ``models`` as ModelManager.status reports them, ``queue_depth``,
+        ``devices`` as ModelManager.status reports them (memory per device), ``gpus_mb``, ``models`` as ModelManager.status reports them, ``queue_depth``,
         ``in_flight``, ``client_in_flight``, ``resources``); ``data["models"]`` lists every
         node's models with ``"node"`` added (ModelManager.status's shape);
         ``data["tasks"]`` has this client's accounting (``submitted``, ``completed``,
@@ -688,7 +688,8 @@ class ClusterModelManager:
             ms = list(n.models.values())
             for m in ms:
                 models.append(dict(m, node=n.node_id))
-            nodes.append({"node_id": n.node_id, "gpus_mb": n.gpus_mb,
+            nodes.append({"node_id": n.node_id, "devices": n.stats.get("devices"),
+                          "gpus_mb": n.gpus_mb,
                           "gpu_free_mb": n.gpu_free_mb(), "models": ms,
                           "queue_depth": sum(m.get("queue_depth", 0) for m in ms),
                           "in_flight": sum(m.get("in_flight", 0) for m in ms),

@@ -96,6 +96,8 @@ async def test_second_model_goes_to_another_node_when_the_first_is_full(make_cm)
     st = await cm.status()
     full = [n for n in st.data["nodes"] if n["node_id"] == ra.data["node"]][0]
     assert full["gpu_free_mb"] <= 200  # 1000 MiB (or its memory_fraction budget) - 800
+    gpu = [d for d in full["devices"] if d["name"] == "cuda:0"][0]
+    assert gpu["used_bytes"] == 800 * 2**20 and a in gpu["models"]
     await cm.release_model(a)
     await cm.release_model(b)
 
