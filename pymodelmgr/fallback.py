@@ -99,6 +99,16 @@ def load(model_dir: str, task_type: str, device: str, cpu_threads: int, options_
     options = json.loads(options_json or "{}")
     model_options = json.loads(model_options_json or "{}")
     trust = model_options.get("trust_remote_code") is True
+    asked = model_options.get("dtype")
+    if asked in ("int8",) or (asked in ("bfloat16", "bf16") and device == "cpu"):
+        # a task's explicit dtype= that only the native graphs run: refuse rather than
+        # serve float32 in its place
+        raise FallbackError(
+            "UNSUPPORTED",
+            f"dtype {asked} on {device} runs only on the native backend, which cannot serve "
+            f"{model_name} for {task_type} with it")
+    if asked is not None:
+        options = dict(options, dtype=asked)
     custom = _custom_code(model_dir)
     if custom and not trust:
         raise FallbackError(

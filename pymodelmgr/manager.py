@@ -27,6 +27,8 @@ __all__ = ["ModelManager"]
 logger = logging.getLogger("pymodelmgr")
 
 _FLAG_NUMPY = 1
+# dtype= of a task: the weights' dtype of the model it creates (settings.dtype otherwise)
+_DTYPES = ("auto", "float32", "float16", "bfloat16", "bf16", "int8")
 _FLAG_DEFER_WAKE = 2
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -206,9 +208,14 @@ class ModelManager:
         _metrics._track(self)  # pymodelmgr.metrics.register() finds every manager
 
     def _model_options(self, model_name, kwargs):
-        """Pops the load options (backend, trust_remote_code) out of kwargs: a JSON text
-        for the engine, None for the defaults, or an error Result."""
+        """Pops the load options (backend, trust_remote_code, dtype) out of kwargs: a JSON
+        text for the engine, None for the defaults, or an error Result."""
         backend = kwargs.pop("backend", None)
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None and (dtype.__class__ is not str or dtype not in _DTYPES):
+            return Result.error("INVALID_ARGUMENT",
+                                f"dtype must be one of {', '.join(_DTYPES)}; got "
+                                f"{reprlib.repr(dtype)}")
         if backend is None and model_name.__class__ is str:
             backend = self._backends.get(model_name) or self._backends.get(
                 self._aliases.get(model_name, model_name))
@@ -224,6 +231,8 @@ class ModelManager:
             opts["backend"] = backend
         if trust:
             opts["trust_remote_code"] = True
+        if dtype is not None:
+            opts["dtype"] = dtype
         return json.dumps(opts, sort_keys=True) if opts else None
 
     # ---- the event-loop bridge -------------------------------------------------
@@ -310,8 +319,9 @@ class ModelManager:
                 ``revision`` (a branch, tag or commit) for any model; ``backend``
                 (``"auto"``, ``"native"`` or ``"transformers"``; default
                 ``settings.model_backends`` or ``"auto"``: native when the architecture has
-                a native graph) and ``trust_remote_code`` (default False) when the task
-                loads the model.
+                a native graph), ``trust_remote_code`` (default False) and ``dtype``
+                (``"float32"``, ``"bfloat16"``, ``"int8"``...: see the settings' ``dtype``;
+                default ``settings.dtype``) when the task loads the model.
 
         A model that is already loaded serves the task with its existing configuration,
         even if this call asks for another device or worker count; the result's

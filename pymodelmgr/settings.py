@@ -112,8 +112,11 @@ class ModelManagerSettings(BaseModel):
             Hugging Face cache itself (``HF_HUB_CACHE``, else ``$HF_HOME/hub``).
         cpu_threads: intra-op threads per CPU worker; 0 divides the cores among the workers; at
             most four per core of the machine (see :func:`max_cpu_threads`).
-        dtype: weights on GPU: ``"auto"`` (fp16 for encoders, bf16/fp32 for T5), ``"float32"``,
-            ``"float16"`` or ``"bfloat16"``; the CPU always uses float32.
+        dtype: the weights' dtype of a new model: ``"auto"`` (GPU: fp16 for encoders, bf16/fp32
+            for T5; CPU: float32), ``"float32"``, ``"float16"`` (GPU only), ``"bfloat16"`` /
+            ``"bf16"`` (on the CPU only where it has AVX512_BF16 or AMX-BF16; refused elsewhere)
+            or ``"int8"`` (CPU embedding models: int8 linear layers, see README); a task's
+            ``dtype=`` keyword overrides it for the model that task creates.
         fake_gpus: a simulated GPU list for tests, free MiB per GPU (``"24000,16000"``), or
             ``"none"`` for a machine without GPUs; also read from ``PYMODELMGR_FAKE_GPUS``.
             Leave None in production.
@@ -133,7 +136,7 @@ class ModelManagerSettings(BaseModel):
     embedding_cache: EmbeddingCacheConfig = Field(default_factory=EmbeddingCacheConfig)
     cache_dir: str = "data/models"
     cpu_threads: int = Field(default=0, ge=0)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "bf16", "int8"] = "auto"
     fake_gpus: Optional[str] = None
     model_aliases: Dict[str, str] = Field(default_factory=dict)
     model_backends: Dict[str, Literal["auto", "native", "transformers"]] = Field(default_factory=dict)

@@ -504,6 +504,7 @@ static int native_load(const mm_model_spec *spec, const mm_device *dev, void **s
     g_api.default_params(&p);
     char dtype[32] = "auto";
     opt_str(spec->options_json, "dtype", dtype, sizeof dtype);
+    opt_str(spec->model_options_json, "dtype", dtype, sizeof dtype); /* the task's dtype= */
     p.device = dev->is_gpu ? dev->name : "cpu";
     p.dtype = dtype;
     p.num_threads = dev->is_gpu ? 0 : (dev->cpu_threads > 0 ? dev->cpu_threads : 0);

@@ -268,6 +268,7 @@ static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **stat
         s->api.default_load_params(&p);
         char dtype[32] = "auto";
         opt_dtype(spec->options_json, dtype, sizeof dtype);
+        opt_dtype(spec->model_options_json, dtype, sizeof dtype); /* the task's dtype= */
         p.device = dev->is_gpu ? dev->name : "cpu";
         p.dtype = dtype;
         p.num_threads = dev->is_gpu ? 0 : (dev->cpu_threads > 0 ? dev->cpu_threads : 0);

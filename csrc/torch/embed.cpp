@@ -25,6 +25,7 @@
  */
 #include "mm_torch.h"
 #include "mmt_common.h"
+#include "mmt_int8.h"
 #include "mmt_registry.h"
 #include "mmt_threads.h"
 #include "st_loader.h"
@@ -105,10 +106,13 @@ struct PackedOps {
 struct Linear {
     at::Tensor w, b;
     at::Tensor packed; /* defined: w was reordered for oneDNN and dropped */
+    Int8Linear q;      /* defined: dtype "int8", w and b were quantized and dropped */
 
     /* attr: "none", or "gelu" with algorithm "none" (erf) or "tanh". */
     at::Tensor operator()(const at::Tensor &x, const char *attr = "none",
                           const char *algorithm = "none") const {
+        if (q.defined())
+            return q(x);
         if (!packed.defined())
             return at::linear(x, w, b);
         torch::jit::Stack st{x, packed, b, std::string(attr),
@@ -127,6 +131,16 @@ struct Linear {
         packed = st[0].toTensor();
         w = at::Tensor();
         return true;
+    }
+
+    /* dtype "int8": quantizes w per output feature (mmt_int8.h); returns the
+     * bytes this saves. */
+    uint64_t quantize_int8() {
+        const uint64_t before = (uint64_t)w.numel() * w.element_size() +
+                                (b.defined() ? (uint64_t)b.numel() * b.element_size() : 0);
+        q = Int8Linear::quantize(w, b);
+        w = b = at::Tensor();
+        return before > q.bytes() ? before - q.bytes() : 0;
     }
 };
 
@@ -443,10 +457,10 @@ void load_encoder(Model &m, const std::string &dir) {
                             w.get(v + ".weight", {H, H})}, 0);
         ly.qkv.b = at::cat({w.get(q + ".bias", {H}), w.get(k + ".bias", {H}),
                             w.get(v + ".bias", {H})}, 0);
-        ly.out = {w.get(o + ".weight", {H, H}), w.get(o + ".bias", {H}), {}};
+        ly.out = {w.get(o + ".weight", {H, H}), w.get(o + ".bias", {H}), {}, {}};
         ly.ln_attn = {w.get(ln1 + ".weight", {H}), w.get(ln1 + ".bias", {H}), e.eps};
-        ly.up = {w.get(up + ".weight", {F, H}), w.get(up + ".bias", {F}), {}};
-        ly.down = {w.get(down + ".weight", {H, F}), w.get(down + ".bias", {H}), {}};
+        ly.up = {w.get(up + ".weight", {F, H}), w.get(up + ".bias", {F}), {}, {}};
+        ly.down = {w.get(down + ".weight", {H, F}), w.get(down + ".bias", {H}), {}, {}};
         ly.ln_out = {w.get(ln2 + ".weight", {H}), w.get(ln2 + ".bias", {H}), e.eps};
         e.layers.push_back(std::move(ly));
     }
@@ -562,10 +576,15 @@ void load_model(Model &m) {
                                     &layer.ln_attn.w, &layer.ln_out.w})
             m.memory_bytes += (uint64_t)t->numel() * t->element_size();
     m.memory_bytes += (uint64_t)m.enc.word.numel() * m.enc.word.element_size();
-    if (m.device.is_cpu() && m.dtype == at::kFloat)
+    if (m.dtype_name == "int8") {
+        for (auto &layer : m.enc.layers)
+            for (Linear *l : {&layer.qkv, &layer.out, &layer.up, &layer.down})
+                m.memory_bytes -= l->quantize_int8();
+    } else if (m.device.is_cpu() && m.dtype == at::kFloat) {
         for (auto &layer : m.enc.layers)
             for (Linear *l : {&layer.qkv, &layer.out, &layer.up, &layer.down})
                 l->pack();
+    }
 
     int64_t width = m.enc.hidden;
     if (m.head) { /* the head replaces Pooling and Dense */
@@ -759,7 +778,11 @@ static at::ScalarType parse_dtype_name(const std::string &s, bool cuda, std::str
         *name = "bfloat16";
         return at::kBFloat16;
     }
-    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16)", s.c_str());
+    if (s == "int8") { /* float32 compute around int8 linear layers (mmt_int8.h) */
+        *name = "int8";
+        return at::kFloat;
+    }
+    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16, int8)", s.c_str());
 }
 
 static int embedder_load(const char *dir, const mm_torch_embedder_params *p,
@@ -779,6 +802,13 @@ static int embedder_load(const char *dir, const mm_torch_embedder_params *p,
                                                 &dtype_name);
         if (!device.is_cuda() && dtype == at::kHalf)
             fail(MM_EUNSUPPORTED, "float16 on the CPU is not supported; use float32 or bfloat16");
+        if (device.is_cuda() && dtype_name == "int8")
+            fail(MM_EUNSUPPORTED, "dtype int8 runs on the CPU only; use float16 or bfloat16 on %s",
+                 device.str().c_str());
+        if (!device.is_cuda() && dtype == at::kBFloat16 && !cpu_has_bf16())
+            fail(MM_EUNSUPPORTED,
+                 "dtype bfloat16 on the CPU needs AVX512_BF16 or AMX-BF16, which this CPU lacks "
+                 "(libtorch would emulate it, slower than float32); use float32 or int8");
         if (p->num_threads > 0)
             at::set_num_threads(p->num_threads);
 

@@ -34,6 +34,7 @@
 
 #include "gen_model.h"
 #include "mmt_attend.h"
+#include "mmt_int8.h"
 #include "mmt_registry.h"
 #include "mmt_skinny.h"
 #include "mmt_threads.h"
@@ -301,7 +302,10 @@ at::ScalarType parse_dtype(const std::string &s0, bool cuda, const std::string &
         *name = "bfloat16";
         return at::kBFloat16;
     }
-    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16)", s.c_str());
+    if (s == "int8")
+        fail(MM_EUNSUPPORTED, "dtype int8 is not supported for text generation yet (embeddings "
+                              "only); use float32 or bfloat16");
+    fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16, int8)", s.c_str());
 }
 
 /* Token ids: an int, or a list of ints (eos_token_id may be either). */
@@ -1115,6 +1119,10 @@ MMT_API int mm_torch_gen_load(const char *dir, const mm_torch_gen_load_params *p
             parse_dtype(p->dtype ? p->dtype : "auto", device.is_cuda(), arch, &dtype_name);
         if (!device.is_cuda() && dtype == at::kHalf)
             fail(MM_EUNSUPPORTED, "float16 on the CPU is not supported; use float32 or bfloat16");
+        if (!device.is_cuda() && dtype == at::kBFloat16 && !cpu_has_bf16())
+            fail(MM_EUNSUPPORTED,
+                 "dtype bfloat16 on the CPU needs AVX512_BF16 or AMX-BF16, which this CPU lacks "
+                 "(libtorch would emulate it, slower than float32); use float32");
         if (p->num_threads > 0)
             at::set_num_threads(p->num_threads);
         std::string key = std::string(dir) + "|" + device.str() + "|" + dtype_name;

@@ -241,7 +241,7 @@ SETTINGS_CASES = [  # (id, settings dict, field named in the error)
     ("ttl-1e300", {"embedding_cache": {"ttl_seconds": 1e300}}, "embedding_cache.ttl_seconds"),
     ("cache-size-negative", {"embedding_cache": {"max_cache_size": -1}}, "embedding_cache.max_cache_size"),
     ("cache-size-2e70", {"embedding_cache": {"max_cache_size": 2 ** 70}}, "embedding_cache.max_cache_size"),
-    ("dtype", {"dtype": "int8"}, "dtype"),
+    ("dtype", {"dtype": "int4"}, "dtype"),
     ("cache-dir-nul", {"cache_dir": "a\x00b"}, "cache_dir"),
     ("fake-gpus-nul", {"fake_gpus": "1000\x00"}, "fake_gpus"),
     ("alias-empty", {"model_aliases": {"a": ""}}, "model_aliases"),

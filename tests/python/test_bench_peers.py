@@ -21,7 +21,7 @@ def test_bench_peers_quick(tmp_path):
     p = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_peers.py"), "--quick",
          "--models", "t5", "--modes", "greedy", "--gen-engines", "pymodelmgr,transformers,ct2-fp32",
-         "--emb-engines", "pymodelmgr,sentence-transformers,ort-fp32",
+         "--emb-engines", "pymodelmgr,sentence-transformers,ort-fp32", "--ours-dtypes", "int8",
          "--workdir", str(tmp_path / "models"), "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -34,5 +34,8 @@ def test_bench_peers_quick(tmp_path):
     for eng in ("pymodelmgr", "ort-fp32"):
         text = checks[f"MiniLM | {eng}"]
         assert float(text.split("min ")[1].split(",")[0]) > 0.99999, text
-    for key in ("t5 greedy | pymodelmgr | burst_s", "MiniLM | ort-fp32 | conc_s"):
+    text = checks["MiniLM | pymodelmgr-int8"]
+    assert float(text.split("min ")[1].split(",")[0]) > 0.95, text
+    for key in ("t5 greedy | pymodelmgr | burst_s", "MiniLM | ort-fp32 | conc_s",
+                "MiniLM | pymodelmgr-int8 | bulk_s"):
         assert len(rep["results"][key]) == 1
