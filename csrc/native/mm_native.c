@@ -700,6 +700,8 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     /* 1. Resolve options, tokenize every item. */
     for (size_t ti = 0; ti < n; ti++) {
         mm_task_t *t = tasks[ti];
+        if (mm_task_cancelled(t))
+            continue; /* its caller is gone: no rows; the engine completes it */
         json_t *root = NULL;
         embed_opts o;
         err[0] = '\0';

@@ -438,15 +438,15 @@ static void gen_run(void *state, mm_task_t **tasks, size_t n) {
     for (size_t i = 0; i < n; i++) {
         if (done[i])
             continue;
-        if (mm_task_get_kind(tasks[i]) != MM_KIND_RUN) {
-            done[i] = 1;
+        if (mm_task_get_kind(tasks[i]) != MM_KIND_RUN || mm_task_cancelled(tasks[i])) {
+            done[i] = 1; /* a cancelled task's group is not generated; the engine completes it */
             continue;
         }
         const char *kw = mm_task_params_json(tasks[i]);
         size_t m = 0;
         for (size_t j = i; j < n; j++) {
             if (!done[j] && mm_task_get_kind(tasks[j]) == MM_KIND_RUN &&
-                !strcmp(kw, mm_task_params_json(tasks[j]))) {
+                !mm_task_cancelled(tasks[j]) && !strcmp(kw, mm_task_params_json(tasks[j]))) {
                 idx[m++] = j;
                 done[j] = 1;
             }
