@@ -82,6 +82,19 @@ at::Tensor act(Act a, const at::Tensor &x) {
     return x;
 }
 
+/* The bucket a CPU GEMM's row count is rounded up to: multiples of 8 up to
+ * 64, then 8 steps per doubling (at most 12.5% extra rows), so a process
+ * sees about 50 shapes however its texts vary. */
+static int64_t gemm_rows(int64_t t) {
+    if (t <= 64)
+        return (t + 7) / 8 * 8;
+    int64_t p = 64;
+    while (p * 2 < t)
+        p *= 2;
+    const int64_t step = p / 8;
+    return (t + step - 1) / step * step;
+}
+
 /* oneDNN's prepacked linear (mkldnn::_linear_pointwise over a weight
  * reordered once by mkldnn::_reorder_linear_weight): on the CPU in float32
  * about 10% faster than at::linear, which repacks the weight for MKL on
@@ -199,22 +212,33 @@ struct Encoder {
          * attention sees the padded [B, L] layout, its pad rows zero and its
          * pad keys masked.  A row's GEMM result does not depend on the other
          * rows, so this changes no vector, only the cost of padding. */
-        at::Tensor idx;
-        if (x.device().is_cpu() && mask.sum().item<int64_t>() < B * L) {
-            idx = mask.reshape({B * L}).nonzero().squeeze(1);
-            x = x.reshape({B * L, hidden}).index_select(0, idx);
+        /* The row count of the GEMMs is bucketed (gemm_rows): oneDNN keeps a
+         * primitive per shape in its cache (up to 1,024, hundreds of KiB
+         * each), so unbucketed varied lengths grew a long-running process by
+         * hundreds of MiB (issue 12).  The extra rows repeat the last token
+         * and are dropped; rows are independent, so no vector changes. */
+        at::Tensor idx, gidx;
+        int64_t T = B * L;
+        if (x.device().is_cpu()) {
+            idx = mask.sum().item<int64_t>() < B * L
+                      ? mask.reshape({B * L}).nonzero().squeeze(1)
+                      : at::arange(B * L, ids.options());
+            T = idx.size(0);
+            const int64_t Tb = gemm_rows(T);
+            gidx = Tb > T ? at::cat({idx, idx.narrow(0, T - 1, 1).expand({Tb - T})}) : idx;
+            x = x.reshape({B * L, hidden}).index_select(0, gidx);
         }
         auto pad = [&](const at::Tensor &t) {
             if (!idx.defined())
                 return t;
-            return at::zeros({B * L, t.size(1)}, t.options()).index_copy_(0, idx, t);
+            return at::zeros({B * L, t.size(1)}, t.options()).index_copy_(0, idx, t.narrow(0, 0, T));
         };
         for (const Layer &ly : layers) {
             at::Tensor qkv = pad(ly.qkv(x)).view({B, L, 3, heads, d}).permute({2, 0, 3, 1, 4});
             at::Tensor ctx = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias);
             ctx = ctx.transpose(1, 2).reshape({B * L, hidden});
             if (idx.defined())
-                ctx = ctx.index_select(0, idx);
+                ctx = ctx.index_select(0, gidx);
             else
                 ctx = ctx.view({B, L, hidden});
             x = ly.ln_attn(ly.out(ctx) + x);
