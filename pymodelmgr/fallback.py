@@ -305,8 +305,6 @@ class _Generator(_Base):
         self.memory_bytes = _memory_bytes(self.model)
 
     def _run_group(self, tasks, kw):
-        import torch
-
         kw = dict(kw)
         seed = kw.pop("seed", None)
         truncate = kw.pop("truncate", True)

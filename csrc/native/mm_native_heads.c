@@ -616,6 +616,18 @@ done:
     mm_free(logits);
 }
 
+/* A rerank item holds all its documents: its bytes, uncapped, not one text's. */
+static size_t heads_cost(void *state, const mm_task_t *t) {
+    (void)state;
+    size_t c = 0;
+    for (size_t i = 0, n = mm_task_n_items(t); i < n; i++) {
+        size_t len = 0;
+        mm_task_item(t, i, &len);
+        c += len / 4 + 2;
+    }
+    return c;
+}
+
 const mm_backend_vtable mm_native_heads_backend = {
     .name = "native",
     .accepts = NULL,
@@ -624,6 +636,6 @@ const mm_backend_vtable mm_native_heads_backend = {
     .run = heads_run,
     .unload = heads_unload,
     .info = heads_info,
-    .cost = NULL,
+    .cost = heads_cost,
     .embed_cacheable = 0,
 };
