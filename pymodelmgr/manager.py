@@ -15,7 +15,9 @@ import math
 import reprlib
 import warnings
 import weakref
-from typing import Any, Dict, Optional
+from asyncio.events import _get_running_loop
+from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_isenabled
+from typing import Any, Awaitable, Dict, Optional
 
 from . import _core
 from . import metrics as _metrics
@@ -127,6 +129,51 @@ def _drain_weak(ref, ch) -> None:
         mm._drain(ch)
 
 
+class _TaskFuture(asyncio.Future):
+    """What ``task()`` returns: an asyncio future of the task's Result that is also a
+    coroutine object.
+
+    As a future, ``asyncio.gather`` and ``asyncio.wait_for`` take it as it is (no Task, no
+    coroutine frame per task: the round trip of a cheap task is most of its cost), and
+    ``await`` waits on it.  As a coroutine (``send``/``throw``/``close``, the protocol a
+    Task drives), ``asyncio.create_task(mm.task(...))`` and ``asyncio.ensure_future`` work
+    too.  Cancelling it (directly, through gather, or through the Task that awaits it)
+    takes the task out of its queue when it has not started."""
+
+    __slots__ = ("_mm", "_tid")
+
+    def send(self, value):
+        if not self.done():
+            self._asyncio_future_blocking = True
+            return self
+        raise StopIteration(self.result())
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        raise val
+
+    def close(self):
+        pass
+
+    def cancel(self, msg=None):
+        if not super().cancel(msg):
+            return False
+        mm = self._mm
+        if mm is not None:
+            self._mm = None
+            mm._futures.pop(self._tid, None)
+            mm._engine.cancel(self._tid)
+        return True
+
+
+def _done_future(loop, result):
+    fut = _TaskFuture(loop=loop)
+    fut._mm = None
+    fut.set_result(result)
+    return fut
+
+
 def _rerank_items(task_data):
     """Rerank inputs as the engine takes them: one JSON text per query (the C side
     checks their shape), or an error Result."""
@@ -203,6 +250,7 @@ class ModelManager:
         self._alias_names: Dict[str, str] = {}
         self._backends = dict(settings.model_backends)
         self._futures: Dict[int, asyncio.Future] = {}
+        self._app_names: Dict[int, str] = {}  # task id -> the alias its caller used
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
         _metrics._track(self)  # pymodelmgr.metrics.register() finds every manager
@@ -251,9 +299,27 @@ class ModelManager:
         return self._loop_state(loop).channel
 
     def _drain(self, ch) -> None:
+        # A burst's results are thousands of small containers: with the cyclic collector
+        # on, making them runs it every few hundred allocations over every live future
+        # (half the dispatch time in a 20,000-task gather).  It runs once, afterwards.
+        if _gc_isenabled():
+            _gc_disable()
+            try:
+                self._drain_all(ch)
+            finally:
+                _gc_enable()
+        else:
+            self._drain_all(ch)
+
+    def _drain_all(self, ch) -> None:
         futures = self._futures
+        app_names = self._app_names
         for tid, status, payload in ch.drain():
             fut = futures.pop(tid, None)
+            if app_names:
+                name = app_names.pop(tid, None)
+                if name is not None and status in (0, 4) and "model_name" in payload:
+                    payload["model_name"] = name
             if fut is None or fut.done():
                 continue
             if status == 0:
@@ -266,7 +332,7 @@ class ModelManager:
             elif status == 2:
                 fut.set_exception(RuntimeError(f"Task dropped: {payload}"))
             else:
-                fut.cancel()
+                asyncio.Future.cancel(fut)
         for level, msg in _core.take_logs():
             logger.log(level, msg)
 
@@ -289,10 +355,16 @@ class ModelManager:
 
     # ---- the public API ---------------------------------------------------------
 
-    async def task(self, task_data: Any, task_type: str, model_name: str,
-                   num_workers: Optional[int] = 1, device: str = "gpu",
-                   keep_alive: Optional[float] = None, **kwargs: Any) -> Result:
+    def task(self, task_data: Any, task_type: str, model_name: str,
+             num_workers: Optional[int] = 1, device: str = "gpu",
+             keep_alive: Optional[float] = None, **kwargs: Any) -> Awaitable[Result]:
         """Runs one task on a model, loading the model first if needed.
+
+        Returns an awaitable of the :class:`~pymodelmgr.Result`: ``await mm.task(...)``,
+        ``asyncio.gather(*(mm.task(...) ...))``, ``asyncio.create_task(mm.task(...))`` and
+        ``asyncio.wait_for(mm.task(...), t)`` all work.  Inside a running event loop it is
+        an asyncio future (also a coroutine object), so gather needs no Task per task;
+        called outside one it is a coroutine, submitted when first awaited.
 
         Args:
             task_data: a list of texts (or one text); ``None`` pre-loads the model and
@@ -341,6 +413,24 @@ class ModelManager:
             RuntimeError: the task was dropped by :meth:`drop_model_queue` (the message
                 carries the reason).
         """
+        loop = _get_running_loop()
+        if loop is None:
+            return self._task_later(task_data, task_type, model_name, num_workers, device,
+                                    keep_alive, kwargs)
+        r = self._start(loop, task_data, task_type, model_name, num_workers, device,
+                        keep_alive, kwargs)
+        if r.__class__ is Result:
+            return _done_future(loop, r)
+        return r
+
+    async def _task_later(self, task_data, task_type, model_name, num_workers, device,
+                          keep_alive, kwargs):
+        return await self.task(task_data, task_type, model_name, num_workers, device,
+                               keep_alive, **kwargs)
+
+    def _start(self, loop, task_data, task_type, model_name, num_workers, device, keep_alive,
+               kwargs):
+        """Validates and submits: a _TaskFuture, or a Result for an immediate answer."""
         if self._closed:
             return Result.error("SHUTTING_DOWN", "the model manager is closed")
         if not self.settings.enabled:
@@ -350,7 +440,6 @@ class ModelManager:
             bad = _bad_name(model_name)
             if bad is not None:
                 return bad
-        loop = asyncio.get_running_loop()
         st = self._loops.get(loop) or self._loop_state(loop)
         revision = None
         # The first task of a loop iteration wakes a worker at once (a lone request
@@ -399,17 +488,13 @@ class ModelManager:
         if not st.kick_scheduled:
             st.kick_scheduled = True
             loop.call_soon(st.kick)
-        fut = loop.create_future()
+        fut = _TaskFuture(loop=loop)
+        fut._mm = self
+        fut._tid = r
         self._futures[r] = fut
-        try:
-            res = await fut
-        except asyncio.CancelledError:
-            self._futures.pop(r, None)
-            self._engine.cancel(r)
-            raise
-        if app_name is not None and "model_name" in res.data:
-            res.data["model_name"] = app_name
-        return res
+        if app_name is not None:
+            self._app_names[r] = app_name
+        return fut
 
     async def release_model(self, model_name: str) -> Result:
         """Releases a model now: its queued tasks finish first, then its workers stop and

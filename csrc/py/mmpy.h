@@ -24,6 +24,8 @@ typedef struct mmpy_channel {
     PyObject_HEAD
     mm_channel_t *ch;
     PyObject *json_loads; /* from module state, a strong reference */
+    PyObject *json_scan;  /* json's C scanner, scan(text, 0) -> (obj, end): json.loads without
+                             its per-call Python wrapper and whitespace regexes (NULL: none) */
     /* Drain reuses the str objects for repeated model names and devices
      * (bursts come from one model): one small cache each, loop thread only. */
     char *last_model;

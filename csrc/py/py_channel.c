@@ -102,11 +102,22 @@ static PyObject *texts_result(const mm_task_t *t) {
     return out;
 }
 
-static int merge_extras(PyObject *d, const mm_task_t *t, PyObject *json_loads) {
+static int merge_extras(PyObject *d, const mm_task_t *t, PyObject *json_loads,
+                        PyObject *json_scan) {
     const char *extras = mm_task_result_extras(t);
     if (!extras)
         return 0;
-    PyObject *obj = PyObject_CallFunction(json_loads, "s", extras);
+    PyObject *obj = NULL;
+    if (json_scan && extras[0] == '{') { /* the engine's extras: compact JSON objects */
+        PyObject *pair = PyObject_CallFunction(json_scan, "si", extras, 0);
+        if (pair && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+            PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1)) == (Py_ssize_t)strlen(extras))
+            obj = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        Py_XDECREF(pair);
+        PyErr_Clear(); /* anything unusual: json.loads below says what */
+    }
+    if (!obj)
+        obj = PyObject_CallFunction(json_loads, "s", extras);
     if (!obj)
         return -1;
     int rc = PyDict_Check(obj) ? PyDict_Update(d, obj) : 0;
@@ -186,7 +197,7 @@ static PyObject *success_dict(mmpy_channel *c, const mm_task_t *t, PyObject *jso
     if (key && (!v || PyDict_SetItem(d, key, v) < 0))
         goto fail;
     Py_CLEAR(v);
-    if (merge_extras(d, t, json_loads) < 0)
+    if (merge_extras(d, t, json_loads, c->json_scan) < 0)
         goto fail;
     mm_task_kind kind = mm_task_get_kind(t);
     if (kind != MM_KIND_SHUTDOWN &&
@@ -297,6 +308,15 @@ static PyObject *channel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     }
     self->json_loads = Py_NewRef(st->json_loads);
+    PyObject *dec_mod = PyImport_ImportModule("json.decoder");
+    PyObject *scan_mod = dec_mod ? PyImport_ImportModule("json.scanner") : NULL;
+    PyObject *dec = dec_mod ? PyObject_CallMethod(dec_mod, "JSONDecoder", NULL) : NULL;
+    self->json_scan = scan_mod && dec ? PyObject_CallMethod(scan_mod, "make_scanner", "O", dec)
+                                      : NULL;
+    Py_XDECREF(dec);
+    Py_XDECREF(scan_mod);
+    Py_XDECREF(dec_mod);
+    PyErr_Clear(); /* without the scanner, json.loads does it all */
     self->k_embeddings = PyUnicode_InternFromString("embeddings");
     self->k_generated_text = PyUnicode_InternFromString("generated_text");
     self->k_generated_texts = PyUnicode_InternFromString("generated_texts");
@@ -321,6 +341,7 @@ static void channel_dealloc(mmpy_channel *self) {
     PyTypeObject *tp = Py_TYPE(self);
     channel_close_impl(self);
     Py_CLEAR(self->json_loads);
+    Py_CLEAR(self->json_scan);
     Py_CLEAR(self->last_model_obj);
     Py_CLEAR(self->last_device_obj);
     Py_CLEAR(self->k_embeddings);
