@@ -387,6 +387,8 @@ def main():
     ap.add_argument("--modes", default="greedy,beam")
     ap.add_argument("--prompts", type=int, default=None, help="prompts per call (default 16)")
     ap.add_argument("--new", type=int, default=None, help="new tokens (default 32)")
+    ap.add_argument("--lone", type=int, default=None,
+                    help="prompts timed as lone requests (default: all of them; --quick 2)")
     ap.add_argument("--sentences", type=int, default=None, help="bulk embedding call (default 2000)")
     ap.add_argument("--callers", type=int, default=None, help="concurrent callers (default 2000)")
     ap.add_argument("--gen-engines", default=",".join(GEN_ENGINES))
@@ -410,7 +412,7 @@ def main():
     new = a.new or (4 if q else 32)
     n_sent = a.sentences or (40 if q else 2000)
     n_call = a.callers or (20 if q else 2000)
-    lone = 2 if q else n_prompts
+    lone = a.lone or (2 if q else n_prompts)
     parts = a.parts.split(",")
     emb_engines = a.emb_engines.split(",")
     emb_engines[1:1] = [f"pymodelmgr-{x}" for x in a.ours_dtypes.split(",") if x]

