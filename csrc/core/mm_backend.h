@@ -58,6 +58,8 @@ typedef struct mm_backend_info {
     size_t embedding_dim;    /* 0 when not an embedding model */
     char revision[64];       /* what was loaded: the resolved commit, or any id that changes
                                 when the weights change ("" = the requested revision) */
+    char backend[16];        /* the backend that serves it, for status(), when the vtable
+                                chose one per model ("" = the vtable's name) */
 } mm_backend_info;
 
 /* A model's memory on one device before it is loaded: weights (shared by

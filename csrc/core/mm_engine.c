@@ -891,7 +891,8 @@ static void fill_status(mm_engine_t *e, const mm_model *m, int64_t now, double w
     s->batches = m->batches;
     s->items = m->items;
     s->memory_bytes = m->memory_bytes;
-    snprintf(s->backend, sizeof s->backend, "%s", m->vt->name);
+    snprintf(s->backend, sizeof s->backend, "%s",
+             m->backend_name[0] ? m->backend_name : m->vt->name);
     snprintf(s->error, sizeof s->error, "%s", m->errmsg);
 }
 

@@ -59,6 +59,7 @@ typedef struct mm_model {
     mm_model_spec spec;
     char *revision;
     char *model_options; /* spec.model_options_json */
+    char backend_name[16]; /* info().backend of a loaded worker ("" = vt->name); engine->mu */
     char device_request[32];
     mm_placement placement;
     struct mm_engine *engine;

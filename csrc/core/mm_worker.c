@@ -105,6 +105,8 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st, uint6
                 snprintf(w->revision, sizeof w->revision, "%s", info.revision);
             w->memory_bytes = info.memory_bytes;
             reported = info.memory_bytes;
+            if (info.backend[0])
+                snprintf(m->backend_name, sizeof m->backend_name, "%s", info.backend);
             if (info.max_batch_items && (!m->batch_items || info.max_batch_items < m->batch_items))
                 m->batch_items = info.max_batch_items;
             if (info.max_batch_tokens &&

@@ -189,7 +189,10 @@ static void router_unload(void *state) {
 
 static int router_info(void *state, mm_backend_info *info) {
     rstate *s = state;
-    return s->vt->info ? s->vt->info(s->inner, info) : 0;
+    int rc = s->vt->info ? s->vt->info(s->inner, info) : 0;
+    snprintf(info->backend, sizeof info->backend, "%s",
+             s->vt == &mm_native_backend ? "native" : "transformers");
+    return rc;
 }
 
 static size_t router_cost(void *state, const mm_task_t *t) {

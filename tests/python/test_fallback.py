@@ -181,7 +181,7 @@ async def test_modernbert_embeddings_equal_sentence_transformers(make_mm, served
     assert bad.error.code == "INVALID_ARGUMENT" and "33" in bad.error.message
     st = await mm.status()
     (m,) = [m for m in st.data["models"] if m["model_name"] == REPOS["modernbert"]]
-    assert m["memory_bytes"] > 0
+    assert m["memory_bytes"] > 0 and m["backend"] == "transformers"
 
 
 async def test_pegasus_generation_equals_transformers(make_mm, served, models):
@@ -220,6 +220,8 @@ async def test_native_and_fallback_agree_and_backend_choice(make_mm, served):
     assert (await mm.release_model(repo)).data["released"]
     nat = await mm.task(TEXTS, "embedding", repo, device="cpu", backend="native")
     assert nat.success and nat.data["backend"] == "native", nat.error
+    st = await mm.status()
+    assert [m["backend"] for m in st.data["models"] if m["model_name"] == repo] == ["native"]
     a, b = np.array(fb.data["embeddings"]), np.array(nat.data["embeddings"])
     assert np.abs(a - b).max() < 1e-5
     # auto: MiniLM (BERT) has a native graph
