@@ -362,7 +362,8 @@ def _choices(results, req) -> tuple:
         pt += usage.get("prompt_tokens", 0)
         ct += usage.get("completion_tokens", 0)
         per_seq = usage.get("completion_tokens", 0) / max(len(seqs), 1)
-        given = r.data.get("finish_reason")  # backends that know it say it
+        # backends that know it say it: finish_reasons for a list input, per output text
+        given = r.data.get("finish_reasons", r.data.get("finish_reason"))
         for j, text in enumerate(seqs):
             text, stopped = P.cut_at_stop(text, req["stop"])
             known = given[j] if isinstance(given, list) and j < len(given) else given
@@ -440,14 +441,27 @@ async def _token_stream(st: _State, name: str, inputs: List[Any], req: Dict[str,
     response starts, so a bad model or argument is still an HTTP error status."""
     q: asyncio.Queue = asyncio.Queue()
     cutters = [_StopCutter(req["stop"]) for _ in inputs]
-    gens = [st.mm.stream(x, "text_generation", name, **st.task_args(), **req["kwargs"])
-            for x in inputs]
+    results: List[Any] = [None] * len(inputs)
+    reports = _stream_reports_result(st.mm)
+
+    def open_stream(i: int, x: Any):
+        kw = dict(req["kwargs"])
+        if reports:
+            kw["on_result"] = lambda r: results.__setitem__(i, r)
+        return st.mm.stream(x, "text_generation", name, **st.task_args(), **kw)
+
+    gens = [open_stream(i, x) for i, x in enumerate(inputs)]
 
     async def pump(i: int):
         gen = gens[i]
         try:
             async for item in gen:
                 await q.put((i, item))
+            r = results[i]
+            if r is not None and r.success:  # the finished task: finish_reason and usage
+                reason = r.data.get("finish_reason")
+                await q.put((i, {"text": "", "usage": r.data.get("usage"),
+                                 "finish_reason": reason if isinstance(reason, str) else None}))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to the client below
@@ -516,6 +530,17 @@ async def _token_stream(st: _State, name: str, inputs: List[Any], req: Dict[str,
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _stream_reports_result(mm) -> bool:
+    """Whether ModelManager.stream() takes ``on_result`` (the finished task's Result, for
+    finish_reason and usage at the end of a stream)."""
+    import inspect
+
+    try:
+        return "on_result" in inspect.signature(mm.stream).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _stream_error(exc: Exception) -> ApiError:

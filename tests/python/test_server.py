@@ -783,10 +783,12 @@ def test_token_streaming_through_manager_stream():
             data = [flat(x) for x in data]
         return await task(data, task_type, model_name, **kw)
 
-    async def stream(data, task_type, model_name, **kw):
+    async def stream(data, task_type, model_name, on_result=None, **kw):
         r = await task([flat(data)], task_type, model_name, **kw)
         if not r.success:
             raise StreamError(r.error.code, r.error.message)
+        if on_result is not None:
+            on_result(r)
         try:
             for w in re.findall(r"\S+\s*", r.data["generated_texts"][0]):
                 await asyncio.sleep(0)
@@ -804,8 +806,11 @@ def test_token_streaming_through_manager_stream():
             expect = [c.text for c in sorted(whole.choices, key=lambda c: c.index)]
             pieces = {i: [] for i in range(3)}
             finish = {}
+            usage = None
             for chunk in client.completions.create(model=SYN_GEN, prompt=prompts, max_tokens=6,
-                                                   stream=True):
+                                                   stream=True,
+                                                   stream_options={"include_usage": True}):
+                usage = chunk.usage or usage
                 for c in chunk.choices:
                     if c.text:
                         pieces[c.index].append(c.text)
@@ -814,6 +819,8 @@ def test_token_streaming_through_manager_stream():
             assert ["".join(pieces[i]) for i in range(3)] == expect
             assert all(len(pieces[i]) > 1 for i in range(3))  # really in pieces
             assert set(finish) == {0, 1, 2} and sorted(closed) == sorted(prompts)
+            assert usage.completion_tokens == whole.usage.completion_tokens == 18
+            assert usage.prompt_tokens == whole.usage.prompt_tokens
             # a stop string that spans two pieces (" word" starts in the previous piece)
             third = expect[0].split()[2]
             text = "".join(c.choices[0].text for c in client.completions.create(
