@@ -59,7 +59,7 @@ def make_t5(path):
     from test_generate_helpers import train_t5_tokenizer
 
     corpus = [" ".join(random.Random(i).choice(WORDS) for _ in range(12)) for i in range(300)]
-    fast = train_t5_tokenizer(os.path.join(path, "spm"), corpus, vocab_size=200)
+    fast = train_t5_tokenizer(os.path.join(path, "spm"), corpus, vocab_size=96)
     cfg = T5Config(vocab_size=len(fast), d_model=64, d_kv=16, d_ff=128, num_layers=2,
                    num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
                    tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,

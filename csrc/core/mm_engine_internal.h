@@ -93,9 +93,8 @@ typedef struct mm_model {
      * the larger of it and the measured footprint); mem_dev: measured. */
     uint64_t resv[MM_MEM_SLOTS];
     uint64_t mem_dev[MM_MEM_SLOTS];
+    uint64_t mem_reported[MM_MEM_SLOTS]; /* what the backends said they hold */
     mm_footprint fp;          /* the estimate for one worker */
-    int cpu_loading;          /* CPU workers inside load(): the model's resident growth */
-    uint64_t cpu_rss0;        /* is measured from the first one's start to the last one's end */
     int fit_state;            /* 0 pending, 1 fitted, -1 failed or skipped */
     int waiting_mem;          /* status shows waiting_for_memory */
     uint64_t released_bytes;  /* summed by the workers as they unload */
@@ -161,9 +160,6 @@ int mm__mem_evict_for_oom(struct mm_engine *e, struct mm_model *m, const mm_devi
 /* No lock: what a load is measured by: the resident set (CPU) or the free
  * memory (real GPU); 0 for a simulated GPU. */
 uint64_t mm__mem_probe(struct mm_engine *e, const mm_device *dev);
-/* Before a worker's load, with the probe taken just before. */
-void mm__mem_load_begin(struct mm_engine *e, struct mm_model *m, const mm_device *dev,
-                        uint64_t before);
 /* After a worker's load: records the footprint measured between two probes
  * (or the backend's report where nothing is measurable) and raises the
  * reservation to it. */

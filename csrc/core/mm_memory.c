@@ -460,24 +460,20 @@ uint64_t mm__mem_probe(mm_engine_t *e, const mm_device *dev) {
     return 0;
 }
 
-void mm__mem_load_begin(mm_engine_t *e, mm_model *m, const mm_device *dev, uint64_t before) {
-    if (mm__mem_slot(e, dev) == 0 && m->cpu_loading++ == 0)
-        m->cpu_rss0 = before;
-}
-
 void mm__mem_loaded(mm_engine_t *e, mm_model *m, const mm_device *dev, uint64_t before,
                     uint64_t after, uint64_t reported) {
     int s = mm__mem_slot(e, dev);
     uint64_t measured = 0;
+    m->mem_reported[s] += reported;
     if (s == 0) {
-        /* CPU workers load side by side and share weights: the model's
-         * footprint is the growth from the first start to the last end. */
-        if (--m->cpu_loading > 0)
-            return;
-        uint64_t grew = after > m->cpu_rss0 ? after - m->cpu_rss0 : 0;
-        measured = grew > m->mem_dev[0] ? grew - m->mem_dev[0] : 0;
-        if (!grew && !m->mem_dev[0])
-            measured = reported; /* nothing measurable: trust the backend */
+        /* CPU workers share one copy of the weights: the first worker to
+         * finish measures the resident growth of its load; later ones add
+         * what their backend says it holds of its own (0 for a shared
+         * copy), as their window also sees the first one's batches. */
+        if (m->mem_dev[0] == 0)
+            measured = after > before ? after - before : 0;
+        if (!measured)
+            measured = reported;
     } else if (!slot_simulated(e, s)) {
         measured = before > after ? before - after : 0; /* the GPU's free memory fell */
         if (!measured)
@@ -508,9 +504,14 @@ uint64_t mm__mem_unload(mm_engine_t *e, mm_model *m, const mm_device *dev, void 
     if (slot_simulated(e, s) || !before)
         return 0; /* the reaper counts the reservation */
     /* A real GPU: the backend emptied its caching allocator; the driver's
-     * free memory may lag behind, so wait (bounded) until it is back. */
+     * free memory may lag behind, so wait (bounded) until it is back.  The
+     * first load of a process also paid for the CUDA context, which stays:
+     * expect no more than the backend said it holds. */
     pthread_mutex_lock(&e->mu);
-    uint64_t expect = m->mem_dev[s] / (uint64_t)(m->n_workers > 0 ? m->n_workers : 1);
+    uint64_t expect = m->mem_dev[s];
+    if (m->mem_reported[s] && m->mem_reported[s] < expect)
+        expect = m->mem_reported[s];
+    expect /= (uint64_t)(m->n_workers > 0 ? m->n_workers : 1);
     pthread_mutex_unlock(&e->mu);
     int64_t deadline = mm_now_ns() + RELEASE_WAIT_NS;
     uint64_t now_free = before;

@@ -44,6 +44,7 @@ struct host_block;
 typedef struct synth_state {
     synth_opts o;
     struct host_block *block; /* CPU: the shared pretend weights, or NULL */
+    int owns_block;           /* this worker allocated it (reports it; others share) */
 } synth_state;
 
 static int parse_long(const char *v, long lo, long hi, long *out) {
@@ -272,11 +273,12 @@ typedef struct host_block {
 } host_block;
 static host_block *blocks; /* guarded by counts_mu */
 
-static host_block *block_get(const char *name, long mb) {
+static host_block *block_get(const char *name, long mb, int *created) {
     pthread_mutex_lock(&counts_mu);
     host_block *b = blocks;
     while (b && strcmp(b->name, name))
         b = b->next;
+    *created = !b;
     if (b) {
         b->refs++;
         pthread_mutex_unlock(&counts_mu);
@@ -375,7 +377,7 @@ static int synth_load(const mm_model_spec *spec, const mm_device *dev, void **st
     if (!s)
         return MM_ENOMEM;
     s->o = o;
-    if (!dev->is_gpu && o.mem_mb > 0 && !(s->block = block_get(spec->model_name, o.mem_mb))) {
+    if (!dev->is_gpu && o.mem_mb > 0 && !(s->block = block_get(spec->model_name, o.mem_mb, &s->owns_block))) {
         mm_free(s);
         snprintf(err, errlen, "cannot allocate the %ld MiB of host memory mem_mb asks for",
                  o.mem_mb);
@@ -546,7 +548,7 @@ static int synth_info(void *state, mm_backend_info *info) {
     synth_state *s = state;
     info->max_batch_items = (size_t)s->o.max_items;
     info->max_batch_tokens = (size_t)s->o.max_tokens;
-    info->memory_bytes = (uint64_t)s->o.mem_mb << 20;
+    info->memory_bytes = s->block && !s->owns_block ? 0 : (uint64_t)s->o.mem_mb << 20;
     info->embedding_dim = s->o.type == MM_TASK_EMBEDDING ? (size_t)s->o.dim : 0;
     snprintf(info->revision, sizeof info->revision, "synthetic");
     return 0;

@@ -223,8 +223,6 @@ void *mm__worker_main(void *arg) {
         skip = m->fit_state != 1;
     }
     mm_device dev = w->dev; /* the fit may have moved it to another GPU */
-    if (!skip && rc == 0 && batch && !dev.is_gpu)
-        mm__mem_load_begin(e, m, &dev, mm_devices_rss());
     pthread_mutex_unlock(&e->mu);
 
     uint64_t before = 0, after = 0;

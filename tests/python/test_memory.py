@@ -301,3 +301,14 @@ async def test_idle_release_reason(make_mm):
 
 async def _released(mm, name):
     return await release_record(mm, name) is not None
+
+
+async def test_cpu_workers_share_a_footprint(make_mm):
+    mm = make_mm()
+    name = syn(48, "shared")
+    r = await mm.task(["x"], "embedding", name, device="cpu", num_workers=2)
+    assert r.success, r.error
+    m = await model(mm, name)
+    assert 40 * MIB <= m["memory_bytes_by_device"]["cpu"] < 80 * MIB  # once, not twice
+    rel = await mm.release_model(name)
+    assert rel.data["released_bytes"] >= 40 * MIB
