@@ -91,7 +91,7 @@ async def soak(mm, name, task_type, n, every, fixed, batch=32, **kw):
         if bad:
             raise SystemExit(f"{name}: {bad[0]}")
         done += k
-        if done % every == 0 or done == n:
+        if done // every > (done - k) // every or done == n:
             series.append((done, rss()))
             print(f"  {done:>7} tasks  RSS {rss() / MIB:8.1f} MiB  {time.time() - t0:7.1f} s  "
                   f"load {load_avg()}", flush=True)
