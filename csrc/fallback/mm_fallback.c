@@ -330,13 +330,30 @@ static PyObject *batch_args(mm_task_t **tasks, size_t n) {
     return batch;
 }
 
-static void fb_run(void *state, mm_task_t **tasks, size_t n) {
+static void fb_run(void *state, mm_task_t **all, size_t n_all) {
     fstate *s = state;
     char err[1024];
+    /* Tasks whose callers gave up (cancelled, dropped) are left without a result:
+     * the engine completes them with their stop code. */
+    mm_task_t **tasks = mm_malloc((n_all ? n_all : 1) * sizeof *tasks);
+    size_t n = 0;
+    if (!tasks) {
+        for (size_t i = 0; i < n_all; i++)
+            mm_task_fail(all[i], MM_ENOMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n_all; i++)
+        if (!mm_task_cancelled(all[i]))
+            tasks[n++] = all[i];
     PyGILState_STATE g;
+    if (n == 0) {
+        mm_free(tasks);
+        return;
+    }
     if (!py_enter(&g)) {
         for (size_t i = 0; i < n; i++)
             mm_task_fail(tasks[i], MM_ESHUTDOWN, "the Python interpreter is shutting down");
+        mm_free(tasks);
         return;
     }
     PyObject *batch = batch_args(tasks, n);
@@ -355,6 +372,7 @@ static void fb_run(void *state, mm_task_t **tasks, size_t n) {
     Py_XDECREF(res);
     Py_XDECREF(batch);
     py_leave(g);
+    mm_free(tasks);
 }
 
 static void fb_unload(void *state) {

@@ -412,3 +412,30 @@ def test_exit_without_close_while_a_fallback_task_runs(models, tmp_path):
                        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": root})
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["transformers"]
+
+
+async def test_cancelled_fallback_tasks_complete_once(make_mm, served):
+    """Cancelling queued and batched fallback tasks: each completes exactly once, the rest
+    run normally."""
+    mm = make(make_mm, served)
+    assert (await mm.task(None, "embedding", REPOS["modernbert"], device="cpu")).success
+    big = asyncio.ensure_future(mm.task(["x y z w"] * 400, "embedding", REPOS["modernbert"],
+                                        device="cpu"))
+    small = [asyncio.ensure_future(mm.task([f"text {i}"], "embedding", REPOS["modernbert"],
+                                           device="cpu")) for i in range(30)]
+    await asyncio.sleep(0.05)
+    for f in small[::2]:
+        f.cancel()
+    done = await asyncio.gather(big, *small, return_exceptions=True)
+    assert done[0].success and len(done[0].data["embeddings"]) == 400
+    for i, r in enumerate(done[1:]):
+        if i % 2:
+            assert r.success and r.data["backend"] == "transformers", r
+        else:
+            assert isinstance(r, asyncio.CancelledError) or r.success
+    for _ in range(50):  # the engine completes cancelled tasks on its own threads
+        stats = (await mm.status()).data["tasks"]
+        if stats["completed"] == stats["created"]:
+            break
+        await asyncio.sleep(0.1)
+    assert stats["completed"] == stats["created"] and stats["double_completions"] == 0
