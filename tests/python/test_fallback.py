@@ -161,8 +161,10 @@ def make(make_mm, served, **kw):
     return make_mm(cache_dir=served.cache_dir, **SLOW_OK, **kw)
 
 
-async def test_modernbert_embeddings_equal_sentence_transformers(make_mm, served, models):
+async def test_modernbert_embeddings_equal_sentence_transformers(make_mm, served, models, caplog):
+    import logging
     from sentence_transformers import SentenceTransformer
+    caplog.set_level(logging.INFO, logger="pymodelmgr")
     mm = make(make_mm, served)
     ref = SentenceTransformer(models["modernbert"], device="cpu")
     r = await mm.task(TEXTS, "embedding", REPOS["modernbert"], device="cpu")
@@ -170,6 +172,9 @@ async def test_modernbert_embeddings_equal_sentence_transformers(make_mm, served
     assert r.data["backend"] == "transformers"
     got = np.array(r.data["embeddings"], dtype=np.float32)
     assert np.array_equal(got, ref.encode(TEXTS))  # bit for bit
+    # the first load says why the fallback serves it
+    assert any("no native graph" in rec.getMessage() and "modernbert" in rec.getMessage()
+               for rec in caplog.records), [rec.getMessage() for rec in caplog.records]
     r = await mm.task("hello world", "embedding", REPOS["modernbert"], device="cpu",
                       prompt_name="query", dimensions=16, output="numpy")
     assert r.success, r.error
