@@ -11,7 +11,13 @@
  * decoder step per token for all of their inputs); each group's inputs are
  * encoded (truncated at the model's input limit unless truncate=false, which
  * makes an over-long input an INVALID_ARGUMENT error), generated, decoded
- * and written back as num_return_sequences texts per input.
+ * and written back as num_return_sequences texts per input, with each
+ * text's finish_reason and token counts as result fields.  Decoder-only
+ * models (Llama, Qwen2, ...) are the same path: the shim continues the
+ * prompt; here a prompt must leave room for max_new_tokens in the model's
+ * context (cut to fit only with truncate=true), and stop strings are
+ * watched through the shim's token callback, which decodes a sequence's new
+ * tokens and ends it once its text holds one (the text is cut before it).
  *
  * check() validates kwargs on the submitting thread without a model: known
  * keys only, each of the right type and range, inputs non-empty strings.
@@ -40,6 +46,7 @@ typedef struct gen_api {
     mm_torch_gen_default_params_fn default_params;
     mm_torch_gen_check_params_fn check_params;
     mm_torch_gen_run_fn run;
+    mm_torch_gen_run_cb_fn run_cb;
     mm_torch_gen_result_free_fn result_free;
     mm_torch_gen_free_fn free;
 } gen_api;
@@ -65,6 +72,7 @@ static int resolve_api(gen_api *a, char *err, size_t errlen) {
     SYM(default_params, "mm_torch_gen_default_params");
     SYM(check_params, "mm_torch_gen_check_params");
     SYM(run, "mm_torch_gen_run");
+    SYM(run_cb, "mm_torch_gen_run_cb");
     SYM(result_free, "mm_torch_gen_result_free");
     SYM(free, "mm_torch_gen_free");
 #undef SYM
@@ -101,13 +109,60 @@ static const kwdef KW[] = {
     {"top_p", K_NUM, OFF(top_p), 0},
     {"seed", K_INT, OFF(seed), 0},
     {"num_return_sequences", K_INT, OFF(num_return_sequences), 1},
+    {"min_p", K_NUM, OFF(min_p), 0},
 };
+
+/* Stop strings of a task: generation of a sequence ends once its text holds
+ * one, and the text is cut before it. */
+#define MAX_STOPS 16
+#define MAX_STOP_BYTES 256
+typedef struct stops {
+    size_t n;
+    char s[MAX_STOPS][MAX_STOP_BYTES + 1];
+    size_t len[MAX_STOPS];
+} stops;
+
+/* Reads "stop" (a string or a list of strings) into *st (may be NULL). */
+static int parse_stop(json_t *v, stops *st, char *bad, size_t cap) {
+    stops tmp;
+    memset(&tmp, 0, sizeof tmp);
+    json_t *one[1] = {v};
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (!json_is_string(v) && !json_is_array(v)) {
+        snprintf(bad, cap, "stop must be a string or a list of strings");
+        return -1;
+    }
+    if (n > MAX_STOPS) {
+        snprintf(bad, cap, "stop holds %zu strings, at most %d are allowed", n, MAX_STOPS);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, i) : one[0];
+        if (!json_is_string(e)) {
+            snprintf(bad, cap, "stop[%zu] is not a string", i);
+            return -1;
+        }
+        size_t l = json_string_length(e);
+        if (l == 0 || l > MAX_STOP_BYTES) {
+            snprintf(bad, cap, "stop[%zu] must be 1 to %d bytes long (got %zu)", i, MAX_STOP_BYTES,
+                     l);
+            return -1;
+        }
+        memcpy(tmp.s[i], json_string_value(e), l);
+        tmp.len[i] = l;
+    }
+    tmp.n = n;
+    if (st)
+        *st = tmp;
+    return 0;
+}
 #undef OFF
 
 /* Applies the kwargs in json over *p (p may be NULL: validate only) and
- * reads truncate.  0, or MM_EINVAL naming every bad key in err. */
-static int apply_kwargs(const char *json, mm_torch_gen_params *p, int *truncate, char *err,
-                        size_t errlen) {
+ * reads truncate (-1 when not given) and stop (st may be NULL).  0, or
+ * MM_EINVAL naming every bad key in err. */
+static int apply_kwargs(const char *json, mm_torch_gen_params *p, int *truncate, stops *st,
+                        int *add_special, char *err, size_t errlen) {
     json_error_t je;
     json_t *root = json_loads(json ? json : "{}", 0, &je);
     if (!root || !json_is_object(root)) {
@@ -125,7 +180,11 @@ static int apply_kwargs(const char *json, mm_torch_gen_params *p, int *truncate,
             used += (size_t)snprintf(bad + used, sizeof bad - used, __VA_ARGS__);          \
     } while (0)
     if (truncate)
-        *truncate = 1;
+        *truncate = -1;
+    if (st)
+        st->n = 0;
+    if (add_special)
+        *add_special = 1;
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {
@@ -134,6 +193,24 @@ static int apply_kwargs(const char *json, mm_torch_gen_params *p, int *truncate,
                 BAD("truncate must be true or false");
             else if (truncate)
                 *truncate = json_is_true(v);
+            continue;
+        }
+        if (!strcmp(key, "stream")) { /* set by ModelManager.stream() */
+            if (!json_is_boolean(v))
+                BAD("stream must be true or false");
+            continue;
+        }
+        if (!strcmp(key, "add_special_tokens")) {
+            if (!json_is_boolean(v))
+                BAD("add_special_tokens must be true or false");
+            else if (add_special)
+                *add_special = json_is_true(v);
+            continue;
+        }
+        if (!strcmp(key, "stop")) {
+            char why[160];
+            if (parse_stop(v, st, why, sizeof why) != 0)
+                BAD("%s", why);
             continue;
         }
         const kwdef *d = NULL;
@@ -227,7 +304,7 @@ static int gen_check(const mm_model_spec *spec, const mm_task_t *task, char *err
             return MM_EINVAL;
         }
     }
-    return apply_kwargs(mm_task_params_json(task), NULL, NULL, err, errlen);
+    return apply_kwargs(mm_task_params_json(task), NULL, NULL, NULL, NULL, err, errlen);
 }
 
 static void gen_unload(void *state) {
@@ -285,32 +362,229 @@ static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **stat
     return 0;
 }
 
+/* Whether the loaded model is decoder-only (prompts are continued). */
+static int is_causal(const gstate *s) {
+    return strcmp(s->info.arch, "t5") != 0 && strcmp(s->info.arch, "bart") != 0;
+}
+
+/* The earliest byte offset in text[0 .. len) where a stop string starts, or
+ * len when none does. */
+static size_t stop_at(const stops *st, const char *text, size_t len) {
+    size_t best = len;
+    for (size_t k = 0; k < st->n; k++) {
+        size_t l = st->len[k];
+        for (size_t i = 0; i + l <= len && i < best; i++)
+            if (text[i] == st->s[k][0] && !memcmp(text + i, st->s[k], l)) {
+                best = i;
+                break;
+            }
+    }
+    return best;
+}
+
+/* One output sequence of a run: its task, its text index there, and for a
+ * streamed task the text already sent (a prefix the final text keeps). */
+typedef struct seq_state {
+    mm_task_t *task;
+    size_t out;
+    int stream;
+    char *sent; /* mm_malloc'd; sent_len bytes */
+    size_t sent_len;
+    char *prev; /* the stable text after the previous token; prev_len bytes */
+    size_t prev_len;
+} seq_state;
+
+typedef struct cb_ctx {
+    const gstate *s;
+    const stops *st;
+    seq_state *seqs; /* by the shim's sequence number */
+    size_t n_seqs;
+} cb_ctx;
+
+/* Decodes ids[0 .. n) (special tokens skipped); NULL on failure. */
+static char *decode_ids(const gstate *s, const int64_t *ids, size_t n, size_t *len) {
+    int32_t small[256] = {0};
+    int32_t *buf = n <= 256 ? small : mm_malloc(n * sizeof *buf);
+    if (!buf)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (int32_t)ids[i];
+    char *text = NULL, err[64];
+    if (mm__ntok_decode(s->tok, buf, n, &text, len, err, sizeof err) != 0)
+        text = NULL;
+    if (buf != small)
+        mm_free(buf);
+    return text;
+}
+
+/* Sends text[ss->sent_len .. upto) to the caller when text still starts with
+ * what was sent. */
+static void send_piece(seq_state *ss, const char *text, size_t upto) {
+    if (upto <= ss->sent_len || memcmp(text, ss->sent, ss->sent_len) != 0)
+        return;
+    char *grown = mm_realloc(ss->sent, upto);
+    if (!grown)
+        return;
+    memcpy(grown + ss->sent_len, text + ss->sent_len, upto - ss->sent_len);
+    if (mm_task_stream_text(ss->task, ss->out, text + ss->sent_len, upto - ss->sent_len) != 0) {
+        mm_free(grown);
+        ss->sent = NULL;
+        ss->sent_len = 0;
+        ss->stream = 0; /* out of memory: the caller gets the whole text at the end */
+        return;
+    }
+    ss->sent = grown;
+    ss->sent_len = upto;
+}
+
+/* How much of a partial text may be streamed now: no text that a later
+ * token can still change.  Held back: trailing U+FFFD (bytes of a character
+ * still arriving), trailing whitespace (the decoder may drop a space before
+ * punctuation), any ending that begins a stop string, and never half of a
+ * UTF-8 character. */
+static size_t stable_len(const stops *st, const char *text, size_t tl) {
+    size_t keep = tl;
+    for (;;) {
+        if (keep >= 3 && (unsigned char)text[keep - 3] == 0xEF &&
+            (unsigned char)text[keep - 2] == 0xBF && (unsigned char)text[keep - 1] == 0xBD)
+            keep -= 3;
+        else if (keep > 0 && (text[keep - 1] == ' ' || text[keep - 1] == '\t' ||
+                              text[keep - 1] == '\n' || text[keep - 1] == '\r'))
+            keep--;
+        else
+            break;
+    }
+    size_t hold = 0;
+    for (size_t k = 0; k < st->n; k++)
+        for (size_t m = st->len[k] - 1; m > hold; m--)
+            if (m <= keep && !memcmp(text + keep - m, st->s[k], m)) {
+                hold = m;
+                break;
+            }
+    keep -= hold;
+    while (keep > 0 && keep < tl && ((unsigned char)text[keep] & 0xC0) == 0x80)
+        keep--;
+    return keep;
+}
+
+/* The shim's token callback (any of its threads, one sequence at a time):
+ * stops a sequence whose task was cancelled or whose text now holds a stop
+ * string, and streams the stable part of a streamed sequence's text. */
+static int on_token(void *user, size_t seq, const int64_t *ids, size_t n, int done) {
+    const cb_ctx *c = user;
+    seq_state *ss = seq < c->n_seqs ? &c->seqs[seq] : NULL;
+    if (ss && ss->task && mm_task_cancel_requested(ss->task))
+        return 1;
+    if ((c->st->n == 0 && !(ss && ss->stream)) || done || n == 0)
+        return 0;
+    size_t tl = 0;
+    char *text = decode_ids(c->s, ids, n, &tl);
+    if (!text)
+        return 0;
+    int hit = c->st->n && stop_at(c->st, text, tl) < tl;
+    if (!hit && ss && ss->stream) {
+        /* Only text that also stood after the previous token goes out: a
+         * byte-fallback piece decodes alone ("K") otherwise than inside an
+         * invalid byte run (two U+FFFD), so one token may still revise
+         * the last one's text. */
+        size_t cand = stable_len(c->st, text, tl), common = 0;
+        while (common < cand && common < ss->prev_len && text[common] == ss->prev[common])
+            common++;
+        while (common > 0 && common < tl && ((unsigned char)text[common] & 0xC0) == 0x80)
+            common--;
+        send_piece(ss, text, common);
+        char *np = mm_realloc(ss->prev, cand ? cand : 1);
+        if (np) {
+            memcpy(np, text, cand);
+            ss->prev = np;
+            ss->prev_len = cand;
+        }
+    }
+    mm_free(text);
+    return hit;
+}
+
+/* Appends to a growing JSON array text. */
+typedef struct jbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} jbuf;
+
+static void jb_add(jbuf *b, const char *s) {
+    size_t l = strlen(s);
+    if (b->oom)
+        return;
+    if (b->len + l + 1 > b->cap) {
+        size_t nc = (b->cap ? b->cap * 2 : 64) + l;
+        char *np = mm_realloc(b->p, nc);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->len, s, l + 1);
+    b->len += l;
+}
+
+/* Whether kwargs ask for streamed output (ModelManager.stream()). */
+static int json_stream_flag(const char *json) {
+    json_t *o = json_loads(json ? json : "{}", 0, NULL);
+    int on = json_is_true(json_object_get(o, "stream"));
+    json_decref(o);
+    return on;
+}
+
 /* Runs the tasks tasks[idx[0..m)] that share one kwargs text. */
 static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m) {
     char err[512];
     err[0] = '\0';
     mm_torch_gen_params p;
-    int truncate = 1;
+    int truncate = -1;
+    stops st;
+    seq_state *seqs = NULL;
+    size_t live = 0, nrs_run_out = 0;
+    const int causal = is_causal(s);
     s->api.default_params(s->gen, &p);
-    int rc = apply_kwargs(mm_task_params_json(tasks[idx[0]]), &p, &truncate, err, sizeof err);
+    int add_special = 1;
+    int rc = apply_kwargs(mm_task_params_json(tasks[idx[0]]), &p, &truncate, &st, &add_special,
+                          err, sizeof err);
     if (rc == 0)
         rc = s->api.check_params(s->gen, &p, err, sizeof err);
+    /* Input limit: encoder-decoders truncate at the model's input length unless
+     * truncate=false; a decoder-only prompt must leave room for its new tokens
+     * within the context, and is cut only with truncate=true. */
+    size_t maxlen = (size_t)s->info.max_input_length;
+    if (truncate < 0)
+        truncate = !causal;
+    if (rc == 0 && causal) {
+        int64_t room = s->info.max_input_length - (p.max_new_tokens > 0 ? p.max_new_tokens : 1);
+        if (room < 1) {
+            rc = MM_EINVAL;
+            snprintf(err, sizeof err, "max_new_tokens (%lld) leaves no room for a prompt in the "
+                     "model's context of %lld positions", (long long)p.max_new_tokens,
+                     (long long)s->info.max_input_length);
+        }
+        maxlen = room > 0 ? (size_t)room : 1;
+    }
     if (rc != 0) {
         for (size_t k = 0; k < m; k++)
             mm_task_fail(tasks[idx[k]], rc, "%s", err);
         return;
     }
-    size_t maxlen = (size_t)s->info.max_input_length;
     size_t total = 0;
     for (size_t k = 0; k < m; k++)
         total += mm_task_n_items(tasks[idx[k]]);
     int64_t **ids = mm_calloc(total ? total : 1, sizeof *ids);
     size_t *lens = mm_calloc(total ? total : 1, sizeof *lens);
+    size_t *plens = mm_calloc(total ? total : 1, sizeof *plens); /* per input, kept */
     char *failed = mm_calloc(m, 1);
-    int64_t *scratch = mm_malloc((maxlen + 8) * sizeof *scratch);
-    int64_t *tscratch = mm_malloc((maxlen + 8) * sizeof *tscratch); /* type ids, unused */
-    size_t cap = maxlen + 8, in = 0;
-    if (!ids || !lens || !failed || !scratch || !tscratch) {
+    size_t cap = (size_t)s->info.max_input_length + 8, in = 0;
+    int64_t *scratch = mm_malloc(cap * sizeof *scratch);
+    int64_t *tscratch = mm_malloc(cap * sizeof *tscratch); /* type ids, unused */
+    if (!ids || !lens || !plens || !failed || !scratch || !tscratch) {
         for (size_t k = 0; k < m; k++)
             mm_task_fail(tasks[idx[k]], MM_ENOMEM, "out of memory");
         goto out;
@@ -322,12 +596,19 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
         for (size_t i = 0; i < n && !failed[k]; i++) {
             size_t len = 0, full = 0;
             const char *text = mm_task_item(t, i, &len);
-            rc = mm__ntok_encode(s->tok, text, len, truncate ? maxlen : 0, scratch, tscratch,
-                                 cap, &full, err, sizeof err);
+            rc = mm__ntok_encode_ex(s->tok, text, len, add_special, truncate ? maxlen : 0, scratch,
+                                    tscratch, cap, &full, err, sizeof err);
             if (rc == 0 && !truncate && full > maxlen) {
                 rc = MM_EINVAL;
-                snprintf(err, sizeof err, "input %zu has %zu tokens, more than the model's %zu "
-                         "(pass truncate=true to cut it)", i, full, maxlen);
+                if (causal)
+                    snprintf(err, sizeof err, "input %zu has %zu tokens; the model's context of "
+                             "%lld positions leaves room for %zu beside %lld new tokens (pass "
+                             "truncate=True to cut it)", i, full,
+                             (long long)s->info.max_input_length, maxlen,
+                             (long long)(p.max_new_tokens > 0 ? p.max_new_tokens : 1));
+                else
+                    snprintf(err, sizeof err, "input %zu has %zu tokens, more than the model's "
+                             "%zu (pass truncate=true to cut it)", i, full, maxlen);
             }
             if (rc == 0 && full == 0) {
                 rc = MM_EINVAL;
@@ -346,11 +627,11 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             memcpy(ids[in + i], scratch, got * sizeof(int64_t));
             lens[in + i] = got;
             mm_task_add_tokens(t, got, 0);
+            plens[in + i] = got;
         }
         in += n;
     }
     /* 2. generate for the tasks still standing (compact their inputs) */
-    size_t live = 0;
     in = 0;
     for (size_t k = 0; k < m; k++) {
         size_t n = mm_task_n_items(tasks[idx[k]]);
@@ -366,30 +647,69 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
     }
     if (live == 0)
         goto out;
+    /* sequences as the shim numbers them: input * nrs + r */
+    const size_t nrs_run = (p.num_beams > 1 || p.do_sample) ? (size_t)p.num_return_sequences : 1;
+    const int streamed = json_stream_flag(mm_task_params_json(tasks[idx[0]]));
+    seqs = mm_calloc(live * nrs_run, sizeof *seqs);
+    nrs_run_out = nrs_run;
+    if (!seqs) {
+        for (size_t k = 0; k < m; k++)
+            if (!failed[k])
+                mm_task_fail(tasks[idx[k]], MM_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t k = 0, q = 0; k < m; k++) {
+        if (failed[k])
+            continue;
+        for (size_t i = 0; i < mm_task_n_items(tasks[idx[k]]); i++, q++)
+            for (size_t r = 0; r < nrs_run; r++) {
+                seq_state *ss = &seqs[q * nrs_run + r];
+                ss->task = tasks[idx[k]];
+                ss->out = i * nrs_run + r;
+                ss->stream = streamed;
+            }
+    }
     mm_torch_gen_result *res = NULL;
-    rc = s->api.run(s->gen, (const int64_t *const *)ids, lens, live, &p, &res, err, sizeof err);
+    cb_ctx cbc = {s, &st, seqs, live * nrs_run};
+    rc = s->api.run_cb(s->gen, (const int64_t *const *)ids, lens, live, &p, on_token, &cbc, &res,
+                       err, sizeof err);
     if (rc != 0) {
         for (size_t k = 0; k < m; k++)
             if (!failed[k])
                 mm_task_fail(tasks[idx[k]], rc, "%s", err);
         goto out;
     }
-    /* 3. decode and write back */
+    /* 3. decode, cut at stop strings, write back with finish reasons and counts */
     size_t nrs = res->num_return_sequences, seq = 0;
     int32_t *buf = NULL;
     size_t bufcap = 0;
+    in = 0;
     for (size_t k = 0; k < m; k++) {
-        if (failed[k])
-            continue;
         mm_task_t *t = tasks[idx[k]];
         size_t n = mm_task_n_items(t);
-        for (size_t j = 0; j < n * nrs; j++, seq++) {
+        if (failed[k]) {
+            in += n;
+            continue;
+        }
+        const int single = mm_task_single_input(t) && nrs == 1;
+        jbuf fr = {0}, ct = {0}, pt = {0};
+        jb_add(&fr, "[");
+        jb_add(&ct, "[");
+        jb_add(&pt, "[");
+        for (size_t i = 0; i < n; i++) {
+            char num[32];
+            snprintf(num, sizeof num, "%s%zu", i ? "," : "", plens[in + i]);
+            jb_add(&pt, num);
+        }
+        int ok = 1;
+        for (size_t j = 0; j < n * nrs && ok; j++, seq++) {
             size_t a = res->offsets[seq], b = res->offsets[seq + 1];
             if (b - a > bufcap) {
                 int32_t *nb = mm_realloc(buf, (b - a) * sizeof *nb);
                 if (!nb) {
                     mm_task_fail(t, MM_ENOMEM, "out of memory");
                     seq += n * nrs - j;
+                    ok = 0;
                     break;
                 }
                 buf = nb;
@@ -401,24 +721,72 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             char *text = NULL;
             size_t tl = 0;
             rc = mm__ntok_decode(s->tok, buf, b - a, &text, &tl, err, sizeof err);
+            int stopped = res->finish[seq] != MM_GEN_FINISH_LENGTH;
+            if (rc == 0 && st.n) {
+                size_t cut = stop_at(&st, text, tl);
+                if (cut < tl) {
+                    tl = cut;
+                    text[tl] = '\0';
+                    stopped = 1;
+                }
+            }
+            if (rc == 0 && streamed && nrs == nrs_run) /* the rest of a streamed text */
+                send_piece(&seqs[seq], text, tl);
             if (rc == 0)
                 rc = mm_task_result_text(t, j, nrs, text, tl);
             mm_free(text);
             if (rc != 0) {
                 mm_task_fail(t, rc, "decoding the output failed: %s", err);
                 seq += n * nrs - j;
+                ok = 0;
                 break;
             }
+            char num[48];
+            snprintf(num, sizeof num, "%s\"%s\"", j ? "," : "", stopped ? "stop" : "length");
+            jb_add(&fr, num);
+            snprintf(num, sizeof num, "%s%zu", j ? "," : "", b - a);
+            jb_add(&ct, num);
+            if (single) {
+                snprintf(num, sizeof num, "\"%s\"", stopped ? "stop" : "length");
+                mm_task_result_extra(t, "finish_reason", num);
+                snprintf(num, sizeof num, "%zu", b - a);
+                mm_task_result_extra(t, "completion_tokens", num);
+                snprintf(num, sizeof num, "%zu", plens[in]);
+                mm_task_result_extra(t, "prompt_tokens", num);
+            }
         }
+        jb_add(&fr, "]");
+        jb_add(&ct, "]");
+        jb_add(&pt, "]");
+        if (ok && !single) {
+            if (fr.oom || ct.oom || pt.oom ||
+                mm_task_result_extra(t, "finish_reasons", fr.p) != 0 ||
+                mm_task_result_extra(t, "completion_tokens", ct.p) != 0 ||
+                mm_task_result_extra(t, "prompt_tokens", pt.p) != 0)
+                mm_task_fail(t, MM_ENOMEM, "out of memory");
+        }
+        mm_free(fr.p);
+        mm_free(ct.p);
+        mm_free(pt.p);
+        if (ok && mm_task_cancel_requested(t))
+            mm_task_fail(t, MM_ECANCELLED, "cancelled by the caller");
+        in += n;
     }
     mm_free(buf);
     s->api.result_free(res);
 out:
+    if (seqs)
+        for (size_t i = 0; i < live * nrs_run_out; i++) {
+            mm_free(seqs[i].sent);
+            mm_free(seqs[i].prev);
+        }
+    mm_free(seqs);
     if (ids)
         for (size_t i = 0; i < total; i++)
             mm_free(ids[i]);
     mm_free(ids);
     mm_free(lens);
+    mm_free(plens);
     mm_free(failed);
     mm_free(scratch);
     mm_free(tscratch);

@@ -54,12 +54,30 @@ int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_
                                 errlen);
 }
 
+static int encode_impl(const mm__ntok *t, const char *text, size_t len, const char *pair,
+                       size_t pair_len, int add_special, size_t max_len, int64_t *ids,
+                       int64_t *type_ids, size_t cap, size_t *n, char *err, size_t errlen);
+
 int mm__ntok_encode_pair(const mm__ntok *t, const char *text, size_t len, const char *pair,
                          size_t pair_len, size_t max_len, int64_t *ids, int64_t *type_ids,
                          size_t cap, size_t *n, char *err, size_t errlen) {
+    return encode_impl(t, text, len, pair, pair_len, 1, max_len, ids, type_ids, cap, n, err,
+                       errlen);
+}
+
+int mm__ntok_encode_ex(const mm__ntok *t, const char *text, size_t len, int add_special,
+                       size_t max_len, int64_t *ids, int64_t *type_ids, size_t cap, size_t *n,
+                       char *err, size_t errlen) {
+    return encode_impl(t, text, len, NULL, 0, add_special, max_len, ids, type_ids, cap, n, err,
+                       errlen);
+}
+
+static int encode_impl(const mm__ntok *t, const char *text, size_t len, const char *pair,
+                       size_t pair_len, int add_special, size_t max_len, int64_t *ids,
+                       int64_t *type_ids, size_t cap, size_t *n, char *err, size_t errlen) {
     mm_tok_params p;
     mm_tok_default_params(t->tok, &p);
-    p.add_special_tokens = 1;
+    p.add_special_tokens = add_special ? 1 : 0;
     p.max_length = max_len;
     mm_tok_encoding enc;
     memset(&enc, 0, sizeof enc);
@@ -115,6 +133,13 @@ int mm__ntok_load(const char *dir, mm__ntok **out, char *err, size_t errlen) {
 }
 
 void mm__ntok_free(mm__ntok *t) { (void)t; }
+
+int mm__ntok_encode_ex(const mm__ntok *t, const char *text, size_t len, int add_special,
+                       size_t max_len, int64_t *ids, int64_t *type_ids, size_t cap, size_t *n,
+                       char *err, size_t errlen) {
+    (void)add_special;
+    return mm__ntok_encode(t, text, len, max_len, ids, type_ids, cap, n, err, errlen);
+}
 
 int mm__ntok_encode(const mm__ntok *t, const char *text, size_t len, size_t max_len,
                     int64_t *ids, int64_t *type_ids, size_t cap, size_t *n, char *err,

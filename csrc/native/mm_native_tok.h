@@ -39,6 +39,12 @@ int mm__ntok_encode_pair(const mm__ntok *t, const char *text, size_t len, const 
                          size_t pair_len, size_t max_len, int64_t *ids, int64_t *type_ids,
                          size_t cap, size_t *n, char *err, size_t errlen);
 
+/* mm__ntok_encode with the post-processor's special tokens added or not
+ * (add_special = 0: a prompt rendered by a chat template, which wrote them). */
+int mm__ntok_encode_ex(const mm__ntok *t, const char *text, size_t len, int add_special,
+                       size_t max_len, int64_t *ids, int64_t *type_ids, size_t cap, size_t *n,
+                       char *err, size_t errlen);
+
 /* Tokens a prompt occupies at the start of an encoded text: its encoding with
  * special tokens, minus a trailing special token.  0, or a negative code. */
 int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char *err,

@@ -32,6 +32,7 @@
  */
 #include "mm_torch_gen.h"
 
+#include "gen_causal.h"
 #include "gen_model.h"
 #include "mmt_attend.h"
 #include "mmt_int8.h"
@@ -268,7 +269,9 @@ struct Model {
     at::Device device{at::kCPU};
     at::ScalarType dtype = at::kFloat;
     Weights weights;
-    std::unique_ptr<Seq2Seq> net;
+    std::unique_ptr<Seq2Seq> net;    /* encoder-decoder, or */
+    std::unique_ptr<CausalLM> lm;    /* decoder-only (gen_causal.h) */
+    int64_t vocab = 0;               /* width of the logits */
     std::vector<int64_t> eos;        /* generation eos ids (may be several) */
     int64_t decoder_start = 0, pad = 0, bos = -1;
     int64_t max_input_length = 0, hard_input_limit = 0, max_length_limit = 0;
@@ -289,7 +292,7 @@ at::ScalarType parse_dtype(const std::string &s0, bool cuda, const std::string &
                            std::string *name) {
     std::string s = s0.empty() ? "auto" : s0;
     if (s == "auto")
-        s = !cuda ? "float32" : (arch == "t5" ? "bfloat16" : "float16");
+        s = !cuda ? "float32" : (arch == "bart" ? "float16" : "bfloat16");
     if (s == "float32" || s == "fp32") {
         *name = "float32";
         return at::kFloat;
@@ -331,12 +334,11 @@ const json_t *pick(const json_t *src, const char *key) {
 
 /* Architecture from config.json: model_type first, architectures[0] else. */
 std::string arch_of(const json_t *cfg) {
+    std::string causal;
+    if (causal_arch(cfg, &causal))
+        return causal;
     std::string mt = jstr(cfg, "model_type", "");
-    std::string a0;
-    json_t *archs = jget(cfg, "architectures");
-    if (json_is_array(archs) && json_array_size(archs) > 0 &&
-        json_is_string(json_array_get(archs, 0)))
-        a0 = json_string_value(json_array_get(archs, 0));
+    std::string a0 = first_architecture(cfg);
     if (mt == "t5" || mt == "mt5")
         return "t5";
     if (mt == "bart")
@@ -348,8 +350,9 @@ std::string arch_of(const json_t *cfg) {
     std::string what = !mt.empty() ? mt : (!a0.empty() ? a0 : std::string("(none given)"));
     if (!a0.empty() && !mt.empty())
         what = a0 + " (model_type " + mt + ")";
-    fail(MM_EARCH, "architecture %s is not supported for text generation (T5 or BART "
-                   "encoder-decoder models)", what.c_str());
+    fail(MM_EARCH, "architecture %s is not supported for text generation (encoder-decoder: "
+                   "T5, BART; decoder-only: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Phi3)",
+         what.c_str());
 }
 
 void global_defaults(mm_torch_gen_params *p) {
@@ -373,6 +376,60 @@ void global_defaults(mm_torch_gen_params *p) {
     p->num_return_sequences = 1;
 }
 
+/* The settings both kinds of model read alike from gc (generation_config.json,
+ * else config.json): lengths, n-gram and repetition penalties, sampling. */
+void common_defaults(const json_t *gc, mm_torch_gen_params *d) {
+    if (pick(gc, "max_new_tokens"))
+        d->max_new_tokens = jint(gc, "max_new_tokens", -1);
+    d->min_length = jint(gc, "min_length", 0);
+    if (pick(gc, "min_new_tokens"))
+        d->min_new_tokens = jint(gc, "min_new_tokens", -1);
+    d->no_repeat_ngram_size = jint(gc, "no_repeat_ngram_size", 0);
+    d->repetition_penalty = jnum(gc, "repetition_penalty", 1.0);
+    d->do_sample = jbool(gc, "do_sample", false) ? 1 : 0;
+    d->temperature = jnum(gc, "temperature", 1.0);
+    if (pick(gc, "top_k"))
+        d->top_k = jint(gc, "top_k", 50);
+    d->top_p = jnum(gc, "top_p", 1.0);
+    d->min_p = jnum(gc, "min_p", 0.0);
+    d->num_return_sequences = jint(gc, "num_return_sequences", 1);
+}
+
+/* The decoding settings of a decoder-only model: generation_config.json when
+ * present, else config.json.  Lengths count the prompt (transformers'
+ * max_length); with neither max_length nor max_new_tokens in those files
+ * the default is max_new_tokens = 256 (transformers' 20 tokens in all is too
+ * short for a chat prompt). */
+void load_causal(Model &m, const json_t *cfg, const json_t *gcj) {
+    m.lm = make_causal(m.arch, cfg, m.weights, m.device, m.dtype);
+    const CausalInfo &ci = m.lm->info();
+    m.vocab = ci.vocab_size;
+    const json_t *gc = gcj ? gcj : cfg;
+    auto tok = [&](const char *k) -> const json_t * {
+        const json_t *v = pick(gc, k);
+        return v ? v : pick(cfg, k);
+    };
+    m.eos = ids_of(tok("eos_token_id"));
+    std::vector<int64_t> b = ids_of(tok("bos_token_id"));
+    m.bos = b.empty() ? -1 : b[0];
+    m.decoder_start = -1;
+    std::vector<int64_t> pd = ids_of(tok("pad_token_id"));
+    m.pad = !pd.empty() ? pd[0] : (m.eos.empty() ? 0 : m.eos[0]);
+    mm_torch_gen_params &d = m.defaults;
+    global_defaults(&d);
+    d.max_length = 20;
+    d.max_new_tokens = 256;
+    if (pick(gc, "max_length")) {
+        d.max_length = jint(gc, "max_length", 20);
+        d.max_new_tokens = -1;
+    }
+    common_defaults(gc, &d);
+    const int64_t ctx = ci.context > 0 ? ci.context : ((int64_t)1 << 20);
+    m.max_input_length = ctx;
+    m.hard_input_limit = 0;
+    m.max_length_limit = ctx;
+}
+
 void load_model(Model &m) {
     JsonPtr cfg = read_json(join_path(m.dir, "config.json"), true);
     JsonPtr gcj = read_json(join_path(m.dir, "generation_config.json"), false);
@@ -382,11 +439,16 @@ void load_model(Model &m) {
     rc = load_weights(m.dir, m.device, m.dtype, &m.weights, &err);
     if (rc != 0)
         throw Error(rc, err);
+    if (m.arch != "t5" && m.arch != "bart") {
+        load_causal(m, cfg.get(), gcj.get());
+        return;
+    }
     if (m.arch == "t5")
         m.net = make_t5(cfg.get(), m.weights, m.device, m.dtype);
     else
         m.net = make_bart(cfg.get(), m.weights, m.device, m.dtype);
     const ModelInfo &mi = m.net->info();
+    m.vocab = mi.vocab_size;
 
     /* transformers 5: generation_config.json when present, else the
      * generation fields of config.json. */
@@ -416,11 +478,7 @@ void load_model(Model &m) {
         d.max_length = jint(gc, "max_length", 20);
     else if (maxpos > 0)
         d.max_length = std::min<int64_t>(d.max_length, maxpos);
-    if (pick(gc, "max_new_tokens"))
-        d.max_new_tokens = jint(gc, "max_new_tokens", -1);
-    d.min_length = jint(gc, "min_length", 0);
-    if (pick(gc, "min_new_tokens"))
-        d.min_new_tokens = jint(gc, "min_new_tokens", -1);
+    common_defaults(gc, &d);
     d.num_beams = jint(gc, "num_beams", 1);
     d.length_penalty = jnum(gc, "length_penalty", 1.0);
     const json_t *es = pick(gc, "early_stopping");
@@ -428,18 +486,10 @@ void load_model(Model &m) {
         d.early_stopping = json_is_true(es) ? MM_GEN_EARLY_TRUE : MM_GEN_EARLY_FALSE;
     else if (json_is_string(es) && strcmp(json_string_value(es), "never") == 0)
         d.early_stopping = MM_GEN_EARLY_NEVER;
-    d.no_repeat_ngram_size = jint(gc, "no_repeat_ngram_size", 0);
-    d.repetition_penalty = jnum(gc, "repetition_penalty", 1.0);
     if (pick(gc, "forced_bos_token_id"))
         d.forced_bos_token_id = ids_of(pick(gc, "forced_bos_token_id")).at(0);
     if (pick(gc, "forced_eos_token_id"))
         d.forced_eos_token_id = ids_of(pick(gc, "forced_eos_token_id")).at(0);
-    d.do_sample = jbool(gc, "do_sample", false) ? 1 : 0;
-    d.temperature = jnum(gc, "temperature", 1.0);
-    if (pick(gc, "top_k"))
-        d.top_k = jint(gc, "top_k", 50);
-    d.top_p = jnum(gc, "top_p", 1.0);
-    d.num_return_sequences = jint(gc, "num_return_sequences", 1);
 
     if (mi.max_source_positions > 0) {
         m.hard_input_limit = mi.max_source_positions;
@@ -457,7 +507,8 @@ void load_model(Model &m) {
 struct Resolved {
     int64_t max_length, min_length, min_new_tokens, nb, nrs, ngram, top_k, seed;
     int64_t forced_bos, forced_eos;
-    double lp, rep, temp, top_p;
+    int64_t max_new;  /* decoder-only: new tokens per request (-1: max_length counts) */
+    double lp, rep, temp, top_p, min_p;
     int early;
     bool sample;
 };
@@ -482,12 +533,33 @@ void check_params(const Model &m, const mm_torch_gen_params *p, Resolved *r) {
     r->top_p = p->top_p;
     r->early = p->early_stopping;
     r->sample = p->do_sample != 0;
-    int64_t V = m.net->info().vocab_size;
-    if (p->max_new_tokens < -1)
+    r->min_p = p->min_p;
+    r->max_new = p->max_new_tokens;
+    int64_t V = m.vocab;
+    if (m.lm) { /* decoder-only: lengths count the prompt, checked per input */
+        r->min_length = p->min_length;
+        if (p->max_new_tokens < -1 || p->max_new_tokens == 0) {
+            snprintf(buf, sizeof buf, "max_new_tokens must be at least 1 (got %lld)",
+                     (long long)p->max_new_tokens);
+            add(buf);
+        } else if (p->max_new_tokens > m.max_length_limit) {
+            snprintf(buf, sizeof buf, "max_new_tokens (%lld) exceeds the model's context of %lld "
+                     "positions", (long long)p->max_new_tokens, (long long)m.max_length_limit);
+            add(buf);
+        }
+        if (p->max_new_tokens < 0 && (p->max_length < 1 || p->max_length > m.max_length_limit)) {
+            snprintf(buf, sizeof buf, "max_length (%lld) must be within 1 .. %lld (the model's "
+                     "context)", (long long)p->max_length, (long long)m.max_length_limit);
+            add(buf);
+        }
+        if (r->nb != 1)
+            add("num_beams must be 1: beam search is not offered for decoder-only models");
+    } else if (p->max_new_tokens < -1)
         add("max_new_tokens must be >= 0");
     else if (p->max_new_tokens == 0)
         add("max_new_tokens must be at least 1");
-    if (r->max_length < 2) {
+    if (m.lm) {
+    } else if (r->max_length < 2) {
         snprintf(buf, sizeof buf, "max_length (%lld) must be at least 2 (it counts the decoder "
                                   "start token)", (long long)r->max_length);
         add(buf);
@@ -502,7 +574,7 @@ void check_params(const Model &m, const mm_torch_gen_params *p, Resolved *r) {
         add("min_length must be >= 0");
     if (p->min_new_tokens < -1)
         add("min_new_tokens must be >= 0");
-    if (r->max_length >= 2 && r->min_length > r->max_length) {
+    if (!m.lm && r->max_length >= 2 && r->min_length > r->max_length) {
         snprintf(buf, sizeof buf, "min_length (%lld) is larger than max_length (%lld)",
                  (long long)r->min_length, (long long)r->max_length);
         add(buf);
@@ -534,6 +606,8 @@ void check_params(const Model &m, const mm_torch_gen_params *p, Resolved *r) {
             add("top_k must be >= 0");
         if (!(r->top_p >= 0 && r->top_p <= 1))
             add("top_p must be within [0, 1]");
+        if (!(r->min_p >= 0 && r->min_p <= 1))
+            add("min_p must be within [0, 1]");
     }
     if (!bad.empty())
         fail(MM_EINVAL, "invalid generation parameters: %s", bad.c_str());
@@ -541,11 +615,18 @@ void check_params(const Model &m, const mm_torch_gen_params *p, Resolved *r) {
 
 /* ---- logits processing ---- */
 
+/* Lengths of a row as the processors see them: cur = input_ids.shape[-1]
+ * (the decoder start, or a decoder-only row's prompt, included), gen = new
+ * tokens so far, max = the row's max_length. */
+struct RowLen {
+    int64_t cur, gen, max;
+};
+
 /* Applies the processors of transformers' _get_logits_processor, in order,
- * to scores [R, V] (row r continues *rows[r].seq). */
+ * to scores [R, V] (row r continues *rows[r].seq, lens[r] long). */
 void process(const Resolved &P, const Model &m, at::Tensor &scores,
-             const std::vector<const std::vector<int64_t> *> &rows, int64_t cur_len,
-             int64_t min_keep) {
+             const std::vector<const std::vector<int64_t> *> &rows,
+             const std::vector<RowLen> &lens, int64_t min_keep) {
     int64_t R = scores.size(0), V = scores.size(1);
     scores = scores.contiguous();
     const float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -571,10 +652,12 @@ void process(const Resolved &P, const Model &m, at::Tensor &scores,
             flat.index_copy_(0, li, s);
         }
     }
-    if (P.ngram > 0 && cur_len >= P.ngram) {
+    if (P.ngram > 0) {
         int64_t n = P.ngram;
         std::vector<int64_t> ri, ti;
         for (int64_t r = 0; r < R; r++) {
+            if (lens[r].cur < P.ngram)
+                continue;
             const std::vector<int64_t> &s = *rows[r];
             int64_t L = (int64_t)s.size();
             /* every complete n-gram whose first n-1 tokens equal the last n-1 */
@@ -595,19 +678,26 @@ void process(const Resolved &P, const Model &m, at::Tensor &scores,
             scores.view({-1}).index_fill_(0, at::tensor(lin, lopts).to(scores.device()), NEG_INF);
         }
     }
-    bool mask_eos = (P.min_length > 0 && cur_len < P.min_length) ||
-                    (P.min_new_tokens > 0 && cur_len - 1 < P.min_new_tokens);
-    if (mask_eos)
-        for (int64_t e : m.eos)
-            if (e >= 0 && e < V)
-                scores.select(1, e).fill_(NEG_INF);
-    if (P.forced_bos >= 0 && cur_len == 1) {
-        scores.fill_(NEG_INF);
-        scores.select(1, P.forced_bos).fill_(0.0);
-    }
-    if (P.forced_eos >= 0 && cur_len == P.max_length - 1) {
-        scores.fill_(NEG_INF);
-        scores.select(1, P.forced_eos).fill_(0.0);
+    for (int64_t r = 0; r < R; r++) {
+        const RowLen &L = lens[r];
+        bool mask_eos = (P.min_length > 0 && L.cur < P.min_length) ||
+                        (P.min_new_tokens > 0 && L.gen < P.min_new_tokens);
+        if (!mask_eos && !(P.forced_bos >= 0 && L.cur == 1) &&
+            !(P.forced_eos >= 0 && L.cur == L.max - 1))
+            continue;
+        at::Tensor row = scores.select(0, r);
+        if (mask_eos)
+            for (int64_t e : m.eos)
+                if (e >= 0 && e < V)
+                    row.select(0, e).fill_(NEG_INF);
+        if (P.forced_bos >= 0 && L.cur == 1) {
+            row.fill_(NEG_INF);
+            row.select(0, P.forced_bos).fill_(0.0);
+        }
+        if (P.forced_eos >= 0 && L.cur == L.max - 1) {
+            row.fill_(NEG_INF);
+            row.select(0, P.forced_eos).fill_(0.0);
+        }
     }
     if (P.sample) {
         if (P.temp != 1.0)
@@ -626,14 +716,49 @@ void process(const Resolved &P, const Model &m, at::Tensor &scores,
             at::Tensor ind = rm.scatter(1, si, rm);
             scores = scores.masked_fill(ind, NEG_INF);
         }
+        if (P.min_p > 0.0) {
+            at::Tensor probs = at::softmax(scores, -1);
+            at::Tensor top = std::get<0>(probs.max(-1, true));
+            at::Tensor remove = probs < top * P.min_p;
+            int64_t k = std::min<int64_t>(min_keep, V);
+            remove.scatter_(-1, std::get<1>(at::topk(probs, k, -1)), false);
+            scores = scores.masked_fill(remove, NEG_INF);
+        }
     }
+}
+
+void process(const Resolved &P, const Model &m, at::Tensor &scores,
+             const std::vector<const std::vector<int64_t> *> &rows, int64_t cur_len,
+             int64_t min_keep) {
+    std::vector<RowLen> lens((size_t)scores.size(0), RowLen{cur_len, cur_len - 1, P.max_length});
+    process(P, m, scores, rows, lens, min_keep);
 }
 
 /* ---- the decoding loops ---- */
 
 struct Output {
-    std::vector<std::vector<int64_t>> seqs; /* per input * nrs, start token included */
+    std::vector<std::vector<int64_t>> seqs; /* per input * nrs, start token included
+                                               (decoder-only: a -1 in its place) */
     std::vector<float> scores;
+    std::vector<uint8_t> finish;            /* MM_GEN_FINISH_*; empty: by the last token */
+};
+
+/* The caller's token callback; seq numbers of a group map to the call's
+ * through base[] (input index of the group's i-th input). */
+struct Hook {
+    mm_torch_gen_token_cb cb = nullptr;
+    void *user = nullptr;
+    const size_t *base = nullptr; /* group input -> call input */
+    int64_t nrs = 1;
+    /* true: stop the sequence */
+    bool operator()(size_t in, int64_t r, const std::vector<int64_t> &seq, size_t skip,
+                    bool done) const {
+        if (!cb)
+            return false;
+        size_t gi = base ? base[in] : in;
+        return cb(user, gi * (size_t)nrs + (size_t)r, seq.data() + skip, seq.size() - skip,
+                  done ? 1 : 0) != 0;
+    }
 };
 
 at::Generator make_gen(int64_t seed) {
@@ -652,7 +777,8 @@ bool is_eos(const Model &m, int64_t t) {
 }
 
 /* Greedy and sampling: one row per (input, return sequence). */
-void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, Output *out) {
+void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, const Hook &hook,
+              Output *out) {
     const at::Device dev = m.device;
     int64_t nrs = P.sample ? P.nrs : 1;
     size_t R0 = n_in * (size_t)nrs;
@@ -708,6 +834,8 @@ void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, Outp
             seq[r].push_back(next[i]);
             if (is_eos(m, next[i]) || at_max)
                 fin[r] = 1;
+            if (hook((size_t)r / (size_t)nrs, r % nrs, seq[r], 1, fin[r] != 0) && !fin[r])
+                fin[r] = 2; /* stopped by the caller */
         }
         /* drop a request's rows once all of them are finished */
         std::vector<int64_t> keep, nact;
@@ -729,8 +857,152 @@ void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, Outp
             keep_groups(st, keep);
         active.swap(nact);
     }
+    out->finish.assign(R0, MM_GEN_FINISH_LENGTH);
+    for (size_t r = 0; r < R0; r++)
+        out->finish[r] = fin[r] == 2 ? MM_GEN_FINISH_STOPPED
+                         : is_eos(m, seq[r].back()) ? MM_GEN_FINISH_EOS : MM_GEN_FINISH_LENGTH;
     out->seqs = std::move(seq);
     out->scores.assign(R0, 0.0f);
+}
+
+/* Draws one token per row of probs [n, V] from gen: torch.multinomial on
+ * the whole block, as transformers draws for a request's rows. */
+void draw(const at::Tensor &probs, at::Generator &gen, int64_t *out) {
+    at::Tensor s = at::multinomial(probs, 1, false, gen);
+    auto acc = s.accessor<int64_t, 2>();
+    for (int64_t k = 0; k < probs.size(0); k++)
+        out[k] = acc[k][0];
+}
+
+/* Decoder-only greedy and sampling.  Each input is prefilled alone (no
+ * padding), copied to its num_return_sequences rows, and then every live row
+ * takes one decoder step per token, each over its own cache.  A row leaves
+ * the step (and frees its cache) as soon as it ends; a sampled request keeps
+ * drawing over all of its rows until the last ends, so its random stream is
+ * the one transformers draws for the request alone. */
+void run_causal(const Model &m, const Resolved &P, const int64_t *const *ids, const size_t *lens,
+                size_t n_in, const Hook &hook, Output *out) {
+    const CausalLM &lm = *m.lm;
+    const int64_t V = m.vocab;
+    const int64_t nrs = P.sample ? P.nrs : 1;
+    const size_t R0 = n_in * (size_t)nrs;
+    struct Row {
+        CausalSeq s;
+        std::vector<int64_t> seq; /* prompt + generated */
+        int64_t prompt = 0, maxl = 0;
+        bool fin = false;
+        uint8_t why = MM_GEN_FINISH_LENGTH;
+    };
+    std::vector<Row> rows(R0);
+    std::vector<at::Generator> gens;
+    if (P.sample)
+        for (size_t i = 0; i < n_in; i++)
+            gens.push_back(make_gen(P.seed));
+    std::vector<at::Tensor> first;
+    for (size_t i = 0; i < n_in; i++) {
+        Row &r0 = rows[i * nrs];
+        first.push_back(lm.prefill(r0.s, ids[i], (int64_t)lens[i]));
+        for (int64_t j = 0; j < nrs; j++) {
+            Row &r = rows[i * nrs + j];
+            if (j > 0)
+                lm.fork(r0.s, r.s);
+            r.seq.assign(ids[i], ids[i] + lens[i]);
+            r.prompt = (int64_t)lens[i];
+            r.maxl = P.max_new >= 0 ? r.prompt + P.max_new : P.max_length;
+            r.maxl = std::max(r.maxl, r.prompt + 1); /* transformers: at least one token */
+        }
+    }
+    std::vector<int64_t> live(R0);
+    for (size_t i = 0; i < R0; i++)
+        live[i] = (int64_t)i;
+    at::Tensor logits = at::cat(first, 0);
+    if (nrs > 1)
+        logits = logits.repeat_interleave(nrs, 0);
+    const at::Tensor uniform = at::full({V}, 1.0 / (double)V, at::TensorOptions().dtype(at::kFloat));
+    while (!live.empty()) {
+        std::vector<const std::vector<int64_t> *> seqs(live.size());
+        std::vector<RowLen> rl(live.size());
+        for (size_t i = 0; i < live.size(); i++) {
+            const Row &r = rows[(size_t)live[i]];
+            seqs[i] = &r.seq;
+            rl[i] = RowLen{(int64_t)r.seq.size(), (int64_t)r.seq.size() - r.prompt, r.maxl};
+        }
+        process(P, m, logits, seqs, rl, 1);
+        std::vector<int64_t> next(live.size());
+        if (P.sample) {
+            at::Tensor probs = at::softmax(logits, -1).to(at::kCPU);
+            size_t i = 0;
+            while (i < live.size()) {
+                const size_t req = (size_t)live[i] / (size_t)nrs;
+                size_t j = i;
+                while (j < live.size() && (size_t)live[j] / (size_t)nrs == req)
+                    j++;
+                if ((int64_t)(j - i) == nrs) {
+                    draw(probs.narrow(0, (int64_t)i, (int64_t)(j - i)), gens[req], &next[i]);
+                } else { /* finished rows keep their places in the draw */
+                    std::vector<at::Tensor> blk;
+                    std::vector<int64_t> at_row((size_t)nrs, -1);
+                    for (size_t k = i; k < j; k++)
+                        at_row[(size_t)(live[k] % nrs)] = (int64_t)k;
+                    for (int64_t x = 0; x < nrs; x++)
+                        blk.push_back(at_row[(size_t)x] >= 0 ? probs[at_row[(size_t)x]] : uniform);
+                    std::vector<int64_t> got((size_t)nrs);
+                    draw(at::stack(blk, 0), gens[req], got.data());
+                    for (int64_t x = 0; x < nrs; x++)
+                        if (at_row[(size_t)x] >= 0)
+                            next[(size_t)at_row[(size_t)x]] = got[(size_t)x];
+                }
+                i = j;
+            }
+        } else {
+            at::Tensor a = at::argmax(logits, -1).to(at::kCPU);
+            auto acc = a.accessor<int64_t, 1>();
+            for (size_t i = 0; i < live.size(); i++)
+                next[i] = acc[(int64_t)i];
+        }
+        std::vector<int64_t> nlive, keep;
+        for (size_t i = 0; i < live.size(); i++) {
+            Row &r = rows[(size_t)live[i]];
+            r.seq.push_back(next[i]);
+            if (is_eos(m, next[i])) {
+                r.fin = true;
+                r.why = MM_GEN_FINISH_EOS;
+            } else if ((int64_t)r.seq.size() >= r.maxl) {
+                r.fin = true;
+                r.why = MM_GEN_FINISH_LENGTH;
+            }
+            const size_t in = (size_t)live[i] / (size_t)nrs;
+            if (hook(in, live[i] % nrs, r.seq, (size_t)r.prompt, r.fin) && !r.fin) {
+                r.fin = true;
+                r.why = MM_GEN_FINISH_STOPPED;
+            }
+            if (r.fin) {
+                r.s = CausalSeq(); /* its cache goes back now */
+            } else {
+                nlive.push_back(live[i]);
+                keep.push_back((int64_t)i);
+            }
+        }
+        live.swap(nlive);
+        if (live.empty())
+            break;
+        std::vector<CausalSeq *> st(live.size());
+        std::vector<int64_t> last(live.size());
+        for (size_t i = 0; i < live.size(); i++) {
+            st[i] = &rows[(size_t)live[i]].s;
+            last[i] = rows[(size_t)live[i]].seq.back();
+        }
+        logits = lm.step(st, last);
+    }
+    out->seqs.assign(R0, {});
+    out->scores.assign(R0, 0.0f);
+    out->finish.assign(R0, MM_GEN_FINISH_LENGTH);
+    for (size_t i = 0; i < R0; i++) {
+        std::vector<int64_t> &q = out->seqs[i];
+        q.push_back(-1);
+        q.insert(q.end(), rows[i].seq.begin() + rows[i].prompt, rows[i].seq.end());
+        out->finish[i] = rows[i].why;
+    }
 }
 
 struct Beam {
@@ -962,7 +1234,6 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
 /* Throws for an empty input, one past the model's limit or an id outside the
  * vocabulary, naming the input by its index. */
 void check_inputs(const Model &m, const int64_t *const *ids, const size_t *lens, size_t n) {
-    const ModelInfo &mi = m.net->info();
     for (size_t i = 0; i < n; i++) {
         if (!ids[i] || lens[i] == 0)
             fail(MM_EINVAL, "input %zu is empty", i);
@@ -970,15 +1241,19 @@ void check_inputs(const Model &m, const int64_t *const *ids, const size_t *lens,
             fail(MM_EINVAL, "input %zu has %zu tokens, the model takes at most %lld", i, lens[i],
                  (long long)m.hard_input_limit);
         for (size_t j = 0; j < lens[i]; j++)
-            if (ids[i][j] < 0 || ids[i][j] >= mi.vocab_size)
+            if (ids[i][j] < 0 || ids[i][j] >= m.vocab)
                 fail(MM_EINVAL, "input %zu holds token id %lld, outside the vocabulary (%lld)", i,
-                     (long long)ids[i][j], (long long)mi.vocab_size);
+                     (long long)ids[i][j], (long long)m.vocab);
     }
 }
 
 /* Decodes n checked inputs as one batch. */
 void generate(const Model &m, const Resolved &P, const int64_t *const *ids, const size_t *lens,
-              size_t n, Output *out) {
+              size_t n, const Hook &hook, Output *out) {
+    if (m.lm) {
+        run_causal(m, P, ids, lens, n, hook, out);
+        return;
+    }
     size_t S = 0;
     for (size_t i = 0; i < n; i++)
         S = std::max(S, lens[i]);
@@ -1014,7 +1289,7 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
             tm = tm.repeat_interleave(nrs, 0);
         }
         m.net->start(st, enc, tm, padded, 1, cap);
-        run_rows(m, P, st, n, out);
+        run_rows(m, P, st, n, hook, out);
     }
 }
 
@@ -1038,7 +1313,7 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
  * sampling request has its own seeded generator, so grouping changes no
  * result beyond what any batch composition may. */
 void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids,
-                    const size_t *lens, size_t n, Output *out) {
+                    const size_t *lens, size_t n, const Hook &hook, Output *out) {
     check_inputs(m, ids, lens, n);
     const size_t nt = (size_t)std::max(1, at::get_num_threads());
     const size_t rows = (size_t)std::max<int64_t>(1, P.nb > 1 ? P.nb : P.nrs); /* a request's */
@@ -1047,7 +1322,7 @@ void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids
     G = std::min(G, n);
     if (G < 2 || !m.device.is_cpu()) {
         c10::InferenceMode im;
-        generate(m, P, ids, lens, n, out);
+        generate(m, P, ids, lens, n, hook, out);
         return;
     }
     std::vector<size_t> by_len(n);
@@ -1071,17 +1346,23 @@ void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids
             gi.push_back(ids[i]);
             gl.push_back(lens[i]);
         }
-        generate(m, P, gi.data(), gl.data(), gi.size(), &outs[g]);
+        Hook gh = hook;
+        gh.base = members[g].data();
+        generate(m, P, gi.data(), gl.data(), gi.size(), gh, &outs[g]);
     });
     /* back in input order: each input's sequences are consecutive */
     const size_t per = outs[0].seqs.size() / members[0].size();
     out->seqs.assign(n * per, {});
     out->scores.assign(n * per, 0.0f);
+    if (!outs[0].finish.empty())
+        out->finish.assign(n * per, MM_GEN_FINISH_LENGTH);
     for (size_t g = 0; g < G; g++)
         for (size_t k = 0; k < members[g].size(); k++)
             for (size_t j = 0; j < per; j++) {
                 out->seqs[members[g][k] * per + j] = std::move(outs[g].seqs[k * per + j]);
                 out->scores[members[g][k] * per + j] = outs[g].scores[k * per + j];
+                if (!outs[g].finish.empty())
+                    out->finish[members[g][k] * per + j] = outs[g].finish[k * per + j];
             }
 }
 
@@ -1144,7 +1425,7 @@ MMT_API int mm_torch_gen_info_get(const mm_torch_gen_t *h, mm_torch_gen_info *in
     info->arch = m.arch.c_str();
     info->device = m.device_name.c_str();
     info->dtype = m.dtype_name.c_str();
-    info->vocab_size = m.net->info().vocab_size;
+    info->vocab_size = m.vocab;
     info->decoder_start_token_id = m.decoder_start;
     info->eos_token_id = m.eos.empty() ? -1 : m.eos[0];
     info->pad_token_id = m.pad;
@@ -1179,6 +1460,13 @@ MMT_API int mm_torch_gen_check_params(const mm_torch_gen_t *h, const mm_torch_ge
 MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const size_t *lens,
                              size_t n_inputs, const mm_torch_gen_params *p,
                              mm_torch_gen_result **out, char *err, size_t errlen) {
+    return mm_torch_gen_run_cb(h, ids, lens, n_inputs, p, nullptr, nullptr, out, err, errlen);
+}
+
+MMT_API int mm_torch_gen_run_cb(mm_torch_gen_t *h, const int64_t *const *ids, const size_t *lens,
+                                size_t n_inputs, const mm_torch_gen_params *p,
+                                mm_torch_gen_token_cb cb, void *user, mm_torch_gen_result **out,
+                                char *err, size_t errlen) {
     if (out)
         *out = nullptr;
     return guard(err, errlen, [&] {
@@ -1195,14 +1483,18 @@ MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const
         Resolved r;
         check_params(m, p, &r);
         Output o;
-        generate_split(m, r, ids, lens, n_inputs, &o);
+        Hook hook;
+        hook.cb = cb;
+        hook.user = user;
+        hook.nrs = r.nb > 1 ? r.nrs : (r.sample ? r.nrs : 1);
+        generate_split(m, r, ids, lens, n_inputs, hook, &o);
         size_t total = 0;
         for (const auto &s : o.seqs)
             total += s.size() - 1;
         /* one block: header, offsets, scores, ids */
         size_t nseq = o.seqs.size();
         size_t bytes = sizeof(mm_torch_gen_result) + (nseq + 1) * sizeof(size_t) +
-                       nseq * sizeof(float) + 8 + total * sizeof(int64_t);
+                       nseq * sizeof(float) + 8 + total * sizeof(int64_t) + nseq;
         char *blk = (char *)std::malloc(bytes);
         if (!blk)
             throw std::bad_alloc();
@@ -1212,10 +1504,16 @@ MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const
         uintptr_t a = (uintptr_t)(sc + nseq);
         a = (a + 7) & ~(uintptr_t)7;
         int64_t *idsout = (int64_t *)a;
+        uint8_t *fin = (uint8_t *)(idsout + total);
         size_t k = 0;
         for (size_t i = 0; i < nseq; i++) {
             offs[i] = k;
             sc[i] = o.scores[i];
+            if (!o.finish.empty())
+                fin[i] = o.finish[i];
+            else /* beam search: a finished hypothesis ends with EOS */
+                fin[i] = o.seqs[i].size() > 1 && is_eos(m, o.seqs[i].back()) ? MM_GEN_FINISH_EOS
+                                                                               : MM_GEN_FINISH_LENGTH;
             const auto &s = o.seqs[i];
             for (size_t j = 1; j < s.size(); j++)
                 idsout[k++] = s[j];
@@ -1226,6 +1524,7 @@ MMT_API int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const
         res->ids = idsout;
         res->offsets = offs;
         res->scores = sc;
+        res->finish = fin;
         *out = res;
         return 0;
     });

@@ -1,5 +1,13 @@
 /* mm_torch_gen.h: the C ABI of libmm_torch.so for text generation with
- * encoder-decoder models (T5 v1.0 / v1.1 / FLAN-T5 / mT5, BART).
+ * encoder-decoder models (T5 v1.0 / v1.1 / FLAN-T5 / mT5, BART) and
+ * decoder-only models (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Phi-3:
+ * gen_causal.cpp).
+ *
+ * Decoder-only models differ where transformers does: an input is the
+ * prompt the model continues, lengths (max_length, min_length) count the
+ * prompt, and a sequence of the result holds the new tokens only (EOS
+ * included).  Beam search is not offered for them (num_beams > 1 fails with
+ * MM_EINVAL).
  *
  * Plain C, includable from C11.  Like mm_torch.h, the native backend dlopens
  * libmm_torch.so and resolves these symbols by name; the mm_torch_gen_*_fn
@@ -33,7 +41,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or signature below changes. */
-#define MM_TORCH_GEN_ABI_VERSION 1
+#define MM_TORCH_GEN_ABI_VERSION 2
 
 typedef struct mm_torch_gen mm_torch_gen_t;
 
@@ -47,7 +55,8 @@ typedef struct mm_torch_gen_load_params {
 /* What a loaded model is.  Strings are owned by the handle and valid until
  * mm_torch_gen_free. */
 typedef struct mm_torch_gen_info {
-    const char *arch;               /* "t5", "bart" */
+    const char *arch;               /* "t5", "bart", "llama", "mistral", "qwen2", "qwen3",
+                                       "gemma", "gemma2", "phi3" */
     const char *device;             /* "cpu", "cuda:0" */
     const char *dtype;              /* "float32", "float16", "bfloat16" */
     int64_t vocab_size;             /* width of the logits (config vocab, >= tokenizer) */
@@ -90,6 +99,8 @@ typedef struct mm_torch_gen_params {
     int64_t seed;           /* sampling seed (each input of a call draws from its own
                                generator seeded with it); -1: nondeterministic */
     int64_t num_return_sequences;
+    double min_p;           /* 0: off; sampling keeps tokens with p >= min_p * max p
+                               (decoder-only models) */
 } mm_torch_gen_params;
 
 /* Result of one run: n_inputs * num_return_sequences sequences, input i's
@@ -106,7 +117,22 @@ typedef struct mm_torch_gen_result {
     const float *scores;    /* per sequence: the beam score (sum of log-probs /
                                length ** length_penalty, transformers'
                                sequences_scores); 0 for greedy / sampling */
+    const uint8_t *finish;  /* per sequence: why it ended (MM_GEN_FINISH_*) */
 } mm_torch_gen_result;
+
+/* Why a sequence ended. */
+enum { MM_GEN_FINISH_LENGTH = 0, MM_GEN_FINISH_EOS = 1, MM_GEN_FINISH_STOPPED = 2 };
+
+/* Called after every token a greedy or sampled sequence gains (beam search:
+ * never): sequence `seq` (numbered as in the result: input * nrs + r) now
+ * holds ids[0 .. n) after the prompt / decoder start; `done` is 1 when
+ * that token ended it (EOS or the length limit).  Returning nonzero stops
+ * the sequence there (finish MM_GEN_FINISH_STOPPED: a stop string, a
+ * cancelled request), and its memory is freed at once.  May be called
+ * from several threads at once, for different sequences; never twice at
+ * once for one sequence. */
+typedef int (*mm_torch_gen_token_cb)(void *user, size_t seq, const int64_t *ids, size_t n,
+                                     int done);
 
 int mm_torch_gen_abi_version(void);
 
@@ -147,6 +173,11 @@ int mm_torch_gen_run(mm_torch_gen_t *h, const int64_t *const *ids, const size_t 
                      size_t n_inputs, const mm_torch_gen_params *p,
                      mm_torch_gen_result **out, char *err, size_t errlen);
 
+/* mm_torch_gen_run with a token callback (cb may be NULL). */
+int mm_torch_gen_run_cb(mm_torch_gen_t *h, const int64_t *const *ids, const size_t *lens,
+                        size_t n_inputs, const mm_torch_gen_params *p, mm_torch_gen_token_cb cb,
+                        void *user, mm_torch_gen_result **out, char *err, size_t errlen);
+
 void mm_torch_gen_result_free(mm_torch_gen_result *r);
 
 /* Drops the handle and its weights.  NULL is a no-op.  Must not run
@@ -164,6 +195,9 @@ typedef int (*mm_torch_gen_check_params_fn)(const mm_torch_gen_t *, const mm_tor
 typedef int (*mm_torch_gen_run_fn)(mm_torch_gen_t *, const int64_t *const *, const size_t *,
                                    size_t, const mm_torch_gen_params *, mm_torch_gen_result **,
                                    char *, size_t);
+typedef int (*mm_torch_gen_run_cb_fn)(mm_torch_gen_t *, const int64_t *const *, const size_t *,
+                                      size_t, const mm_torch_gen_params *, mm_torch_gen_token_cb,
+                                      void *, mm_torch_gen_result **, char *, size_t);
 typedef void (*mm_torch_gen_result_free_fn)(mm_torch_gen_result *);
 typedef void (*mm_torch_gen_free_fn)(mm_torch_gen_t *);
 

@@ -46,14 +46,15 @@ class Params(ctypes.Structure):
                 ("forced_eos_token_id", ctypes.c_int64), ("do_sample", ctypes.c_int),
                 ("temperature", ctypes.c_double), ("top_k", ctypes.c_int64),
                 ("top_p", ctypes.c_double), ("seed", ctypes.c_int64),
-                ("num_return_sequences", ctypes.c_int64)]
+                ("num_return_sequences", ctypes.c_int64), ("min_p", ctypes.c_double)]
 
 
 class Result(ctypes.Structure):
     _fields_ = [("n_sequences", ctypes.c_size_t), ("num_return_sequences", ctypes.c_size_t),
                 ("ids", ctypes.POINTER(ctypes.c_int64)),
                 ("offsets", ctypes.POINTER(ctypes.c_size_t)),
-                ("scores", ctypes.POINTER(ctypes.c_float))]
+                ("scores", ctypes.POINTER(ctypes.c_float)),
+                ("finish", ctypes.POINTER(ctypes.c_uint8))]
 
 
 def find_lib():
