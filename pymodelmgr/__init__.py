@@ -10,7 +10,7 @@ from typing import Mapping as _Mapping
 
 from . import _core
 from .context import SERVICE_NAME, AppContext, install
-from .manager import ModelManager
+from .manager import ModelManager, StreamError
 from .result import ErrorInfo, Result
 from .settings import EmbeddingCacheConfig, ModelManagerSettings, WorkerPoolConfig
 from .tokenizer import Tokenizer
@@ -28,6 +28,7 @@ _logging.getLogger("pymodelmgr").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ModelManager",
+    "StreamError",
     "Tokenizer",
     "Result",
     "ErrorInfo",

@@ -9,6 +9,7 @@ hop per task and no polling.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -17,14 +18,15 @@ import warnings
 import weakref
 from asyncio.events import _get_running_loop
 from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_isenabled
-from typing import Any, Awaitable, Dict, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional
 
 from . import _core
+from . import chat as _chat
 from . import metrics as _metrics
 from .result import ErrorInfo, Result
 from .settings import ModelManagerSettings
 
-__all__ = ["ModelManager"]
+__all__ = ["ModelManager", "StreamError"]
 
 logger = logging.getLogger("pymodelmgr")
 
@@ -93,6 +95,19 @@ def _param_problem(value: Any, depth: int = 0) -> Optional[str]:
                 return why
         return None
     return f"{type(value).__name__} is not a JSON value"
+# Set by ModelManager.stream() around the task() it starts: task() registers the
+# stream's queue under the submitted task's id, where _drain puts the pieces.
+_STREAM_QUEUE: contextvars.ContextVar = contextvars.ContextVar("pymodelmgr_stream", default=None)
+
+
+class StreamError(RuntimeError):
+    """A streamed generation failed: ``code`` is the stable error code (as
+    ``Result.error.code``), ``message`` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class _LoopState:
@@ -249,8 +264,11 @@ class ModelManager:
         # alias target -> the name the app last used for it (results and status() say that)
         self._alias_names: Dict[str, str] = {}
         self._backends = dict(settings.model_backends)
+        self._cache_dir = cache_dir
+        self._chat_templates: Dict[tuple, tuple] = {}  # (model, revision) -> (template, specials)
         self._futures: Dict[int, asyncio.Future] = {}
         self._app_names: Dict[int, str] = {}  # task id -> the alias its caller used
+        self._streams: Dict[int, asyncio.Queue] = {}
         self._loops: Dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closed = False
         _metrics._track(self)  # pymodelmgr.metrics.register() finds every manager
@@ -315,6 +333,13 @@ class ModelManager:
         futures = self._futures
         app_names = self._app_names
         for tid, status, payload in ch.drain():
+            if status == 5:  # a streamed piece: (index, text)
+                q = self._streams.get(tid)
+                if q is not None:
+                    q.put_nowait(payload[1])
+                continue
+            if self._streams:
+                self._streams.pop(tid, None)
             fut = futures.pop(tid, None)
             if app_names:
                 name = app_names.pop(tid, None)
@@ -417,11 +442,24 @@ class ModelManager:
         if loop is None:
             return self._task_later(task_data, task_type, model_name, num_workers, device,
                                     keep_alive, kwargs)
+        if task_type == "text_generation" and task_data.__class__ is list and _chat.is_chat(task_data):
+            return self._chat_task(task_data, task_type, model_name, num_workers, device,
+                                   keep_alive, kwargs)
         r = self._start(loop, task_data, task_type, model_name, num_workers, device,
                         keep_alive, kwargs)
         if r.__class__ is Result:
             return _done_future(loop, r)
         return r
+
+    async def _chat_task(self, task_data, task_type, model_name, num_workers, device, keep_alive,
+                         kwargs):
+        """task() for messages: renders them with the model's chat template first."""
+        prompts = await self._chat_prompts(model_name, task_data, kwargs.get("revision"))
+        if prompts.__class__ is Result:
+            return prompts
+        kwargs["add_special_tokens"] = False  # the template wrote them
+        return await self.task(prompts, task_type, model_name, num_workers, device, keep_alive,
+                               **kwargs)
 
     async def _task_later(self, task_data, task_type, model_name, num_workers, device,
                           keep_alive, kwargs):
@@ -494,7 +532,117 @@ class ModelManager:
         self._futures[r] = fut
         if app_name is not None:
             self._app_names[r] = app_name
+        sq = _STREAM_QUEUE.get()
+        if sq is not None:  # ModelManager.stream(): _drain puts the pieces there
+            self._streams[r] = sq
         return fut
+
+    async def stream(self, task_data: Any, task_type: str, model_name: str,
+                     num_workers: Optional[int] = 1, device: str = "gpu",
+                     keep_alive: Optional[float] = None,
+                     on_result: Optional[Callable[[Result], None]] = None,
+                     **kwargs: Any) -> AsyncIterator[str]:
+        """Generates text and yields it in pieces as tokens are produced::
+
+            async for piece in mm.stream("Once upon a time", "text_generation", "org/model",
+                                         max_new_tokens=64):
+                print(piece, end="", flush=True)
+
+        ``task_data`` is one prompt string or one conversation (a list of
+        ``{"role", "content"}`` messages, rendered with the model's chat template);
+        the other arguments are :meth:`task`'s.  The pieces never split a UTF-8
+        character and are never revised by a later token; joined they equal the
+        ``generated_text`` :meth:`task` returns for the same call (stop strings cut
+        it the same way).  Leaving the loop early (``break``) or cancelling the
+        consuming task cancels the generation: its sequence leaves the running batch
+        at the next decoding step and the task is counted as cancelled.  ``on_result``,
+        when given, is called with the finished task's :class:`Result` (its
+        ``finish_reason``, token counts and ``usage``) before the iteration ends.
+
+        Raises:
+            StreamError: the task failed (``code`` and ``message`` as in ``Result.error``),
+                or ``task_data`` is not one prompt or one conversation.
+        """
+        if task_type != "text_generation":
+            raise StreamError("INVALID_ARGUMENT", f'stream() serves "text_generation", not {task_type!r}')
+        one = isinstance(task_data, str) or (isinstance(task_data, list) and _chat.is_chat(task_data)
+                                             and isinstance(task_data[0], dict))
+        if not one:
+            raise StreamError("INVALID_ARGUMENT", "stream() takes one prompt string or one conversation "
+                                                  "(a list of {role, content} messages)")
+        if kwargs.get("num_return_sequences", 1) not in (1, None):
+            raise StreamError("INVALID_ARGUMENT", "stream() returns one sequence (num_return_sequences=1)")
+        queue: asyncio.Queue = asyncio.Queue()
+        token = _STREAM_QUEUE.set(queue)
+        try:
+            job = asyncio.ensure_future(self.task(task_data, task_type, model_name, num_workers, device,
+                                                  keep_alive, stream=True, **kwargs))
+        finally:
+            _STREAM_QUEUE.reset(token)
+        getter = None
+        try:
+            while True:
+                if not queue.empty():
+                    yield queue.get_nowait()
+                    continue
+                if job.done():
+                    break
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait((getter, job), return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+                getter = None
+            res = job.result()
+            if on_result is not None:
+                on_result(res)
+            if not res.success:
+                raise StreamError(res.error.code, res.error.message)
+        finally:
+            if getter is not None:
+                getter.cancel()
+            if not job.done():
+                job.cancel()  # task()'s own handler cancels the engine task
+
+    async def _chat_prompts(self, model_name: Any, data: list, revision: Any) -> Any:
+        """The prompt text(s) for a conversation (or a list of them), rendered with
+        the model's chat template (pymodelmgr/chat.py); a Result on error."""
+        try:
+            convs, batched = _chat.conversations(data)
+        except _chat.ChatError as e:
+            return Result.error("INVALID_ARGUMENT", str(e))
+        if model_name.__class__ is not str:
+            return Result.error("INVALID_ARGUMENT", "model_name must be a string")
+        name = self._aliases.get(model_name, model_name)
+        key = (name, revision)
+        entry = self._chat_templates.get(key)
+        if entry is None:
+            if name.startswith("synthetic/"):
+                entry = (None, {})
+            else:
+                import functools
+                loop = asyncio.get_running_loop()
+                try:
+                    snap = await loop.run_in_executor(None, functools.partial(
+                        _core.hub_snapshot, name, revision if isinstance(revision, str) else "main",
+                        cache_dir=self._cache_dir))
+                    entry = _chat.load_template(snap["path"])
+                except _core.HubError as e:
+                    return Result.error(getattr(e, "code", "MODEL_LOAD_FAILED"), str(e))
+                except (OSError, ValueError) as e:
+                    return Result.error("MODEL_LOAD_FAILED", f"{name}: reading its tokenizer files failed: {e}")
+            self._chat_templates[key] = entry
+        template, specials = entry
+        if template is None:
+            return Result.error("INVALID_ARGUMENT",
+                                f"{name} has no chat template (tokenizer_config.json chat_template or "
+                                "chat_template.jinja): send prompt text instead of messages")
+        try:
+            texts = [_chat.render(template, c, specials) for c in convs]
+        except _chat.ChatError as e:
+            return Result.error("INVALID_ARGUMENT", str(e))
+        return texts if batched else texts[0]
 
     async def release_model(self, model_name: str) -> Result:
         """Releases a model now: its queued tasks finish first, then its workers stop and

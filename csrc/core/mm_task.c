@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "mm_alloc.h"
+#include "mm_channel.h"
 #include "mm_err.h"
 
 mm_task_t *mm__task_new(uint64_t id, mm_task_type type, mm_task_kind kind, const char *model_name,
@@ -160,6 +161,24 @@ int mm__task_add_extra(mm_task_t *t, const char *key, const char *json_value) {
     t->extras = s;
     return 0;
 }
+
+int mm_task_stream_text(mm_task_t *t, size_t i, const char *s, size_t len) {
+    if (!t->channel)
+        return 0;
+    const char *items[1] = {s ? s : ""};
+    size_t lens[1] = {s ? len : 0};
+    mm_task_t *p = mm__task_new(t->id, t->type, MM_KIND_PARTIAL, NULL, items, lens, 1, NULL);
+    if (!p)
+        return MM_ENOMEM;
+    p->stream_index = i;
+    p->status = MM_TS_DONE;
+    p->channel = t->channel;
+    mm__channel_ref(p->channel);
+    mm__channel_push(p->channel, p);
+    return 0;
+}
+
+size_t mm_task_stream_index(const mm_task_t *t) { return t->stream_index; }
 
 int mm_task_result_extra(mm_task_t *t, const char *key, const char *json_value) {
     return mm__task_add_extra(t, key, json_value);

@@ -32,7 +32,9 @@ typedef enum mm_task_kind {
     MM_KIND_RUN = 0,     /* process items */
     MM_KIND_PRELOAD = 1, /* task_data=None: complete when the model is loaded */
     MM_KIND_RELEASE = 2, /* control: complete when the model is gone */
-    MM_KIND_SHUTDOWN = 3 /* control: complete when every model is gone */
+    MM_KIND_SHUTDOWN = 3, /* control: complete when every model is gone */
+    MM_KIND_PARTIAL = 4   /* a streamed piece of a running task's output (its id, one
+                             text); travels the channel only (mm_task_stream_text) */
 } mm_task_kind;
 
 typedef enum mm_task_status {
@@ -100,6 +102,12 @@ void mm_task_result_fields(mm_task_t *t);
  * item so that the embedding cache can report the tokens of a text it
  * serves later (result["usage"] stays the prompt's count). */
 void mm_task_add_item_tokens(mm_task_t *t, size_t i, uint64_t tokens);
+/* Streams a piece of output text i of a running task to its caller now,
+ * ahead of the result: a MM_KIND_PARTIAL task with the same id and the text
+ * as its one item goes onto the task's completion channel (pieces arrive in
+ * the order pushed, all before the task's completion).  Any thread that
+ * runs the task's work (the backend's helper threads too); 0 or MM_ENOMEM. */
+int mm_task_stream_text(mm_task_t *t, size_t i, const char *s, size_t len);
 /* Marks the task failed with code and message (printf-style).  A failed task
  * stays failed; the engine completes it after run() returns. */
 void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)
@@ -115,6 +123,8 @@ size_t mm_task_result_n_texts(const mm_task_t *t, size_t *per_item);
 const char *mm_task_result_text_at(const mm_task_t *t, size_t i, size_t *len);
 /* Extra fields as a JSON object text, or NULL when none. */
 const char *mm_task_result_extras(const mm_task_t *t);
+/* MM_KIND_PARTIAL: the output text index its piece (item 0) extends. */
+size_t mm_task_stream_index(const mm_task_t *t);
 int mm_task_error_code(const mm_task_t *t);
 const char *mm_task_error_message(const mm_task_t *t);
 /* Device that ran the task ("cpu", "cuda:0"); NULL when none did. */

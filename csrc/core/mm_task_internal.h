@@ -7,6 +7,8 @@
 #ifndef MM_TASK_INTERNAL_H
 #define MM_TASK_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "mm_hash.h"
 #include "mm_task.h"
 
@@ -32,6 +34,7 @@ struct mm_task {
 
     int64_t enqueue_ns;
     struct mm_channel *channel; /* where it completes; holds a reference */
+    size_t stream_index;        /* MM_KIND_PARTIAL: which output text the piece extends */
 
     /* Queue links and id-hash handle: guarded by the engine mutex while the
      * task sits in a queue or waiter list. */

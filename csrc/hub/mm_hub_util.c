@@ -369,7 +369,8 @@ int mm__hub_classify(const char *path) {
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
         "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
         "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "source.spm", "target.spm",
-        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", NULL};
+        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+        "chat_template.jinja", NULL};
     if (!mm__hub_is_safe_repo_path(path))
         return MM__HUB_SKIP;
     for (int i = 0; skip_ext[i]; i++)

@@ -473,7 +473,7 @@ static size_t stable_len(const stops *st, const char *text, size_t tl) {
 static int on_token(void *user, size_t seq, const int64_t *ids, size_t n, int done) {
     const cb_ctx *c = user;
     seq_state *ss = seq < c->n_seqs ? &c->seqs[seq] : NULL;
-    if (ss && ss->task && mm_task_cancel_requested(ss->task))
+    if (ss && ss->task && mm_task_cancelled(ss->task))
         return 1;
     if ((c->st->n == 0 && !(ss && ss->stream)) || done || n == 0)
         return 0;
@@ -768,8 +768,6 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
         mm_free(fr.p);
         mm_free(ct.p);
         mm_free(pt.p);
-        if (ok && mm_task_cancel_requested(t))
-            mm_task_fail(t, MM_ECANCELLED, "cancelled by the caller");
         in += n;
     }
     mm_free(buf);

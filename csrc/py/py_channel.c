@@ -225,6 +225,13 @@ fail:
 static PyObject *convert(mmpy_channel *c, const mm_task_t *t, PyObject *json_loads) {
     unsigned flags = mm_task_user_flags(t);
     unsigned long long id = mm_task_id(t);
+    if (mm_task_get_kind(t) == MM_KIND_PARTIAL) { /* status 5: (index, streamed text piece) */
+        size_t len = 0;
+        const char *s = mm_task_item(t, 0, &len);
+        PyObject *piece = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
+        return piece ? Py_BuildValue("(Ki(nN))", id, 5, (Py_ssize_t)mm_task_stream_index(t), piece)
+                     : NULL;
+    }
     switch (mm_task_get_status(t)) {
     case MM_TS_DONE: {
         PyObject *d = success_dict(c, t, json_loads, flags);
