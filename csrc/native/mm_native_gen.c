@@ -483,6 +483,30 @@ static int on_token(void *user, size_t seq, const int64_t *ids, size_t n, int do
         return 0;
     int hit = c->st->n && stop_at(c->st, text, tl) < tl;
     if (!hit && ss && ss->stream) {
+        /* A trailing run of byte-fallback pieces (special tokens, which the
+         * decoder skips, do not end it) may still turn to U+FFFD: stream only
+         * the text before it. */
+        size_t k = n;
+        while (k > 0) {
+            size_t el = 0;
+            char *one = NULL;
+            if (mm__ntok_is_byte_piece(c->s->tok, (int32_t)ids[k - 1]))
+                k--;
+            else if ((one = decode_ids(c->s, ids + k - 1, 1, &el)) != NULL && el == 0)
+                k--;
+            else {
+                mm_free(one);
+                break;
+            }
+            mm_free(one);
+        }
+        if (k < n) {
+            mm_free(text);
+            tl = 0;
+            text = k ? decode_ids(c->s, ids, k, &tl) : mm_calloc(1, 1);
+            if (!text)
+                return 0;
+        }
         /* Only text that also stood after the previous token goes out: a
          * byte-fallback piece decodes alone ("K") otherwise than inside an
          * invalid byte run (two U+FFFD), so one token may still revise

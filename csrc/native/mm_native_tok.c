@@ -114,6 +114,12 @@ int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char
     return 0;
 }
 
+int mm__ntok_is_byte_piece(const mm__ntok *t, int32_t id) {
+    size_t len = 0;
+    const char *s = mm_tok_id_to_token_n(t->tok, id, &len);
+    return s && len == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && s[5] == '>';
+}
+
 int mm__ntok_decode(const mm__ntok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
                     char *err, size_t errlen) {
     return mm_tok_decode(t->tok, ids, n, 1, out, out_len, err, errlen);
@@ -163,6 +169,11 @@ int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char
     *out = 0;
     snprintf(err, errlen, "no tokenizer");
     return MM_EUNSUPPORTED;
+}
+
+int mm__ntok_is_byte_piece(const mm__ntok *t, int32_t id) {
+    (void)t, (void)id;
+    return 0;
 }
 
 int mm__ntok_decode(const mm__ntok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,

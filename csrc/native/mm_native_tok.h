@@ -45,6 +45,10 @@ int mm__ntok_encode_ex(const mm__ntok *t, const char *text, size_t len, int add_
                        size_t max_len, int64_t *ids, int64_t *type_ids, size_t cap, size_t *n,
                        char *err, size_t errlen);
 
+/* True when id is a byte-fallback piece ("<0xE6>"): its text depends on the
+ * byte pieces around it (an invalid run decodes to one U+FFFD per piece). */
+int mm__ntok_is_byte_piece(const mm__ntok *t, int32_t id);
+
 /* Tokens a prompt occupies at the start of an encoded text: its encoding with
  * special tokens, minus a trailing special token.  0, or a negative code. */
 int mm__ntok_prompt_len(const mm__ntok *t, const char *prompt, size_t *out, char *err,

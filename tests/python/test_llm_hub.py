@@ -194,7 +194,9 @@ async def test_several_return_sequences(make_mm, served, llms):
 
 
 async def test_unsupported_decoder_architecture(make_mm, served, llms, tmp_path):
-    """A decoder-only family without a native graph: UNSUPPORTED_ARCHITECTURE naming it."""
+    """A decoder-only family without a native graph is not run natively: the
+    transformers fallback serves it (data["backend"]), or, where the fallback
+    is unavailable, UNSUPPORTED_ARCHITECTURE names it."""
     import shutil
     from transformers import GPT2Config, GPT2LMHeadModel
     d = str(tmp_path / "gpt2")
@@ -203,7 +205,14 @@ async def test_unsupported_decoder_architecture(make_mm, served, llms, tmp_path)
         shutil.copy(os.path.join(llms["qwen2"][0], f), d)
     served.hub.add_folder("tiny-llm/gpt2-random", d)
     mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
-    r = await mm.task("hello", "text_generation", "tiny-llm/gpt2-random", device="cpu")
+    r = await mm.task("hello", "text_generation", "tiny-llm/gpt2-random", device="cpu", max_new_tokens=4)
+    if r.success:
+        assert r.data["backend"] != "native", r.data
+    else:
+        assert r.error.code == "UNSUPPORTED_ARCHITECTURE", r.error
+        assert "GPT2LMHeadModel" in r.error.message, r.error
+    mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)  # the loaded model wins: a fresh manager
+    r = await mm.task("hello", "text_generation", "tiny-llm/gpt2-random", device="cpu", backend="native")
     assert not r.success and r.error.code == "UNSUPPORTED_ARCHITECTURE", r.error
     assert "GPT2LMHeadModel" in r.error.message, r.error
 

@@ -153,12 +153,14 @@ async def test_break_cancels_and_frees(make_mm, served):
     assert r.success, r.error
 
     # cancelling the consumer task works the same way
+    first = asyncio.Event()
+
     async def consume():
         async for _ in mm.stream("river mountain", "text_generation", repo, device="cpu", **kw):
-            pass
+            first.set()
 
     job = asyncio.ensure_future(consume())
-    await asyncio.sleep(0.5)
+    await first.wait()
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
