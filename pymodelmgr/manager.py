@@ -574,9 +574,12 @@ class ModelManager:
             raise StreamError("INVALID_ARGUMENT", "stream() returns one sequence (num_return_sequences=1)")
         queue: asyncio.Queue = asyncio.Queue()
         token = _STREAM_QUEUE.set(queue)
-        try:
-            job = asyncio.ensure_future(self.task(task_data, task_type, model_name, num_workers, device,
-                                                  keep_alive, stream=True, **kwargs))
+        async def run():
+            return await self.task(task_data, task_type, model_name, num_workers, device,
+                                   keep_alive, stream=True, **kwargs)
+
+        try:  # the task copies the context: task() sees the queue
+            job = asyncio.ensure_future(run())
         finally:
             _STREAM_QUEUE.reset(token)
         getter = None

@@ -104,8 +104,12 @@ async def test_stream_chat_and_several_pieces(make_mm, served):
     mm = make_mm(cache_dir=served.cache_dir, **SLOW_OK)
     conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me about rivers"}]
     r = await mm.task(conv, "text_generation", REPOS["qwen2"], device="cpu", max_new_tokens=32)
-    pieces = await collect(mm, conv, REPOS["qwen2"], max_new_tokens=32)
+    got = []
+    pieces = await collect(mm, conv, REPOS["qwen2"], max_new_tokens=32, on_result=got.append)
     assert "".join(pieces) == r.data["generated_text"]
+    assert len(got) == 1 and got[0].success  # on_result: the finished task's Result
+    for key in ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens"):
+        assert got[0].data[key] == r.data[key], key
     many = 0
     for p in prompts(12, seed=9):
         r = await mm.task(p, "text_generation", REPOS["qwen2"], device="cpu", max_new_tokens=32)
