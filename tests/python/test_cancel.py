@@ -245,6 +245,9 @@ async def test_release_during_a_slow_load_aborts_it():
         await asyncio.wait_for(mm.close(), 8)
 
 
+VERY_SLOW_LOAD = "synthetic/embedding?dim=8&load_ms=600000"
+
+
 def test_ctrl_c_during_a_slow_load_exits_promptly(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(f"""
@@ -253,7 +256,7 @@ def test_ctrl_c_during_a_slow_load_exits_promptly(tmp_path):
         async def main():
             async with ModelManager({{"fake_gpus": "none"}}) as mm:
                 print("ready", flush=True)
-                await mm.task(["a"], "embedding", {SLOW_LOAD!r}, device="cpu")
+                await mm.task(["a"], "embedding", {VERY_SLOW_LOAD!r}, device="cpu")
         try:
             asyncio.run(main())
         except KeyboardInterrupt:
@@ -265,7 +268,8 @@ def test_ctrl_c_during_a_slow_load_exits_promptly(tmp_path):
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
-        out, _ = p.communicate(timeout=15)
+        # generous for a loaded CI machine: the load itself would take ten minutes
+        out, _ = p.communicate(timeout=90)
     finally:
         if p.poll() is None:
             p.kill()
