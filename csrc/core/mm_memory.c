@@ -544,6 +544,7 @@ void mm__mem_retire(mm_engine_t *e, mm_model *m, const char *reason) {
         m->retire_ns = mm_now_ns();
     }
     mm__model_retire(e, m, MM_MS_DRAINING);
+    mm__mem_changed(e); /* a load waiting for memory may be this model's own */
 }
 
 void mm__mem_reaped(mm_engine_t *e, mm_model *m) {
