@@ -96,6 +96,7 @@ typedef struct mm_model {
     uint64_t mem_reported[MM_MEM_SLOTS]; /* what the backends said they hold */
     mm_footprint fp;          /* the estimate for one worker */
     int fit_state;            /* 0 pending, 1 fitted, -1 failed or skipped */
+    int cpu_load_busy;        /* a CPU worker of this model is inside load() */
     int waiting_mem;          /* status shows waiting_for_memory */
     uint64_t released_bytes;  /* summed by the workers as they unload */
     int64_t retire_ns;        /* when the release was decided */

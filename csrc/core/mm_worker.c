@@ -223,6 +223,16 @@ void *mm__worker_main(void *arg) {
         skip = m->fit_state != 1;
     }
     mm_device dev = w->dev; /* the fit may have moved it to another GPU */
+    /* CPU workers of one model load one at a time, so the first one's
+     * resident growth is the model's (the others share its weights). */
+    int cpu_turn = !skip && rc == 0 && !dev.is_gpu;
+    if (cpu_turn) {
+        e->mem_waiters++;
+        while (m->cpu_load_busy && m->state != MM_MS_FAILED)
+            pthread_cond_wait(&e->mem_cv, &e->mu);
+        e->mem_waiters--;
+        m->cpu_load_busy = 1;
+    }
     pthread_mutex_unlock(&e->mu);
 
     uint64_t before = 0, after = 0;
@@ -250,6 +260,10 @@ void *mm__worker_main(void *arg) {
 
     pthread_mutex_lock(&e->mu);
     m->n_load_done++;
+    if (cpu_turn) {
+        m->cpu_load_busy = 0;
+        pthread_cond_broadcast(&e->mem_cv);
+    }
     if (!skip && load_t0)
         mm_metrics_on_load(m->met, rc == 0, (double)(mm_now_ns() - load_t0) / 1e9);
     if (skip) {
