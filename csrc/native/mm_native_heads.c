@@ -46,6 +46,8 @@ typedef struct hstate {
     mm_torch_embedder_info info;
     mm_torch_embedder_free_fn free_fn;
     mm_torch_embed_fn embed;
+    mm_torch_embed_many_fn embed_many; /* optional (older shims lack it) */
+    int threads;                       /* intra-op threads of this CPU worker (0: GPU) */
     mm__ntok *tok;
     mm_task_type type;
     size_t labels;
@@ -253,6 +255,10 @@ static int heads_load(const mm_model_spec *spec, const mm_device *dev, void **st
         rc = MM_EARCH; /* an older shim: no native heads (the fallback runs the model) */
         goto fail;
     }
+    char ignored[8];
+    s->embed_many = (mm_torch_embed_many_fn)mm_native_shim_sym("mm_torch_embed_many", ignored,
+                                                               sizeof ignored);
+    s->threads = dev->is_gpu ? 0 : dev->cpu_threads;
     rc = mm__ntok_load(dir, &s->tok, err, errlen);
     if (rc != 0)
         goto fail;
@@ -441,6 +447,8 @@ static void heads_run(void *state, mm_task_t **tasks, size_t n) {
     size_t ids_n = 0, ids_cap = 0;
     int64_t *bids = NULL, *bmask = NULL, *btype = NULL;
     float *logits = NULL, *bout = NULL;
+    size_t *mb_first = NULL;
+    mm_torch_batch *mbs = NULL;
     if (!plans)
         goto oom;
     /* 1. Parse and tokenize. */
@@ -540,54 +548,73 @@ static void heads_run(void *state, mm_task_t **tasks, size_t n) {
         goto oom;
     if (nrows)
         qsort(rows, nrows, sizeof *rows, cmp_hrow);
-    {
-        hrow *sorted = rows;
-        /* 2. Micro-batches over the length-sorted rows. */
-        for (size_t r0 = 0; r0 < nrows;) {
-            size_t r1 = r0 + 1;
-            while (r1 < nrows && r1 - r0 < s->micro_items &&
-                   (r1 - r0 + 1) * sorted[r1].len <= s->micro_tokens)
-                r1++;
-            size_t B = r1 - r0, Lq = sorted[r1 - 1].len;
-            int64_t *nb = mm_realloc(bids, B * Lq * sizeof *nb);
-            if (nb)
-                bids = nb;
-            int64_t *nm = nb ? mm_realloc(bmask, B * Lq * sizeof *nm) : NULL;
-            if (nm)
-                bmask = nm;
-            int64_t *nt = nm ? mm_realloc(btype, B * Lq * sizeof *nt) : NULL;
-            if (nt)
-                btype = nt;
-            float *no = nt ? mm_realloc(bout, B * L * sizeof *no) : NULL;
-            if (no)
-                bout = no;
-            if (!no)
-                goto oom;
-            for (size_t b = 0; b < B; b++) {
-                const hrow *rw = &sorted[r0 + b];
-                for (size_t j = 0; j < Lq; j++) {
-                    int real = j < rw->len;
-                    bids[b * Lq + j] = real ? ids[rw->off + j] : s->info.pad_token_id;
-                    btype[b * Lq + j] = real ? types[rw->off + j] : 0;
-                    bmask[b * Lq + j] = real;
-                }
+    /* 2. Micro-batches over the length-sorted rows: at most micro_items rows and
+     * micro_tokens padded tokens; on a CPU worker with T threads at least T of them,
+     * run concurrently (one thread each) through embed_many when the shim has it. */
+    size_t max_b = s->micro_items;
+    const int many = s->embed_many && s->threads > 1 && nrows > 1;
+    if (many) {
+        size_t per = (nrows + (size_t)s->threads - 1) / (size_t)s->threads;
+        max_b = per < max_b ? per : max_b;
+    }
+    mb_first = mm_malloc((nrows + 1) * sizeof *mb_first);
+    if (!mb_first)
+        goto oom;
+    size_t nmb = 0, padded = 0;
+    for (size_t r0 = 0; r0 < nrows; nmb++) {
+        size_t r1 = r0 + 1;
+        while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
+            r1++;
+        padded += (r1 - r0) * rows[r1 - 1].len;
+        mb_first[nmb] = r0;
+        r0 = r1;
+    }
+    mb_first[nmb] = nrows;
+    if (nmb) {
+        bids = mm_malloc(padded * sizeof *bids);
+        bmask = mm_malloc(padded * sizeof *bmask);
+        btype = mm_malloc(padded * sizeof *btype);
+        bout = mm_malloc(nrows * L * sizeof *bout);
+        mbs = mm_calloc(nmb, sizeof *mbs);
+        if (!bids || !bmask || !btype || !bout || !mbs)
+            goto oom;
+    }
+    for (size_t k = 0, tok_off = 0; k < nmb; k++) {
+        size_t r0 = mb_first[k], B = mb_first[k + 1] - r0, Lq = rows[r0 + B - 1].len;
+        int64_t *ti = bids + tok_off, *tm = bmask + tok_off, *tt = btype + tok_off;
+        for (size_t b = 0; b < B; b++) {
+            const hrow *rw = &rows[r0 + b];
+            for (size_t j = 0; j < Lq; j++) {
+                int real = j < rw->len;
+                ti[b * Lq + j] = real ? ids[rw->off + j] : s->info.pad_token_id;
+                tt[b * Lq + j] = real ? types[rw->off + j] : 0;
+                tm[b * Lq + j] = real;
             }
-            err[0] = '\0';
-            int rc = s->embed(s->h, bids, bmask, s->info.uses_type_ids ? btype : NULL, B, Lq,
-                              NULL, 0, bout, L, err, sizeof err);
-            for (size_t b = 0; b < B; b++) {
-                const hrow *rw = &sorted[r0 + b];
-                tplan *tp = &plans[rw->task];
-                if (rc != 0) {
-                    if (tp->ok)
-                        mm_task_fail(tasks[rw->task], rc, "%s", err);
-                    tp->ok = 0;
-                    continue;
-                }
-                memcpy(logits + (tp->first_row + rw->pos) * L, bout + b * L, L * sizeof *logits);
-            }
-            r0 = r1;
         }
+        mbs[k] = (mm_torch_batch){ti, tm, s->info.uses_type_ids ? tt : NULL, NULL, B, Lq,
+                                  bout + r0 * L, L};
+        tok_off += B * Lq;
+    }
+    /* Forwards: all at once, or one by one; a failed call fails its rows' tasks. */
+    for (size_t k0 = 0; k0 < nmb;) {
+        size_t k1 = many ? nmb : k0 + 1;
+        const mm_torch_batch *mb = &mbs[k0];
+        err[0] = '\0';
+        int rc = many ? s->embed_many(s->h, mb, k1 - k0, 0, err, sizeof err)
+                      : s->embed(s->h, mb->ids, mb->mask, mb->type_ids, mb->batch, mb->seq_len,
+                                 NULL, 0, mb->out, L, err, sizeof err);
+        for (size_t r = mb_first[k0]; r < mb_first[k1]; r++) {
+            const hrow *rw = &rows[r];
+            tplan *tp = &plans[rw->task];
+            if (rc != 0) {
+                if (tp->ok)
+                    mm_task_fail(tasks[rw->task], rc, "%s", err);
+                tp->ok = 0;
+                continue;
+            }
+            memcpy(logits + (tp->first_row + rw->pos) * L, bout + r * L, L * sizeof *logits);
+        }
+        k0 = k1;
     }
     /* 3. Results. */
     for (size_t ti = 0; ti < n; ti++)
@@ -614,6 +641,8 @@ done:
     mm_free(btype);
     mm_free(bout);
     mm_free(logits);
+    mm_free(mb_first);
+    mm_free(mbs);
 }
 
 /* A rerank item holds all its documents: its bytes, uncapped, not one text's. */

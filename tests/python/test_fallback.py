@@ -444,3 +444,18 @@ async def test_cancelled_fallback_tasks_complete_once(make_mm, served):
             break
         await asyncio.sleep(0.1)
     assert stats["completed"] == stats["created"] and stats["double_completions"] == 0
+
+
+async def test_native_rerank_on_two_threads(make_mm, served, models):
+    """A CPU worker with two threads runs its micro-batches side by side (embed_many)."""
+    from sentence_transformers import CrossEncoder
+    mm = make_mm(cache_dir=served.cache_dir, worker_pool={"queue_timeout": 0}, cpu_threads=2)
+    ce = CrossEncoder(models["ce"], device="cpu")
+    qs = [{"query": f"query {i} " + TEXTS[i % len(TEXTS)], "documents": TEXTS + TEXTS[:i]}
+          for i in range(4)]
+    r = await mm.task(qs, "rerank", REPOS["ce"], device="cpu")
+    assert r.success and r.data["backend"] == "native", r.error
+    for q, res in zip(qs, r.data["results"]):
+        want = ce.predict([(q["query"], d) for d in q["documents"]])
+        assert len(res) == len(q["documents"])
+        assert max(abs(x["score"] - want[x["index"]]) for x in res) < 1e-5
