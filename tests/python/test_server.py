@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BART = "tiny-org/bart-random"
 CROSS = "tiny-org/bert-cross-encoder"
+QWEN = "tiny-chat/qwen2"
 SYN = "synthetic/embedding?dim=16"
 SYN_GEN = "synthetic/text_generation"
 KEY = "test-key-4f1d9c"
@@ -196,6 +197,21 @@ def model_cache(tmp_path_factory):
         m.save_pretrained(ce_dir)
         mtok.save_pretrained(ce_dir)
         hub.import_model(ce_dir, CROSS, cache_dir=cache)
+    if callable(getattr(ModelManager, "stream", None)):  # a decoder-only model with a template
+        from chat_templates import QWEN25
+        from llm_helpers import make_llm, one_thread
+        qwen_dir = str(tmp_path_factory.mktemp("qwen"))
+        with one_thread():
+            make_llm(qwen_dir, "qwen2")
+        path = os.path.join(qwen_dir, "tokenizer_config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["chat_template"] = QWEN25
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        if os.path.exists(os.path.join(qwen_dir, "chat_template.jinja")):
+            os.remove(os.path.join(qwen_dir, "chat_template.jinja"))
+        hub.import_model(qwen_dir, QWEN, cache_dir=cache)
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     yield {"cache": cache, "minilm": minilm, "bart": bart_dir}
@@ -848,3 +864,49 @@ def test_token_streaming_through_manager_stream():
             assert deltas[-1].choices[0].finish_reason == "stop"
     finally:
         asyncio.run(mm.close())
+
+
+@needs_native
+def test_chat_and_token_streaming_on_a_decoder_model(model_cache):
+    """A tiny Qwen2-style model with Qwen2.5's chat template: chat completions equal
+    task() on the conversation (text, finish_reason, usage), streamed and not; a streamed
+    completion arrives in several pieces that join to task()'s text."""
+    if not callable(getattr(ModelManager, "stream", None)):
+        pytest.skip("this build has no ModelManager.stream() / chat templates")
+    settings = real_settings(model_cache["cache"])
+    conv = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "the quick brown fox"}]
+
+    async def refs(mm):
+        chat = await mm.task([conv], "text_generation", QWEN, device="cpu", max_new_tokens=16)
+        texts = await mm.task(PROMPTS, "text_generation", QWEN, device="cpu", max_new_tokens=16)
+        return chat, texts
+    PROMPTS = ["Once upon a time", "the quick brown fox", "hello world", "a river at night",
+               "numbers 1 2 3"]
+    chat_ref, texts_ref = in_process(refs, settings)
+    assert chat_ref.success and texts_ref.success, (chat_ref.error, texts_ref.error)
+    prompt, text = max(zip(PROMPTS, texts_ref.data["generated_texts"]), key=lambda x: len(x[1]))
+    with serving(ServerConfig(settings=settings, device="cpu")) as s:
+        client = s.client()
+        r = client.chat.completions.create(model=QWEN, messages=conv, max_completion_tokens=16)
+        assert r.choices[0].message.content == chat_ref.data["generated_texts"][0]
+        assert r.choices[0].finish_reason == chat_ref.data["finish_reasons"][0]
+        assert r.usage.prompt_tokens == chat_ref.data["usage"]["prompt_tokens"]
+        assert r.usage.completion_tokens == chat_ref.data["usage"]["completion_tokens"]
+        chunks = list(client.chat.completions.create(model=QWEN, messages=conv, max_tokens=16,
+                                                     stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            chat_ref.data["generated_texts"][0]
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
+            chat_ref.data["finish_reasons"][0]
+        assert chunks[-1].usage.completion_tokens == chat_ref.data["usage"]["completion_tokens"]
+        pieces = [c.choices[0].text for c in client.completions.create(
+            model=QWEN, prompt=prompt, max_tokens=16, stream=True) if c.choices]
+        assert "".join(pieces) == text
+        assert len([p for p in pieces if p]) > 1  # token by token, not one chunk
+        # a model without a template: 400 naming the problem
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=BART, messages=conv)
+        assert "chat template" in e.value.body["message"]
