@@ -342,3 +342,51 @@ async def main():
         print("devices:", (await mm.status()).data["devices"])
 asyncio.run(main())
 PYEOF
+
+echo "== decoder-only LLMs (issue 15) on cuda:0: float32 greedy equals transformers on cuda:0; bfloat16 agreement; streaming equals task()"
+python3 - <<'PYEOF'
+# A random Qwen2-shaped and a Gemma2-shaped model (llm_helpers.make_llm), served natively on
+# cuda:0: float32 greedy texts must equal transformers' on the same GPU; bfloat16 (the GPU
+# default) reports how many of 24 prompts agree; a stream joins to task()'s text.
+import asyncio, os, sys, tempfile, time
+sys.path.insert(0, "tests/python")
+import torch
+from llm_helpers import make_llm
+from pymodelmgr import ModelManager
+
+def hf_text(model, tok, text):
+    ids = tok(text, return_tensors="pt").input_ids.to("cuda:0")
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                             do_sample=False)[0][ids.shape[1]:].tolist()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    cut = next((i + 1 for i, t in enumerate(out) if t in eos), len(out))
+    return tok.decode(out[:cut], skip_special_tokens=True)
+
+async def main():
+    base = tempfile.mkdtemp()
+    prompts = [" ".join(["river mountain city"] * k) for k in range(1, 25)]
+    for kind in ("qwen2", "gemma2"):
+        d = os.path.join(base, kind)
+        model, tok = make_llm(d, kind)
+        model = model.to("cuda:0")
+        want = [hf_text(model, tok, p) for p in prompts]
+        for dtype in ("float32", "bfloat16"):
+            async with ModelManager({"dtype": dtype}) as mm:
+                t0 = time.perf_counter()
+                rs = await asyncio.gather(*(mm.task(p, "text_generation", d, device="cuda:0", max_new_tokens=24)
+                                            for p in prompts))
+                dt = time.perf_counter() - t0
+                assert all(r.success for r in rs), [r.error for r in rs if not r.success][:1]
+                same = sum(r.data["generated_text"] == w for r, w in zip(rs, want))
+                ntok = sum(r.data["completion_tokens"] for r in rs)
+                print(f"{kind} {dtype}: {same}/{len(prompts)} equal to transformers (fp32, cuda:0), "
+                      f"{ntok / dt:.0f} tok/s incl. load, device {rs[0].data['device']}")
+                if dtype == "float32":
+                    assert same == len(prompts), "float32 on cuda:0 must match transformers"
+                pieces = [x async for x in mm.stream(prompts[5], "text_generation", d, device="cuda:0",
+                                                     max_new_tokens=24)]
+                assert "".join(pieces) == rs[5].data["generated_text"]
+asyncio.run(main())
+PYEOF
