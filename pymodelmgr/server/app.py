@@ -158,6 +158,9 @@ class _State:
         self.collector = None
         self.metrics_mod = metrics
         self.numpy = _has_numpy()
+        # model name -> whether its backend takes a "stop" kwarg (the native generators
+        # do; the synthetic and transformers ones may not): learnt from the first refusal
+        self.stop_ok: Dict[str, bool] = {}
 
     def task_args(self) -> Dict[str, Any]:
         c = self.config
@@ -340,14 +343,32 @@ async def embeddings(request: Request, st: _State) -> Response:
 async def _generate(request: Request, st: _State, name: str, prompts: List[str],
                     req: Dict[str, Any]):
     """One task per prompt, submitted together (one batch for the workers), so each
-    prompt's usage and finish_reason are its own."""
-    results = await _unless_gone(request, asyncio.gather(*(
-        st.mm.task([p], "text_generation", name, **st.task_args(), **req["kwargs"])
-        for p in prompts)))
+    prompt's usage and finish_reason are its own.  Stop strings go to the backend when it
+    takes them (generation then ends there); the text is cut here as well."""
+    kwargs = dict(req["kwargs"])
+    if req["stop"] and st.stop_ok.get(name, True):
+        kwargs["stop"] = req["stop"]
+
+    def run(kw):
+        return _unless_gone(request, asyncio.gather(*(
+            st.mm.task([p], "text_generation", name, **st.task_args(), **kw) for p in prompts)))
+
+    results = await run(kwargs)
+    if "stop" in kwargs and any(_refuses_stop(r) for r in results):
+        st.stop_ok[name] = False
+        del kwargs["stop"]
+        results = await run(kwargs)
+    elif "stop" in kwargs:
+        st.stop_ok[name] = True
     for r in results:
         if not r.success:
             raise _from_result(r)
     return results
+
+
+def _refuses_stop(r) -> bool:
+    return (not r.success and r.error.code in ("INVALID_ARGUMENT", "TASK_FAILED")
+            and "stop" in r.error.message)
 
 
 def _choices(results, req) -> tuple:
@@ -446,6 +467,8 @@ async def _token_stream(st: _State, name: str, inputs: List[Any], req: Dict[str,
 
     def open_stream(i: int, x: Any):
         kw = dict(req["kwargs"])
+        if req["stop"] and st.stop_ok.get(name):  # known to take it (see _generate)
+            kw["stop"] = req["stop"]
         if reports:
             kw["on_result"] = lambda r: results.__setitem__(i, r)
         return st.mm.stream(x, "text_generation", name, **st.task_args(), **kw)

@@ -906,6 +906,17 @@ def test_chat_and_token_streaming_on_a_decoder_model(model_cache):
             model=QWEN, prompt=prompt, max_tokens=16, stream=True) if c.choices]
         assert "".join(pieces) == text
         assert len([p for p in pieces if p]) > 1  # token by token, not one chunk
+        # a stop string goes to the model (generation ends there): as task(stop=...)
+        stop = text[len(text) // 2:len(text) // 2 + 2]
+
+        async def stopped(mm):
+            return await mm.task([prompt], "text_generation", QWEN, device="cpu",
+                                 max_new_tokens=16, stop=[stop])
+        ref = in_process(stopped, settings)
+        got = client.completions.create(model=QWEN, prompt=prompt, max_tokens=16, stop=stop)
+        assert got.choices[0].text == ref.data["generated_texts"][0] == text[:text.index(stop)]
+        assert got.choices[0].finish_reason == "stop" == ref.data["finish_reasons"][0]
+        assert got.usage.completion_tokens == ref.data["usage"]["completion_tokens"]
         # a model without a template: 400 naming the problem
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=BART, messages=conv)
