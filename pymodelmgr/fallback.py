@@ -267,9 +267,12 @@ class _Embedder(_Base):
                     raise FallbackError("INVALID_ARGUMENT",
                                         f"item {i} is {n} tokens, longer than the model's "
                                         f"max_seq_length {limit} (truncate=False)")
+        # dimensions on a normalizing model: cut, then normalize again (as the native
+        # backend does; sentence-transformers alone would cut the unit vector)
+        renorm = normalize is None and dims is not None and self._without_normalize() is not model
         vecs = model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False,
-                            normalize_embeddings=bool(normalize), prompt_name=prompt_name,
-                            prompt=kw.get("prompt"), truncate_dim=dims)
+                            normalize_embeddings=bool(normalize) or renorm,
+                            prompt_name=prompt_name, prompt=kw.get("prompt"), truncate_dim=dims)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         out, k = [], 0
         for items, _, _ in tasks:

@@ -178,8 +178,11 @@ async def test_modernbert_embeddings_equal_sentence_transformers(make_mm, served
     r = await mm.task("hello world", "embedding", REPOS["modernbert"], device="cpu",
                       prompt_name="query", dimensions=16, output="numpy")
     assert r.success, r.error
-    want = ref.encode(["hello world"], prompt_name="query", truncate_dim=16)
+    # a Matryoshka cut of a normalizing model is normalized again, as natively
+    want = ref.encode(["hello world"], prompt_name="query", truncate_dim=16,
+                      normalize_embeddings=True)
     assert r.data["embeddings"].shape == (1, 16) and np.array_equal(r.data["embeddings"], want)
+    assert abs(np.linalg.norm(want) - 1) < 1e-6
     bad = await mm.task("x", "embedding", REPOS["modernbert"], device="cpu", prompt_name="nope")
     assert bad.error.code == "INVALID_ARGUMENT" and "nope" in bad.error.message
     bad = await mm.task("x", "embedding", REPOS["modernbert"], device="cpu", dimensions=33)
@@ -219,6 +222,7 @@ async def test_native_and_fallback_agree_and_backend_choice(make_mm, served):
     mm = make(make_mm, served, model_backends={repo: "transformers"})
     fb = await mm.task(TEXTS, "embedding", repo, device="cpu")
     assert fb.success and fb.data["backend"] == "transformers", fb.error
+    fb16 = await mm.task(TEXTS, "embedding", repo, device="cpu", dimensions=16)
     # a loaded model keeps its backend; another one is a warning, not a reload
     warn = await mm.task("x", "embedding", repo, device="cpu", backend="native")
     assert warn.data["backend"] == "transformers" and "backend" in warn.data["warnings"][0]
@@ -229,6 +233,9 @@ async def test_native_and_fallback_agree_and_backend_choice(make_mm, served):
     assert [m["backend"] for m in st.data["models"] if m["model_name"] == repo] == ["native"]
     a, b = np.array(fb.data["embeddings"]), np.array(nat.data["embeddings"])
     assert np.abs(a - b).max() < 1e-5
+    nat16 = await mm.task(TEXTS, "embedding", repo, device="cpu", dimensions=16)
+    a, b = np.array(fb16.data["embeddings"]), np.array(nat16.data["embeddings"])
+    assert a.shape == b.shape == (len(TEXTS), 16) and np.abs(a - b).max() < 1e-5
     # auto: MiniLM (BERT) has a native graph
     mm2 = make(make_mm, served)
     auto = await mm2.task(TEXTS[:2], "embedding", repo, device="cpu")
