@@ -8,6 +8,9 @@ added on top of the template's).
 Two tiny models go through the fake hub: a Qwen2-style one whose template
 sits in tokenizer_config.json, and a Llama-3-style one whose template is a
 chat_template.jinja file (transformers 5's layout).
+
+The C tokenizer is also checked here against `tokenizers` on the tokenizer kinds
+the decoder families ship (byte fallback, byte-level with a Split regex).
 """
 import asyncio
 import json
@@ -178,3 +181,30 @@ async def test_chat_errors(make_mm, served):
     # the template's own refusal (Llama 3's template accepts any roles; Qwen2.5's too): strings still work
     r = await mm.task("plain text", "text_generation", repo, device="cpu", max_new_tokens=4)
     assert r.success, r.error
+
+
+@pytest.mark.parametrize("kind", ["spm", "gemma", "bytelevel", "bytelevel_bos"])
+def test_llm_tokenizers_match_tokenizers(tmp_path, kind):
+    """The C tokenizer on the decoder families' tokenizer kinds (sentencepiece-style
+    BPE with byte fallback, Gemma's layout, byte-level BPE behind Llama 3's Split
+    regex with and without a BOS template): ids and decodes equal `tokenizers`'
+    on a multilingual corpus (emoji, CJK and controls go through byte fallback)."""
+    import tokenizers
+    from llm_helpers import make_tokenizer
+    from pymodelmgr.tokenizer import Tokenizer
+    from tokenizer_corpus import build_corpus
+    tok = make_tokenizer(kind)
+    tok.save_pretrained(str(tmp_path))
+    path = str(tmp_path / "tokenizer.json")
+    ref = tokenizers.Tokenizer.from_file(path)
+    mine = Tokenizer.from_file(path)
+    corpus = build_corpus(1500, specials=[t for t in tok.all_special_tokens])
+    r = ref.encode_batch(corpus)
+    o = mine.encode_batch(corpus)
+    bad = [i for i, (a, b) in enumerate(zip(r, o)) if a.ids != b.ids]
+    assert not bad, f"{len(bad)} lines differ; first {corpus[bad[0]]!r}: {r[bad[0]].ids} vs {o[bad[0]].ids}"
+    ids = [e.ids for e in r]
+    rd = ref.decode_batch(ids, skip_special_tokens=True)
+    od = mine.decode_batch(ids, skip_special_tokens=True)
+    bad = [i for i, (a, b) in enumerate(zip(rd, od)) if a != b]
+    assert not bad, f"{len(bad)} decodes differ; first {rd[bad[0]]!r} vs {od[bad[0]]!r}"
