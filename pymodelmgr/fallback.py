@@ -120,6 +120,7 @@ def load(model_dir: str, task_type: str, device: str, cpu_threads: int, options_
            "classification": _Classifier}.get(task_type)
     if cls is None:
         raise FallbackError("INVALID_ARGUMENT", f"no fallback for task_type {task_type}")
+    _check_architecture(model_dir, task_type, model_name)
     try:
         with _quiet_loading():
             model = cls(model_dir, device, trust, options, model_name)
@@ -130,6 +131,35 @@ def load(model_dir: str, task_type: str, device: str, cpu_threads: int, options_
             f"cannot run: {exc} (pip install torch transformers sentence-transformers)") from exc
     _LIVE.add(model)
     return model
+
+
+# Heads that generate text.  A checkpoint whose architectures name none of them has no
+# trained language-model head: transformers would add a random one and "generate" noise.
+_GENERATIVE = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForSeq2SeqLM")
+
+
+def _check_architecture(model_dir: str, task_type: str, model_name: str) -> None:
+    """Refuses, as UNSUPPORTED_ARCHITECTURE, a task the checkpoint was not trained for:
+    generation from an encoder without a language-model head, and embeddings from a
+    generation checkpoint that is not a sentence-transformers model (no modules.json)."""
+    import os
+
+    cfg = _read_json(os.path.join(model_dir, "config.json"))
+    archs = [a for a in (cfg or {}).get("architectures") or [] if isinstance(a, str)]
+    if not archs:
+        return  # nothing declared: let the library decide, as it would for the user
+    generative = any(a.endswith(_GENERATIVE) for a in archs)
+    if task_type == "text_generation" and not generative:
+        raise FallbackError(
+            "UNSUPPORTED_ARCHITECTURE",
+            f"{model_name} is a {', '.join(archs)} checkpoint without a language-model head: "
+            "it cannot generate text (use task_type='embedding' for an encoder)")
+    if task_type == "embedding" and all(a.endswith(_GENERATIVE) for a in archs) and \
+            not os.path.exists(os.path.join(model_dir, "modules.json")):
+        raise FallbackError(
+            "UNSUPPORTED_ARCHITECTURE",
+            f"{model_name} is a {', '.join(archs)} text-generation checkpoint, not an embedding "
+            "model (no sentence-transformers modules.json): use task_type='text_generation'")
 
 
 class _quiet_loading:
