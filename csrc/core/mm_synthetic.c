@@ -15,7 +15,9 @@
  * size, reported as progress), fail=load (every load fails), fail_loads=N (the first
  * N loads of this name in this process fail), fail=oom_over=N (a batch of
  * more than N items fails every task with OUT_OF_MEMORY, as a GPU would),
- * oom_loads=N (the first N loads of this name fail with OUT_OF_MEMORY).  An
+ * oom_loads=N (the first N loads of this name fail with OUT_OF_MEMORY), word_us
+ * (0, generation: the time each word takes, so streams arrive word by word
+ * and a cancelled task stops between two words).  An
  * input item containing "__fail__" fails its task with TASK_FAILED.
  */
 #include <jansson.h>
@@ -35,6 +37,7 @@
 typedef struct synth_opts {
     mm_task_type type;
     long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads, download_mb;
+    long word_us;
     long oom_over, oom_loads; /* oom_over: 0 = never */
     int fail_load;
 } synth_opts;
@@ -95,6 +98,8 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
             bad = parse_long(v, 0, 60000000, &o->item_us);
         else if (!strcmp(k, "batch_us"))
             bad = parse_long(v, 0, 60000000, &o->batch_us);
+        else if (!strcmp(k, "word_us"))
+            bad = parse_long(v, 0, 60000000, &o->word_us);
         else if (!strcmp(k, "max_items"))
             bad = parse_long(v, 0, 1L << 30, &o->max_items);
         else if (!strcmp(k, "max_tokens"))
@@ -117,7 +122,7 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
         } else {
             snprintf(err, errlen,
                      "unknown synthetic option \"%.60s\" (known: dim, load_ms, item_us, "
-                     "batch_us, max_items, max_tokens, mem_mb, download_mb, fail=load, "
+                     "batch_us, word_us, max_items, max_tokens, mem_mb, download_mb, fail=load, "
                      "fail=oom_over=N, fail_loads, oom_loads)",
                      k);
             return MM_EINVAL;
@@ -138,7 +143,7 @@ static const char *const GEN_KW[] = {"max_length",     "max_new_tokens",       "
                                      "temperature",    "top_k",                "top_p",
                                      "seed",           "num_return_sequences", "repetition_penalty",
                                      "no_repeat_ngram_size", "length_penalty", "early_stopping",
-                                     NULL};
+                                     "stream", NULL};
 
 static int check_kwargs(const synth_opts *o, const char *json, char *err, size_t errlen) {
     if (!strcmp(json, "{}"))
@@ -467,7 +472,7 @@ static void run_embedding(synth_state *s, mm_task_t *t, json_t *kw) {
     mm_free(full);
 }
 
-static void run_generation(mm_task_t *t, json_t *kw) {
+static void run_generation(mm_task_t *t, json_t *kw, long word_us) {
     long n_words = 8, per_item = 1;
     json_t *v;
     if ((v = json_object_get(kw, "max_new_tokens")) && json_is_integer(v))
@@ -479,6 +484,8 @@ static void run_generation(mm_task_t *t, json_t *kw) {
         per_item = (long)json_integer_value(v);
     if (n_words > 4096)
         n_words = 4096;
+    /* stream=True (mm.stream): each word goes to the caller as it is "produced" */
+    int stream = (v = json_object_get(kw, "stream")) && json_is_true(v) && per_item == 1;
     char *buf = mm_malloc((size_t)n_words * 10 + 16);
     if (!buf) {
         mm_task_fail(t, MM_ENOMEM, "out of memory generating text");
@@ -491,8 +498,20 @@ static void run_generation(mm_task_t *t, json_t *kw) {
         for (long r = 0; r < per_item; r++) {
             uint64_t x = fnv1a(text, len, (uint64_t)r);
             size_t off = 0;
-            for (long w = 0; w < n_words; w++)
+            for (long w = 0; w < n_words; w++) {
+                if (word_us > 0) {
+                    if (mm_task_cancelled(t))
+                        break; /* the engine completes it as cancelled */
+                    sleep_us(word_us);
+                }
+                size_t at = off;
                 off += (size_t)sprintf(buf + off, "%s%s", w ? " " : "", WORDS[splitmix(&x) % 16]);
+                if (stream && mm_task_stream_text(t, i, buf + at, off - at) < 0) {
+                    mm_task_fail(t, MM_ENOMEM, "out of memory streaming generated text");
+                    mm_free(buf);
+                    return;
+                }
+            }
             if (mm_task_result_text(t, i * per_item + r, per_item, buf, off) < 0) {
                 mm_task_fail(t, MM_ENOMEM, "out of memory storing generated text");
                 mm_free(buf);
@@ -533,7 +552,7 @@ static void synth_run(void *state, mm_task_t **tasks, size_t n) {
         if (s->o.type == MM_TASK_EMBEDDING)
             run_embedding(s, t, kw);
         else
-            run_generation(t, kw);
+            run_generation(t, kw, s->o.word_us);
         json_decref(kw);
     }
 }

@@ -29,8 +29,9 @@ import socket
 import time
 import uuid
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional
 
+from ..manager import StreamError
 from ..result import ErrorInfo, Result
 from ..settings import ModelManagerSettings
 from .node import NodeManager
@@ -514,6 +515,14 @@ class ClusterModelManager:
         else:
             fut.set_result(result)
 
+    async def _started(self) -> None:
+        """Starts the poller on this loop and waits for the first view of the nodes."""
+        self._ensure_started()
+        if self._nodes_at == 0.0:
+            if self._first_poll is None or self._first_poll.get_loop() is not self._loop:
+                self._first_poll = self._loop.create_task(self._poll_once())
+            await asyncio.shield(self._first_poll)
+
     def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
@@ -555,11 +564,7 @@ class ClusterModelManager:
         if replicas.__class__ is not int or replicas < 1:
             return Result.error("INVALID_ARGUMENT",
                                 f"replicas must be a positive int, got {replicas!r}")
-        self._ensure_started()
-        if self._nodes_at == 0.0:
-            if self._first_poll is None or self._first_poll.get_loop() is not self._loop:
-                self._first_poll = self._loop.create_task(self._poll_once())
-            await asyncio.shield(self._first_poll)
+        await self._started()
         model = self._aliases.get(model_name, model_name)
         if num_workers is None:
             num_workers = self.settings.worker_pool.num_workers
@@ -578,6 +583,113 @@ class ClusterModelManager:
         except asyncio.CancelledError:
             self._cancel(t)
             raise
+
+    async def stream(self, task_data: Any, task_type: str, model_name: str,
+                     num_workers: Optional[int] = 1, device: str = "gpu",
+                     keep_alive: Optional[float] = None,
+                     on_result: Optional[Callable[[Result], None]] = None,
+                     replicas: int = 1, **kwargs: Any) -> AsyncIterator[str]:
+        """:meth:`pymodelmgr.ModelManager.stream` on a node of the cluster: yields the
+        generated text in pieces as the node produces them (one Ray streaming call per
+        stream), routed like :meth:`task`.  Leaving the loop early or cancelling the
+        consumer cancels the generation on its node.  ``on_result`` gets the finished
+        :class:`~pymodelmgr.Result` (with ``data["node"]``) before the iteration ends.
+
+        A stream whose node is lost before its first piece is sent once to another node;
+        lost after that (some text was already yielded), it fails with ``NODE_LOST``.
+
+        Raises:
+            StreamError: the generation failed (``code`` and ``message`` as in
+                ``Result.error``), including ``NODE_LOST``, ``NO_CAPACITY`` and
+                ``SHUTTING_DOWN``.
+        """
+        if self._closed:
+            raise StreamError("SHUTTING_DOWN", "the cluster model manager is closed")
+        if not self.settings.enabled:
+            raise StreamError("MODEL_MANAGER_DISABLED",
+                              "the model manager is disabled (settings.enabled is False)")
+        if not isinstance(model_name, str) or not model_name:
+            raise StreamError("INVALID_ARGUMENT",
+                              f"model_name must be a non-empty string, got {model_name!r}")
+        if replicas.__class__ is not int or replicas < 1:
+            raise StreamError("INVALID_ARGUMENT",
+                              f"replicas must be a positive int, got {replicas!r}")
+        await self._started()
+        model = self._aliases.get(model_name, model_name)
+        if num_workers is None:
+            num_workers = self.settings.worker_pool.num_workers
+        tid = f"{self._client_id}-{next(self._seq)}"
+        item = (tid, task_data, task_type, model, num_workers, device, keep_alive, kwargs or None)
+        t = _Task(tid, item, None, model, device if isinstance(device, str) else "gpu", replicas)
+        self._counts["submitted"] += 1
+        yielded = False
+        while True:
+            node, _ = self._route(t)
+            while node is False:  # every replica at its in-flight bound
+                await asyncio.sleep(0.005)
+                node, _ = self._route(t)
+            if node is None:
+                self._counts["completed"] += 1
+                if t.lost_on is not None:
+                    raise StreamError(NODE_LOST, f"stream {tid}: node {t.lost_on} was lost and "
+                                      "no other node is alive to run it")
+                raise StreamError(NO_CAPACITY, "no live Ray node can take the stream")
+            try:
+                actor = self._actor(node)
+                gen = actor.stream.options(num_returns="streaming").remote(item)
+            except self._node_failures as exc:
+                self._node_failed(node, type(exc).__name__)
+                t.lost_on = t.lost_on or node.node_id
+                continue
+            t.node = node.node_id
+            node.outstanding += 1
+            node.own[model] = node.own.get(model, 0) + 1
+            ended = False  # the node answered the end (or was lost): nothing to cancel
+            try:
+                async for ref in gen:
+                    out = await ref
+                    kind = out[0]
+                    if kind == "piece":
+                        yielded = True
+                        yield out[1]
+                        continue
+                    ended = True
+                    self._counts["completed"] += 1
+                    if kind == "ok":
+                        data = out[1]
+                        data["node"] = node.node_id
+                        if on_result is not None:
+                            on_result(Result(True, data, None))
+                        return
+                    if kind == "err":
+                        if on_result is not None:
+                            on_result(Result(False, {}, ErrorInfo(out[1], out[2], out[3])))
+                        raise StreamError(out[1], out[2])
+                    raise StreamError("SHUTTING_DOWN", "the stream was cancelled on its node "
+                                      "(its node manager is closing)")
+                ended = True
+                self._counts["completed"] += 1
+                raise StreamError("TASK_FAILED", f"stream {tid}: node {node.node_id} ended the "
+                                  "stream without a result")
+            except self._node_failures as exc:
+                ended = True
+                self._node_failed(node, type(exc).__name__)
+                if yielded or t.lost_on is not None:
+                    self._counts["completed"] += 1
+                    self._counts["node_lost"] += 1
+                    raise StreamError(NODE_LOST, f"stream {tid}: node {node.node_id} was lost "
+                                      "while generating") from exc
+                t.lost_on = node.node_id
+                self._counts["resubmitted"] += 1
+            finally:
+                node.outstanding -= 1
+                node.own[model] = node.own.get(model, 0) - 1
+                if not ended:  # the consumer left early or was cancelled
+                    self._counts["completed"] += 1
+                    try:
+                        actor.cancel.remote([tid])
+                    except Exception:  # the node is gone: nothing runs there any more
+                        pass
 
     def _cancel(self, t: _Task) -> None:
         t.cancelled = True

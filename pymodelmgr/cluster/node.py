@@ -10,6 +10,7 @@ Tasks arrive in batches (one actor call carries many tasks) as tuples
 ``(task_id, task_data, task_type, model_name, num_workers, device, keep_alive, kwargs)``;
 each comes back as ``(task_id, outcome)`` where outcome is ``("ok", data)``,
 ``("err", code, message, details)``, ``("dropped", message)`` or ``("cancelled",)``.
+Streams (:meth:`NodeManager.stream`) are one actor call each, a Ray streaming generator.
 Task ids are the client's: the actor remembers the outcome of the last
 ``remember`` ids, so an id delivered twice runs once and answers the same outcome.
 """
@@ -20,7 +21,7 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..manager import ModelManager
+from ..manager import ModelManager, StreamError
 from ..settings import ModelManagerSettings
 
 __all__ = ["NodeManager", "parse_fake_gpus"]
@@ -107,6 +108,30 @@ class NodeManager:
         returns every task's ``(task_id, outcome)`` in batch order."""
         self._calls += 1
         return list(await asyncio.gather(*[self._one(item) for item in batch]))
+
+    async def stream(self, item: tuple):
+        """ModelManager.stream on this node, as a Ray streaming generator: yields
+        ``("piece", text)`` for each piece, then one final ``("ok", data)`` or
+        ``("err", code, message, details)``.  The id joins the running tasks, so
+        :meth:`cancel` stops the generation (its sequence leaves the batch)."""
+        tid, data, task_type, model_name, num_workers, device, keep_alive, kwargs = item
+        self._tasks_run += 1
+        self._running[tid] = asyncio.current_task()
+        final: list = []
+        try:
+            async for piece in self._mm.stream(data, task_type, model_name,
+                                               num_workers=num_workers, device=device,
+                                               keep_alive=keep_alive, on_result=final.append,
+                                               **(kwargs or {})):
+                yield ("piece", piece)
+            res = final[0]
+            yield ("ok", res.data)
+        except StreamError as exc:
+            yield ("err", exc.code, exc.message, None)
+        except asyncio.CancelledError:
+            yield ("cancelled",)
+        finally:
+            self._running.pop(tid, None)
 
     async def cancel(self, task_ids: List[str]) -> int:
         """Cancels running tasks by id (their outcome becomes ``("cancelled",)``);

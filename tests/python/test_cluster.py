@@ -405,3 +405,70 @@ def test_nothing_listens_beyond_loopback(cluster):
     for ln in mine:
         host = ln.split()[3].rsplit(":", 1)[0]
         assert host in ("127.0.0.1", "[::1]", "[::ffff:127.0.0.1]"), ln
+
+
+async def test_stream_yields_pieces_that_join_to_the_task_text(make_cm):
+    from pymodelmgr import StreamError
+    cm = make_cm()
+    model = "synthetic/text_generation?item_us=10"
+    whole = await cm.task("a prompt to continue", "text_generation", model, device="cpu",
+                          max_new_tokens=12)
+    assert whole.success
+    finals = []
+    pieces = [p async for p in cm.stream("a prompt to continue", "text_generation", model,
+                                         device="cpu", max_new_tokens=12,
+                                         on_result=finals.append)]
+    assert len(pieces) == 12 and "".join(pieces) == whole.data["generated_text"]
+    [res] = finals
+    assert res.success and res.data["generated_text"] == whole.data["generated_text"]
+    assert res.data["node"] == whole.data["node"]  # routed to the warm replica
+    # concurrent streams: each gets its own text, exactly once
+    prompts = [f"prompt number {i}" for i in range(20)]
+    lone = await asyncio.gather(*[cm.task(p, "text_generation", model, device="cpu",
+                                          max_new_tokens=5) for p in prompts])
+
+    async def joined(p):
+        return "".join([x async for x in cm.stream(p, "text_generation", model, device="cpu",
+                                                   max_new_tokens=5)])
+
+    texts = await asyncio.gather(*[joined(p) for p in prompts])
+    assert texts == [r.data["generated_text"] for r in lone]
+    with pytest.raises(StreamError) as e:
+        async for _ in cm.stream("x", "text_generation", model, device="cpu", bogus=1):
+            pass
+    assert e.value.code == "INVALID_ARGUMENT" and "bogus" in e.value.message
+    with pytest.raises(StreamError) as e:
+        async for _ in cm.stream("x", "text_generation", model, replicas=0):
+            pass
+    assert e.value.code == "INVALID_ARGUMENT"
+    st = await cm.status()
+    assert st.data["tasks"]["double_completions"] == 0
+    assert st.data["tasks"]["completed"] == st.data["tasks"]["submitted"]
+
+
+async def test_leaving_a_stream_early_cancels_it_on_its_node(make_cm):
+    cm = make_cm()
+    # 20 ms a word, 4,096 words: 80 s unless leaving the loop cancels it on its node
+    model = "synthetic/text_generation?word_us=20000"
+    got = []
+    async for piece in cm.stream("go on", "text_generation", model, device="cpu",
+                                 max_new_tokens=4096):
+        got.append(piece)
+        if len(got) == 3:
+            break
+    assert len(got) == 3
+
+    async def node_idle():
+        for _ in range(100):
+            st = await cm.status()
+            if all(n["in_flight"] == 0 and n["client_in_flight"] == 0
+                   for n in st.data["nodes"]):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    assert await node_idle()  # within 10 s, not the 80 s the whole generation takes
+    st = await cm.status()
+    assert st.data["tasks"]["completed"] == st.data["tasks"]["submitted"]
+    [m] = [m for m in st.data["models"] if m["model_name"] == model]
+    assert m["cancelled"] == 1 and m["done"] == 0, m
