@@ -43,6 +43,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -276,6 +277,22 @@ struct Model {
     int64_t decoder_start = 0, pad = 0, bos = -1;
     int64_t max_input_length = 0, hard_input_limit = 0, max_length_limit = 0;
     mm_torch_gen_params defaults{};
+
+    ~Model() {
+        /* The graphs and tensors go first, then the device's caching allocator
+         * gives the memory back, so a verified release sees it free (as the
+         * embedders do). */
+        bool cuda = device.is_cuda();
+        net.reset();
+        lm.reset();
+        weights = Weights();
+        if (cuda) {
+            try {
+                c10::getDeviceAllocator(at::kCUDA)->emptyCache();
+            } catch (...) {
+            }
+        }
+    }
 };
 
 Registry<Model> g_models; /* mmt_registry.h */
