@@ -263,7 +263,11 @@ def test_ctrl_c_during_a_slow_load_exits_promptly(tmp_path):
             print("interrupted", flush=True)
     """))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    # A job started in the background by a non-interactive shell (as CI harnesses may
+    # start the suite) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the app the default disposition a terminal gives it.
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.5)
