@@ -18,14 +18,7 @@
 #include "mm_engine.h"
 #include "mm_err.h"
 
-static int failures;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                                \
-        }                                                                              \
-    } while (0)
+#include "../mm_check.h"
 
 #define BIG 3000
 
@@ -243,10 +236,5 @@ int main(void) {
     test_cancel_drop_shutdown_reach_running_tasks();
     test_unwanted_load_is_aborted();
     test_race_exactly_once();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_chunk: ok\n");
-    return 0;
+    return mm_check_done("test_chunk: ok");
 }

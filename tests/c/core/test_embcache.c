@@ -9,14 +9,7 @@
 #include "mm_alloc.h"
 #include "mm_embcache.h"
 
-static int failures;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-            failures++;                                                           \
-        }                                                                         \
-    } while (0)
+#include "../mm_check.h"
 
 static int get(mm_embcache_t *c, const char *p, const char *t, float *out) {
     size_t dim = 0;
@@ -98,10 +91,5 @@ int main(void) {
     mm_embcache_stats_get(c, &s);
     CHECK(s.size <= 300);
     mm_embcache_free(c);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("embedding cache tests passed\n");
-    return 0;
+    return mm_check_done("embedding cache tests passed");
 }

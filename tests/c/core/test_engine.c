@@ -17,14 +17,7 @@
 #include "mm_engine.h"
 #include "mm_err.h"
 
-static int failures;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                                \
-        }                                                                              \
-    } while (0)
+#include "../mm_check.h"
 
 static mm_engine_t *new_engine(int64_t queue_timeout_ms, int64_t keep_alive_ms) {
     mm_engine_params p;
@@ -444,10 +437,5 @@ int main(void) {
     test_stress_exactly_once();
     test_oom_paths();
     test_engine_new_oom();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("all core engine tests passed\n");
-    return 0;
+    return mm_check_done("all core engine tests passed");
 }

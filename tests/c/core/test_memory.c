@@ -17,14 +17,7 @@
 #include "mm_engine.h"
 #include "mm_err.h"
 
-static int failures;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                                \
-        }                                                                              \
-    } while (0)
+#include "../mm_check.h"
 
 static mm_engine_t *new_engine(const char *gpus, int max_loaded) {
     mm_engine_params p;
@@ -225,10 +218,5 @@ int main(void) {
     test_fit_evict_insufficient();
     test_oom_split();
     test_stress_over_budget();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("all core memory tests passed\n");
-    return 0;
+    return mm_check_done("all core memory tests passed");
 }

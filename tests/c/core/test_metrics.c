@@ -17,14 +17,7 @@
 #include "mm_err.h"
 #include "mm_metrics.h"
 
-static int failures;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                                \
-        }                                                                              \
-    } while (0)
+#include "../mm_check.h"
 
 static mm_engine_t *new_engine(size_t max_queue, int64_t keep_alive_ms) {
     mm_engine_params p;
@@ -208,10 +201,5 @@ int main(void) {
     test_outcomes_and_histograms();
     test_reject_timeout_idle_loadfail();
     test_snapshots_while_busy();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_metrics: ok\n");
-    return 0;
+    return mm_check_done("test_metrics: ok");
 }

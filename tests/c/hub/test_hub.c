@@ -21,15 +21,7 @@
 #include "mm_hub.h"
 #include "mm_hub_internal.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
+#include "../mm_check.h"
 
 #define CHECK_STR(a, b)                                                                         \
     do {                                                                                        \
@@ -573,10 +565,5 @@ int main(void) {
     test_offline_cache();
     test_threads();
     mm_hub_global_cleanup();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("hub tests passed\n");
-    return 0;
+    return mm_check_done("hub tests passed");
 }

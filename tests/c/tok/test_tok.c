@@ -14,14 +14,7 @@
 #include "mm_err.h"
 #include "mm_tok.h"
 
-static int failures;
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c);                  \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "../mm_check.h"
 
 static const char *BERT_JSON =
     "{\"version\":\"1.0\",\"truncation\":{\"max_length\":4,\"strategy\":\"LongestFirst\",\"stride\":0},"
@@ -420,7 +413,5 @@ int main(int argc, char **argv) {
         test_oom_files();
     if (!strcmp(which, "all") || !strcmp(which, "threads"))
         test_threads();
-    if (failures)
-        fprintf(stderr, "%d failure(s)\n", failures);
-    return failures ? 1 : 0;
+    return mm_check_done("tokenizer tests passed");
 }
