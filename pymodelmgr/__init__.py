@@ -10,6 +10,7 @@ from typing import Mapping as _Mapping
 
 from . import _core
 from .context import SERVICE_NAME, AppContext, install
+from . import fallback as _fallback
 from .manager import ModelManager, StreamError
 from .result import ErrorInfo, Result
 from .settings import EmbeddingCacheConfig, ModelManagerSettings, WorkerPoolConfig
@@ -22,6 +23,12 @@ __version__ = "0.1.0"
 #: (csrc/base/mm_err.h), so a code added there appears here too.
 ERROR_CODES: _Mapping[str, str] = _types.MappingProxyType(
     {code: phrase for code, phrase in _core.ERROR_CODES.items() if code != "OK"})
+
+#: The lock every transformers / sentence-transformers model load of the fallback backend
+#: holds (a ``threading.RLock``).  transformers' ``from_pretrained`` swaps process-wide
+#: functions while it builds a model, so two loads on two threads must not overlap: hold it
+#: around your own loads if your threads run them while a ModelManager is busy.
+TRANSFORMERS_LOAD_LOCK = _fallback.LOAD_LOCK
 
 # A library logs; the application decides where the lines go.
 _logging.getLogger("pymodelmgr").addHandler(_logging.NullHandler())
@@ -39,5 +46,6 @@ __all__ = [
     "install",
     "SERVICE_NAME",
     "ERROR_CODES",
+    "TRANSFORMERS_LOAD_LOCK",
     "__version__",
 ]

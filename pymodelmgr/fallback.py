@@ -23,19 +23,101 @@ alone gets exactly what calling the library directly on its inputs gives.
 Remote code (``config.json`` ``auto_map``, custom sentence-transformers modules) never
 runs unless the task says ``trust_remote_code=True`` for that model.
 
-Nothing here is public API; :func:`live_models` is for tests.
+Loads are serialized process-wide (:data:`LOAD_LOCK`, exported as
+``pymodelmgr.TRANSFORMERS_LOAD_LOCK``).  transformers' ``from_pretrained`` swaps
+process-wide functions while it builds a model (``PreTrainedModel.tie_weights`` and
+``init_weights`` with no-ops, ``torch.nn.init.*``, ``torch.linspace``) and puts back what it
+saw on entry, so two loads on two threads that overlap leave the no-ops in place for the
+rest of the process: every later model with tied embeddings (T5, BART, BERT heads ...)
+then loads with random weights where its tied ones should be, silently.  Two workers of
+one fallback model load at the same time, so without the lock that happened in the test
+suite under load (the reference models of later parity tests came out wrong).  Before
+each load :func:`_repair_loading_patches` also puts back any such leftover found while no
+load of ours runs (one left by the application's own threads), with a warning.
+
+Nothing here is public API except :data:`LOAD_LOCK`; :func:`live_models` and
+:func:`loading_patches` are for tests.
 """
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
+import sys
+import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["FallbackError", "load", "live_models"]
+__all__ = ["FallbackError", "load", "live_models", "LOAD_LOCK", "loading_patches"]
 
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_log = logging.getLogger("pymodelmgr")
+
+#: Held by every fallback model load (and every model the fallback builds later), so no
+#: two of them overlap: transformers' loading is not thread-safe (see the module text).
+#: An application that loads transformers / sentence-transformers models on its own
+#: threads while a ModelManager runs fallback models holds it around those loads too.
+LOAD_LOCK = threading.RLock()
+
+# PreTrainedModel's own methods as first seen unpatched (see loading_patches).
+_PRISTINE_METHODS: Dict[str, Any] = {}
+
+
+def _patch_sites():
+    """(holder, attribute, pristine value or None, current value) for every process-wide
+    attribute transformers' model loading swaps; empty when transformers is not loaded."""
+    init = sys.modules.get("transformers.initialization")
+    mu = sys.modules.get("transformers.modeling_utils")
+    torch = sys.modules.get("torch")
+    sites = []
+    if init is not None:
+        originals = getattr(init, "TORCH_INIT_FUNCTIONS", {})
+        for module_name in getattr(init, "TORCH_MODULES_TO_PATCH", ()):
+            module = sys.modules.get(module_name)
+            for name, orig in originals.items():
+                if module is not None and hasattr(module, name):
+                    sites.append((module, name, orig, getattr(module, name)))
+    if torch is not None:
+        sites.append((torch, "linspace", torch._C._VariableFunctions.linspace, torch.linspace))
+    if mu is not None and hasattr(mu, "PreTrainedModel"):
+        cls = mu.PreTrainedModel
+        for name in ("init_weights", "tie_weights"):
+            cur = cls.__dict__.get(name)
+            if cur is None:
+                continue
+            if getattr(cur, "__qualname__", "") == f"PreTrainedModel.{name}":
+                _PRISTINE_METHODS.setdefault(name, cur)
+            sites.append((cls, name, _PRISTINE_METHODS.get(name), cur))
+    return sites
+
+
+def loading_patches() -> List[str]:
+    """The process-wide functions that transformers' model loading swapped and that are not
+    their own right now, as ``"module.name"``: empty unless a load is running or two loads
+    on two threads overlapped and left their stand-ins behind."""
+    out = []
+    for holder, name, pristine, cur in _patch_sites():
+        patched = cur is not pristine if pristine is not None else \
+            getattr(cur, "__qualname__", "").endswith("empty_func")
+        if patched:
+            out.append(f"{getattr(holder, '__name__', holder)}.{name}")
+    return out
+
+
+def _repair_loading_patches() -> None:
+    """Puts back the functions a past overlap of transformers loads left swapped (called
+    under LOAD_LOCK: none of our loads runs; an application's load running right now would
+    only see the real functions during its build, which its own exit restores anyway)."""
+    fixed = []
+    for holder, name, pristine, cur in _patch_sites():
+        if pristine is not None and cur is not pristine:
+            setattr(holder, name, pristine)
+            fixed.append(f"{getattr(holder, '__name__', holder)}.{name}")
+    if fixed:
+        _log.warning("transformers model loading had left %s swapped in this process (two "
+                     "loads on two threads overlapped: hold pymodelmgr.TRANSFORMERS_LOAD_LOCK "
+                     "around your own); put back before loading", ", ".join(fixed))
 
 
 class FallbackError(Exception):
@@ -122,8 +204,10 @@ def load(model_dir: str, task_type: str, device: str, cpu_threads: int, options_
         raise FallbackError("INVALID_ARGUMENT", f"no fallback for task_type {task_type}")
     _check_architecture(model_dir, task_type, model_name)
     try:
-        with _quiet_loading():
-            model = cls(model_dir, device, trust, options, model_name)
+        with LOAD_LOCK:
+            _repair_loading_patches()
+            with _quiet_loading():
+                model = cls(model_dir, device, trust, options, model_name)
     except ImportError as exc:
         raise FallbackError(
             "UNSUPPORTED",
@@ -264,7 +348,8 @@ class _Embedder(_Base):
             if len(mods) == len(self.model):
                 self._plain = self.model
             else:
-                self._plain = SentenceTransformer(modules=mods, device=self.device)
+                with LOAD_LOCK:
+                    self._plain = SentenceTransformer(modules=mods, device=self.device)
                 self._plain.prompts = self.model.prompts
                 self._plain.default_prompt_name = self.model.default_prompt_name
         return self._plain
