@@ -94,24 +94,50 @@ static int visible_map(void *handles[], char uuids[][96], int n_nvml, int map[])
     return n;
 }
 
-static void discover_nvml(mm_gpu_list *list) {
-    list->n = 0;
+/* NVML is opened once per process, on first use, and kept open (nvmlInit is
+ * reference counted and cheap to keep; nothing here creates a CUDA context):
+ * discovery and the live free-memory queries share it. */
+typedef struct {
+    nvml_count_fn count;
+    nvml_handle_fn handle;
+    nvml_mem_fn mem;
+    nvml_str_fn uuid, name; /* optional */
+} nvml_api;
+
+static pthread_once_t nvml_once = PTHREAD_ONCE_INIT;
+static nvml_api nvml; /* nvml.handle == NULL: no usable NVML */
+
+static void nvml_open(void) {
     void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return;
     nvml_init_fn init = (nvml_init_fn)dlsym(lib, "nvmlInit_v2");
-    nvml_count_fn count = (nvml_count_fn)dlsym(lib, "nvmlDeviceGetCount_v2");
-    nvml_handle_fn handle = (nvml_handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
-    nvml_mem_fn mem = (nvml_mem_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo");
-    nvml_str_fn uuid = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetUUID");
-    nvml_str_fn name = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetName");
-    int (*shutdown)(void) = (int (*)(void))dlsym(lib, "nvmlShutdown");
-    unsigned int n = 0;
-    if (!init || !count || !handle || !mem || init() != 0) {
+    nvml_api a = {
+        .count = (nvml_count_fn)dlsym(lib, "nvmlDeviceGetCount_v2"),
+        .handle = (nvml_handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"),
+        .mem = (nvml_mem_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo"),
+        .uuid = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetUUID"),
+        .name = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetName"),
+    };
+    if (!init || !a.count || !a.handle || !a.mem || init() != 0) {
         dlclose(lib);
         return;
     }
-    if (count(&n) != 0)
+    nvml = a;
+}
+
+static const nvml_api *nvml_get(void) {
+    pthread_once(&nvml_once, nvml_open);
+    return nvml.handle ? &nvml : NULL;
+}
+
+static void discover_nvml(mm_gpu_list *list) {
+    list->n = 0;
+    const nvml_api *api = nvml_get();
+    if (!api)
+        return;
+    unsigned int n = 0;
+    if (api->count(&n) != 0)
         n = 0;
     if (n > MM_MAX_GPUS)
         n = MM_MAX_GPUS;
@@ -122,15 +148,15 @@ static void discover_nvml(mm_gpu_list *list) {
     for (unsigned int i = 0; i < n; i++) {
         uuids[i][0] = names[i][0] = '\0';
         memset(&mi[i], 0, sizeof mi[i]);
-        if (handle(i, &handles[i]) != 0) {
+        if (api->handle(i, &handles[i]) != 0) {
             handles[i] = NULL;
             continue;
         }
-        mem(handles[i], &mi[i]);
-        if (uuid)
-            uuid(handles[i], uuids[i], sizeof uuids[i]);
-        if (name)
-            name(handles[i], names[i], sizeof names[i]);
+        api->mem(handles[i], &mi[i]);
+        if (api->uuid)
+            api->uuid(handles[i], uuids[i], sizeof uuids[i]);
+        if (api->name)
+            api->name(handles[i], names[i], sizeof names[i]);
     }
     int map[MM_MAX_GPUS];
     int nv = visible_map(handles, uuids, (int)n, map);
@@ -150,9 +176,6 @@ static void discover_nvml(mm_gpu_list *list) {
         g->nvml_index = i;
         snprintf(g->name, sizeof g->name, "%s", names[i]);
     }
-    if (shutdown)
-        shutdown();
-    dlclose(lib);
 }
 
 /* A simulated list stands for the machine's physical GPUs, so
@@ -178,34 +201,13 @@ static void apply_visible_to_simulated(mm_gpu_list *list) {
     list->n = nv;
 }
 
-/* Live NVML queries keep one handle open for the process (nvmlInit is
- * reference counted and cheap to keep; nothing here creates a CUDA context). */
-static pthread_once_t live_once = PTHREAD_ONCE_INIT;
-static nvml_handle_fn live_handle;
-static nvml_mem_fn live_mem;
-
-static void live_open(void) {
-    void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!lib)
-        return;
-    nvml_init_fn init = (nvml_init_fn)dlsym(lib, "nvmlInit_v2");
-    nvml_handle_fn handle = (nvml_handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
-    nvml_mem_fn mem = (nvml_mem_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo");
-    if (!init || !handle || !mem || init() != 0) {
-        dlclose(lib);
-        return;
-    }
-    live_handle = handle;
-    live_mem = mem;
-}
-
 int mm_devices_gpu_free(const mm_gpu *g, uint64_t *free_bytes) {
     if (g->nvml_index < 0)
         return MM_EUNSUPPORTED;
-    pthread_once(&live_once, live_open);
+    const nvml_api *api = nvml_get();
     void *h = NULL;
     nvml_memory mi;
-    if (!live_handle || live_handle((unsigned)g->nvml_index, &h) != 0 || live_mem(h, &mi) != 0)
+    if (!api || api->handle((unsigned)g->nvml_index, &h) != 0 || api->mem(h, &mi) != 0)
         return MM_EUNSUPPORTED;
     *free_bytes = mi.free;
     return 0;
