@@ -498,7 +498,7 @@ int mm_engine_submit(mm_engine_t *e, mm_channel_t *ch, const mm_submit_args *a, 
         int known = mm__cache_known_revision(e, a->model_name, requested, rev);
         pthread_mutex_unlock(&e->mu);
         if (known)
-            all_cached = mm__cache_lookup(e, t, rev);
+            all_cached = mm__cache_lookup(e, t, rev, a->model_options_json);
     }
 
     pthread_mutex_lock(&e->mu);

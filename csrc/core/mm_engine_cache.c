@@ -1,7 +1,9 @@
 /* mm_engine_cache.c: how the engine uses the embedding cache.
  *
  * At submit an embedding task looks its texts up under the key (model name,
- * revision the name last loaded at, kwargs JSON, text).  All hit: the task
+ * revision the name last loaded at, load options JSON, kwargs JSON, text);
+ * the load options hold the dtype, so an int8 and a float32 vector of one
+ * text never share an entry.  All hit: the task
  * completes at once and never touches a queue (or loads a model).  Some
  * hit: the task keeps only the missing texts for the backend, and the
  * worker merges the cached vectors back into the caller's order after
@@ -18,13 +20,17 @@
 
 #define SEP '\x1f'
 
-/* name SEP revision SEP params SEP */
-static char *make_prefix(const char *name, const char *revision, const char *params, size_t *len) {
-    size_t n = strlen(name) + strlen(revision) + strlen(params) + 3;
+/* name SEP revision SEP model_options SEP params SEP */
+static char *make_prefix(const char *name, const char *revision, const char *model_options,
+                         const char *params, size_t *len) {
+    if (!model_options)
+        model_options = "{}";
+    size_t n = strlen(name) + strlen(revision) + strlen(model_options) + strlen(params) + 4;
     char *p = mm_malloc(n + 1);
     if (!p)
         return NULL;
-    snprintf(p, n + 1, "%s%c%s%c%s%c", name, SEP, revision, SEP, params, SEP);
+    snprintf(p, n + 1, "%s%c%s%c%s%c%s%c", name, SEP, revision, SEP, model_options, SEP, params,
+             SEP);
     *len = n;
     return p;
 }
@@ -100,9 +106,10 @@ void mm__cache_free_revisions(mm_engine_t *e) {
     }
 }
 
-int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision) {
+int mm__cache_lookup(mm_engine_t *e, mm_task_t *t, const char *revision,
+                     const char *model_options) {
     size_t plen;
-    char *prefix = make_prefix(t->model_name, revision, t->params_json, &plen);
+    char *prefix = make_prefix(t->model_name, revision, model_options, t->params_json, &plen);
     if (!prefix)
         return 0;
     size_t n = t->n_items, hits = 0, dim = 0;
@@ -181,12 +188,13 @@ out:
     return n > 0 && hits == n;
 }
 
-void mm__cache_after_run(mm_engine_t *e, mm_task_t *t, const char *revision) {
+void mm__cache_after_run(mm_engine_t *e, mm_task_t *t, const char *revision,
+                         const char *model_options) {
     if (!t->cache_insert || t->err_code || t->rkind != MM_RESULT_EMBEDDINGS || !t->vecs)
         return;
     size_t dim = t->dim;
     size_t plen;
-    char *prefix = make_prefix(t->model_name, revision, t->params_json, &plen);
+    char *prefix = make_prefix(t->model_name, revision, model_options, t->params_json, &plen);
     if (prefix) {
         for (size_t i = 0; i < t->n_items; i++)
             mm_embcache_put_tok(e->cache, prefix, plen, t->blob + t->item_off[i],

@@ -211,10 +211,12 @@ void mm__model_fail_queue(struct mm_engine *e, mm_model *m, mm_task_status st, i
 /* Unlinks the queue head; caller holds e->mu. */
 mm_task_t *mm__queue_pop(struct mm_engine *e, mm_model *m);
 
-/* Embedding cache steps (mm_engine_cache.c).  Lookup runs at submit without
- * engine->mu; it returns 1 when every item hit (the task then carries its
- * whole result), 0 otherwise (the task keeps only the misses). */
-int mm__cache_lookup(struct mm_engine *e, mm_task_t *t, const char *revision);
+/* Embedding cache steps (mm_engine_cache.c); model_options is the load
+ * options JSON (the dtype) the vectors are computed under.  Lookup runs at
+ * submit without engine->mu; it returns 1 when every item hit (the task then
+ * carries its whole result), 0 otherwise (the task keeps only the misses). */
+int mm__cache_lookup(struct mm_engine *e, mm_task_t *t, const char *revision,
+                     const char *model_options);
 /* Copies the revision last loaded for (name, requested) into out; 0 if none.
  * Caller holds e->mu. */
 int mm__cache_known_revision(struct mm_engine *e, const char *name, const char *requested,
@@ -225,7 +227,8 @@ void mm__cache_note_revision(struct mm_engine *e, const char *name, const char *
                              const char *loaded);
 /* After run(), on the worker thread, no lock: stores computed vectors and
  * merges cached ones back into the caller's order. */
-void mm__cache_after_run(struct mm_engine *e, mm_task_t *t, const char *revision);
+void mm__cache_after_run(struct mm_engine *e, mm_task_t *t, const char *revision,
+                         const char *model_options);
 void mm__cache_free_revisions(struct mm_engine *e);
 
 /* Stopping running work (mm_chunk.c); every one with e->mu held.

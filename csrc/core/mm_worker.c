@@ -182,7 +182,7 @@ static int run_chunk(mm_engine_t *e, mm_model *m, mm_worker *w, void *st, mm_tas
     int finished = mm__chunk_run(m, st, big, count);
     double run_s = (double)(mm_now_ns() - t0) / 1e9;
     if (finished && !big->err_code && e->cache)
-        mm__cache_after_run(e, big, w->revision);
+        mm__cache_after_run(e, big, w->revision, m->model_options);
     pthread_mutex_lock(&e->mu);
     if (finished) {
         finish_batch(e, m, w, &big, 1, run_s); /* the metrics see the task as one batch */
@@ -302,7 +302,7 @@ void *mm__worker_main(void *arg) {
             double run_s = (double)(mm_now_ns() - run_t0) / 1e9;
             if (e->cache)
                 for (size_t i = 0; i < n; i++)
-                    mm__cache_after_run(e, batch[i], w->revision);
+                    mm__cache_after_run(e, batch[i], w->revision, m->model_options);
             pthread_mutex_lock(&e->mu);
             finish_batch(e, m, w, batch, n, run_s);
         }

@@ -113,6 +113,31 @@ async def test_native_model_cache_is_bit_identical(make_mm, minilm_dir):
     assert again.data["embeddings"][3] == ref.data["embeddings"][0]
 
 
+async def test_cache_is_keyed_by_dtype(make_mm, minilm_dir):
+    """An int8 and a float32 vector of one text never share a cache entry."""
+    import os
+
+    import pymodelmgr
+
+    if not os.path.exists(os.path.join(os.path.dirname(pymodelmgr.__file__), "libmm_torch.so")):
+        import pytest
+
+        pytest.skip("the native backend is not built")
+    m = cache_on(make_mm)
+    text = ["the cat sat on the mat"]
+    fp32 = await m.task(text, "embedding", minilm_dir, device="cpu", dtype="float32")
+    await m.release_model(minilm_dir)  # the next task loads the model in int8
+    q = await m.task(text, "embedding", minilm_dir, device="cpu", dtype="int8")
+    assert fp32.success and q.success, (fp32.error, q.error)
+    assert q.data["device"] == "cpu" and "cache_hits" not in q.data  # computed, not served
+    assert q.data["embeddings"] != fp32.data["embeddings"]  # int8 really ran
+    again32 = await m.task(text, "embedding", minilm_dir, device="cpu", dtype="float32")
+    again8 = await m.task(text, "embedding", minilm_dir, device="cpu", dtype="int8")
+    assert again32.data["device"] == again8.data["device"] == "cache"
+    assert again32.data["embeddings"] == fp32.data["embeddings"]
+    assert again8.data["embeddings"] == q.data["embeddings"]
+
+
 async def test_download_progress_is_logged(hub_env, caplog):
     import logging
     import os
