@@ -4,9 +4,13 @@
  * Weights: the safetensors headers of the model directory and its module
  * folders (a sentence-transformers Dense layer lives in 2_Dense/), read
  * without touching the data: every tensor's element count times the size
- * it will have on the device (the CPU runs float32; a GPU the configured
- * dtype, "auto" meaning float16 for encoders and float32 for the
- * encoder-decoders, whose bfloat16 choice depends on the card).
+ * it will have on the device under the model's dtype (the engine's, or the
+ * task's dtype= when given): float32 by default on the CPU, bfloat16 when
+ * asked; on a GPU "auto" means float16 for encoders and float32 for the
+ * encoder-decoders, whose bfloat16 choice depends on the card.  With int8
+ * (CPU encoders) the linear weights of the encoder layers (rank-2 ".weight"
+ * tensors under "layer.N.") are 1 byte per element plus one float32 scale
+ * per output row, as mmt_int8.h stores them; the rest stays float32.
  *
  * Activations: a bound from config.json, not a measured forward (a forward
  * at the batch budget would cost seconds per load on a CPU).  For one
@@ -53,8 +57,22 @@ static size_t file_elem_size(const char *dtype, int *is_float) {
     return 0;
 }
 
+/* A linear weight of an encoder layer: "....layer.<digit>....weight" of rank 2
+ * (what the shim quantizes under int8). */
+static int int8_linear(const char *name, json_t *shape) {
+    size_t n = strlen(name);
+    if (json_array_size(shape) != 2 || n < 7 || strcmp(name + n - 7, ".weight") != 0)
+        return 0;
+    for (const char *p = name; (p = strstr(p, "layer")) != NULL; p += 5) {
+        const char *q = p + 5 + (p[5] == 's'); /* layer.N or layers.N */
+        if ((p == name || p[-1] == '.') && q[0] == '.' && q[1] >= '0' && q[1] <= '9')
+            return 1;
+    }
+    return 0;
+}
+
 /* Adds the device bytes of every tensor of one .safetensors file. */
-static int add_file(const char *path, size_t float_size, uint64_t *bytes) {
+static int add_file(const char *path, size_t float_size, int int8, uint64_t *bytes) {
     FILE *f = fopen(path, "rb");
     if (!f)
         return MM_EIO;
@@ -88,7 +106,10 @@ static int add_file(const char *path, size_t float_size, uint64_t *bytes) {
                     size_t i;
                     json_t *d;
                     json_array_foreach(shape, i, d) numel *= (uint64_t)json_integer_value(d);
-                    *bytes += numel * (fl ? float_size : es);
+                    if (fl && int8 && int8_linear(key, shape))
+                        *bytes += numel + 4 * (uint64_t)json_integer_value(json_array_get(shape, 0));
+                    else
+                        *bytes += numel * (fl ? float_size : es);
                 }
             }
             json_decref(root);
@@ -100,7 +121,8 @@ static int add_file(const char *path, size_t float_size, uint64_t *bytes) {
 }
 
 /* The .safetensors files of dir and of its direct subfolders. */
-static int add_dir(const char *dir, int depth, size_t float_size, uint64_t *bytes, int *files) {
+static int add_dir(const char *dir, int depth, size_t float_size, int int8, uint64_t *bytes,
+                   int *files) {
     DIR *d = opendir(dir);
     if (!d)
         return MM_EIO;
@@ -117,9 +139,9 @@ static int add_dir(const char *dir, int depth, size_t float_size, uint64_t *byte
             continue;
         size_t nl = strlen(ent->d_name);
         if (S_ISDIR(sb.st_mode) && depth == 0)
-            rc = add_dir(path, 1, float_size, bytes, files);
+            rc = add_dir(path, 1, float_size, int8, bytes, files);
         else if (S_ISREG(sb.st_mode) && nl > 12 && !strcmp(ent->d_name + nl - 12, ".safetensors")) {
-            rc = add_file(path, float_size, bytes);
+            rc = add_file(path, float_size, int8, bytes);
             (*files)++;
         }
     }
@@ -149,19 +171,24 @@ int mm_native_estimate(const mm_model_spec *spec, const mm_device *dev, mm_footp
     if (rc < 0)
         return rc;
     int gen = spec->task_type == MM_TASK_TEXT_GENERATION;
-    size_t fsize = 4;
-    if (dev->is_gpu) {
-        json_t *o = json_loads(spec->options_json ? spec->options_json : "{}", 0, NULL);
-        const char *dt = json_string_value(json_object_get(o, "dtype"));
-        if (dt && (!strcmp(dt, "float16") || !strcmp(dt, "bfloat16")))
-            fsize = 2;
-        else if (!dt || !strcmp(dt, "auto"))
-            fsize = gen ? 4 : 2;
+    /* The dtype as the backend will read it: the engine's, then the task's. */
+    char dt[32] = "auto";
+    const char *layers[2] = {spec->options_json, spec->model_options_json};
+    for (int i = 0; i < 2; i++) {
+        json_t *o = json_loads(layers[i] ? layers[i] : "{}", 0, NULL);
+        const char *v = json_string_value(json_object_get(o, "dtype"));
+        if (v)
+            snprintf(dt, sizeof dt, "%s", v);
         json_decref(o);
     }
+    int half = !strcmp(dt, "float16") || !strcmp(dt, "bfloat16") || !strcmp(dt, "bf16");
+    size_t fsize = half ? 2 : 4;
+    if (dev->is_gpu && !strcmp(dt, "auto"))
+        fsize = gen ? 4 : 2;
+    int int8 = !dev->is_gpu && !gen && !strcmp(dt, "int8");
     uint64_t weights = 0;
     int files = 0;
-    rc = add_dir(dir, 0, fsize, &weights, &files);
+    rc = add_dir(dir, 0, fsize, int8, &weights, &files);
     if (rc < 0 || files == 0) {
         snprintf(err, errlen, "no readable .safetensors header in %.300s", dir);
         return rc < 0 ? rc : MM_EFORMAT;

@@ -46,8 +46,12 @@ def reset_peak():
         return False
 
 
-def header_bytes(path):
-    """dtype x shape over a .safetensors file's header, as float32 on the CPU."""
+def header_bytes(path, int8=False):
+    """dtype x shape over a .safetensors file's header, as float32 on the CPU; with
+    int8, the encoder layers' linear weights as mmt_int8.h holds them (1 byte per
+    element and a float32 scale per output row)."""
+    import re
+
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         hdr = json.loads(f.read(n))
@@ -59,7 +63,11 @@ def header_bytes(path):
         for d in v["shape"]:
             numel *= d
         size = {"F32": 4, "F16": 4, "BF16": 4, "F64": 4, "I64": 8, "I32": 4}[v["dtype"]]
-        total += numel * size
+        if int8 and len(v["shape"]) == 2 and re.search(r"(^|\.)layers?\.\d", k) \
+                and k.endswith(".weight"):
+            total += numel + 4 * v["shape"][0]
+        else:
+            total += numel * size
     return total
 
 
@@ -150,6 +158,22 @@ async def test_footprints_and_eviction_under_a_cpu_budget(make_mm, small_bert):
     assert r.data["released"]
     after = rss()
     assert abs(after - before) <= 0.1 * before, (before / MIB, after / MIB)
+
+
+async def test_int8_estimate_follows_the_dtype(make_mm, small_bert):
+    """dtype="int8" estimates the encoder layers' weights as quantized (1 byte per
+    element and a scale per row), not as float32."""
+    mm = make_mm(**settings())
+    path = os.path.join(small_bert, "model.safetensors")
+    fp32 = await load(mm, small_bert)
+    await mm.release_model(small_bert)
+    r = await mm.task(["hello world"], "embedding", small_bert, device="cpu", num_workers=1,
+                      dtype="int8")
+    assert r.success, r.error
+    q = await model(mm, small_bert)
+    assert fp32["memory_estimate"]["weights_bytes"] == header_bytes(path)
+    assert q["memory_estimate"]["weights_bytes"] == header_bytes(path, int8=True)
+    assert q["memory_estimate"]["weights_bytes"] < fp32["memory_estimate"]["weights_bytes"]
 
 
 async def test_varied_lengths_plateau(make_mm):
