@@ -82,17 +82,30 @@ at::Tensor act(Act a, const at::Tensor &x) {
     return x;
 }
 
-/* The bucket a CPU GEMM's row count is rounded up to: multiples of 8 up to
- * 64, then 8 steps per doubling (at most 12.5% extra rows), so a process
- * sees about 50 shapes however its texts vary. */
-static int64_t gemm_rows(int64_t t) {
-    if (t <= 64)
-        return (t + 7) / 8 * 8;
+/* CPU GEMM row counts (issue 12).  oneDNN keeps one primitive per problem
+ * shape in its process-wide cache (up to 1,024 of them, about 570 KiB each
+ * for MiniLM's layers, measured), and so does every other oneDNN-backed
+ * product (bfloat16 at::linear, int8's at::_int_mm).  Varied text lengths
+ * made a new row count for nearly every batch: unbounded growth first, then
+ * with row counts bucketed 8 per doubling still ~190 primitives that rare
+ * lengths kept adding for 100,000 tasks (+14% RSS from 10k to 100k).  So the
+ * rows are padded to a multiple of 8 (gemm_rows) and a GEMM of more than 64
+ * rows runs as chunks of 2,048, 1,024, ..., 64 rows plus one tail of 8 to 56
+ * (gemm_chunk): 13 row counts per weight, all of them seen within the first
+ * few hundred batches, however the lengths vary.  Rows are independent, so
+ * no vector changes. */
+static constexpr int64_t kChunkMax = 2048;
+
+static int64_t gemm_rows(int64_t t) { return (t + 7) / 8 * 8; }
+
+/* The rows of the next chunk when rem rows are left. */
+static int64_t gemm_chunk(int64_t rem) {
+    if (rem < 64)
+        return rem;
     int64_t p = 64;
-    while (p * 2 < t)
+    while (p * 2 <= rem && p * 2 <= kChunkMax)
         p *= 2;
-    const int64_t step = p / 8;
-    return (t + step - 1) / step * step;
+    return p;
 }
 
 /* oneDNN's prepacked linear (mkldnn::_linear_pointwise over a weight
@@ -121,9 +134,25 @@ struct Linear {
     at::Tensor packed; /* defined: w was reordered for oneDNN and dropped */
     Int8Linear q;      /* defined: dtype "int8", w and b were quantized and dropped */
 
-    /* attr: "none", or "gelu" with algorithm "none" (erf) or "tanh". */
+    /* attr: "none", or "gelu" with algorithm "none" (erf) or "tanh" (fused
+     * into a prepacked GEMM); post: an activation applied after it (ATen runs
+     * some through oneDNN, a primitive per shape too).  On the CPU, rows
+     * [T, in] run in gemm_chunk pieces (see above). */
     at::Tensor operator()(const at::Tensor &x, const char *attr = "none",
-                          const char *algorithm = "none") const {
+                          const char *algorithm = "none", Act post = Act::Identity) const {
+        const int64_t T = x.dim() == 2 ? x.size(0) : 0;
+        if (T <= 64 || !x.device().is_cpu())
+            return act(post, one(x, attr, algorithm));
+        std::vector<at::Tensor> parts;
+        for (int64_t r = 0; r < T;) {
+            const int64_t n = gemm_chunk(T - r);
+            parts.push_back(act(post, one(x.narrow(0, r, n), attr, algorithm)));
+            r += n;
+        }
+        return parts.size() == 1 ? parts[0] : at::cat(parts);
+    }
+
+    at::Tensor one(const at::Tensor &x, const char *attr, const char *algorithm) const {
         if (q.defined())
             return q(x);
         if (!packed.defined())
@@ -212,11 +241,10 @@ struct Encoder {
          * attention sees the padded [B, L] layout, its pad rows zero and its
          * pad keys masked.  A row's GEMM result does not depend on the other
          * rows, so this changes no vector, only the cost of padding. */
-        /* The row count of the GEMMs is bucketed (gemm_rows): oneDNN keeps a
-         * primitive per shape in its cache (up to 1,024, hundreds of KiB
-         * each), so unbucketed varied lengths grew a long-running process by
-         * hundreds of MiB (issue 12).  The extra rows repeat the last token
-         * and are dropped; rows are independent, so no vector changes. */
+        /* The row count of the GEMMs is a multiple of 8 (gemm_rows), and
+         * Linear runs it in a few fixed chunk sizes, so oneDNN's primitive
+         * cache stays small however lengths vary (issue 12; see gemm_chunk).
+         * The extra rows repeat the last token and are dropped. */
         at::Tensor idx, gidx;
         int64_t T = B * L;
         if (x.device().is_cpu()) {
@@ -246,7 +274,7 @@ struct Encoder {
                                ? ly.up(x, "gelu", "none")
                            : ly.up.packed.defined() && hidden_act == Act::GeluTanh
                                ? ly.up(x, "gelu", "tanh")
-                               : act(hidden_act, ly.up(x));
+                               : ly.up(x, "none", "none", hidden_act);
             x = ly.ln_out(ly.down(h) + x);
         }
         if (idx.defined())

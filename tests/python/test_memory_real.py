@@ -218,3 +218,60 @@ async def test_cpu_workers_share_weights_counted_once(make_mm, small_bert):
     assert m["memory_bytes_by_device"]["cpu"] < 1.6 * est["weights_bytes"]
     cpu = [d for d in (await mm.status()).data["devices"] if d["name"] == "cpu"][0]
     assert cpu["used_bytes"] >= est["weights_bytes"] + 2 * est["activation_bytes"] - MIB
+
+
+GEMM_SCRIPT = r"""
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_embed_shim import Shim, find_shim, make_encoder
+
+make_encoder("bert", sys.argv[2], max_pos=512)
+shim = Shim(find_shim())
+for dtype in ("float32", "int8"):
+    emb = shim.load(sys.argv[2], dtype=dtype, threads=1)
+    print("phase", dtype, flush=True)
+    rng = np.random.default_rng(0)
+    # Every token count from 1 to 2,048: padded batches of 1, 3 and 8 rows.
+    for b, lens in ((1, range(1, 65)), (3, range(1, 257, 3)), (8, range(1, 257))):
+        for n in lens:
+            ids = rng.integers(5, 90, size=(b, n))
+            mask = np.ones((b, n), dtype=np.int64)
+            mask[0, max(1, n - 2):] = 0  # one padded row: the real token count is not b * n
+            emb.embed(ids, mask)
+    emb.close()
+    sys.stdout.flush()
+"""
+
+
+def test_gemm_shapes_stay_few(tmp_path):
+    """oneDNN keeps a primitive (~570 KiB for MiniLM's layers) per GEMM shape for
+    the life of the process, so every row count the encoder's GEMMs see is one
+    more resident primitive (issue 12: RSS grew 14% from 10k to 100k varied-length
+    tasks while rare lengths kept adding them; int8's unfused GELU added an eltwise
+    primitive per row count).  Over every token count from 1 to 2,048, in float32
+    and int8, the row counts of the primitives must stay within the fixed set
+    (multiples of 8 below 64, powers of two from 64 to 2,048)."""
+    import re
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONEDNN_VERBOSE="profile_create", OMP_NUM_THREADS="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", GEMM_SCRIPT, here, str(tmp_path / "bert")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    allowed = set(range(8, 64, 8)) | {64 << i for i in range(6)}
+    phase, rows = None, {}
+    for line in out.stdout.splitlines():
+        if line.startswith("phase "):
+            phase = line.split()[1]
+            rows[phase] = set()
+        elif "create:cache_miss" in line and phase and ",reorder," not in line:
+            desc = line.split(",")[-2]  # mb<rows>ic..oc.. (inner product), <rows>x.. (others)
+            m = re.match(r"mb(\d+)ic", desc) or re.match(r"(\d+)x\d+", desc)
+            assert m, line
+            rows[phase].add(int(m.group(1)))
+    assert rows.get("float32"), out.stdout[-2000:]  # the verbose log was read
+    for phase, seen in rows.items():
+        assert seen <= allowed, (phase, sorted(seen - allowed))
