@@ -42,6 +42,34 @@ def rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _Mallinfo2(__import__("ctypes").Structure):
+    _fields_ = [(n, __import__("ctypes").c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+def detail():
+    """Where the resident set is: anonymous memory (smaps_rollup), glibc's heap
+    (mallinfo2: bytes in use, free inside its arenas, in mmapped chunks) and
+    Python's object allocator (live blocks), so growth can be attributed."""
+    import ctypes
+
+    anon = 0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                anon = int(line.split()[1]) * 1024
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    m = libc.mallinfo2()
+    return (f"anon {anon / MIB:7.1f}  malloc used {m.uordblks / MIB:6.1f} free {m.fordblks / MIB:6.1f} "
+            f"mmapped {m.hblkhd / MIB:6.1f} (arenas {m.arena / MIB:6.1f})  "
+            f"py blocks {sys.getallocatedblocks()}")
+
+
+DETAIL = [False]
+
+
 def load_avg():
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -95,6 +123,8 @@ async def soak(mm, name, task_type, n, every, fixed, batch=32, **kw):
             series.append((done, rss()))
             print(f"  {done:>7} tasks  RSS {rss() / MIB:8.1f} MiB  {time.time() - t0:7.1f} s  "
                   f"load {load_avg()}", flush=True)
+            if DETAIL[0]:
+                print(f"           {detail()}", flush=True)
     return series
 
 
@@ -152,7 +182,10 @@ async def main():
     ap.add_argument("--footprints", action="store_true", help="print estimated vs measured")
     ap.add_argument("--max-words", type=int, default=250, help="texts have 1 to this many words")
     ap.add_argument("--warm", type=int, default=10_000, help="RSS is compared to its value here")
+    ap.add_argument("--detail", action="store_true",
+                    help="at each checkpoint also print anonymous memory, glibc heap and Python blocks")
     args = ap.parse_args()
+    DETAIL[0] = args.detail
     MAX_WORDS[0] = args.max_words
     from pymodelmgr import ModelManager
 
