@@ -894,6 +894,8 @@ static void fill_status(mm_engine_t *e, const mm_model *m, int64_t now, double w
     snprintf(s->backend, sizeof s->backend, "%s",
              m->backend_name[0] ? m->backend_name : m->vt->name);
     snprintf(s->error, sizeof s->error, "%s", m->errmsg);
+    s->kv_blocks_used = m->kv_used;
+    s->kv_blocks_total = m->kv_total;
 }
 
 int mm_engine_cache_stats(mm_engine_t *e, mm_embcache_stats *s) {

@@ -134,6 +134,8 @@ typedef struct mm_model_status {
     uint64_t download_done, download_total; /* bytes, while (or after) loading downloads */
     char backend[32];
     char error[512];
+    uint64_t kv_blocks_used, kv_blocks_total; /* decoder-only generation's KV-cache blocks
+                                                 (mm_worker_kv_report); 0/0: none */
 } mm_model_status;
 
 /* Copies a snapshot of every model (including ones still draining).  *out is

@@ -50,6 +50,16 @@ typedef struct mm_worker {
     mm_device dev;          /* immutable */
     char revision[64];      /* what its backend loaded; this worker's thread only */
     uint64_t memory_bytes;  /* what its backend reports holding; guarded by engine->mu */
+    /* The batch its backend's run() holds now (continuous batching: run() may
+     * take more tasks and finish some early, mm_worker_take_more /
+     * mm_worker_finish).  cur[0 .. cur_n): the tasks, NULL once finished
+     * early; the first cur_n0 are the batch run() was called with.  Guarded
+     * by engine->mu; NULL outside run(). */
+    mm_task_t **cur;
+    size_t cur_n, cur_n0, cur_cap;
+    size_t cur_items; /* items of the tasks finished early, for the batch metrics */
+    void (*fin_hook)(void *, mm_task_t *); /* mm_worker_on_finish; this worker's thread only */
+    void *fin_hook_user;
 } mm_worker;
 
 typedef struct mm_model {
@@ -102,6 +112,7 @@ typedef struct mm_model {
     int64_t retire_ns;        /* when the release was decided */
     char release_reason[96];  /* why it was retired */
     size_t batch_items, batch_tokens; /* effective budgets */
+    uint64_t kv_used, kv_total; /* KV-cache blocks, as its backend reports them (0/0: none) */
     int load_err;
     char errmsg[512];
 } mm_model;

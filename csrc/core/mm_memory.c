@@ -629,7 +629,7 @@ static void run_split(mm_engine_t *e, mm_model *m, void *st, mm_task_t **b, size
         return;
     size_t k = 0; /* move the tasks that ran out of memory to the front */
     for (size_t i = 0; i < n; i++)
-        if (b[i]->err_code == MM_ENOMEM) {
+        if (b[i] && b[i]->err_code == MM_ENOMEM) { /* NULL: finished early (mm_worker_finish) */
             mm_task_t *t = b[i];
             b[i] = b[k];
             b[k++] = t;

@@ -17,8 +17,13 @@
  * more than N items fails every task with OUT_OF_MEMORY, as a GPU would),
  * oom_loads=N (the first N loads of this name fail with OUT_OF_MEMORY), word_us
  * (0, generation: the time each word takes, so streams arrive word by word
- * and a cancelled task stops between two words).  An
- * input item containing "__fail__" fails its task with TASK_FAILED.
+ * and a cancelled task stops between two words), continuous=N (generation:
+ * continuous batching with N slots, as decoder-only models run: run() keeps
+ * a running batch, takes queued tasks into free slots between two words
+ * (mm_worker_take_more), produces one word for every running task per
+ * word_us step, and finishes each task the moment its words are done or it
+ * is cancelled (mm_worker_finish)).  An input item containing "__fail__"
+ * fails its task with TASK_FAILED.
  */
 #include <jansson.h>
 #include <math.h>
@@ -38,6 +43,7 @@ typedef struct synth_opts {
     mm_task_type type;
     long dim, load_ms, item_us, batch_us, max_items, max_tokens, mem_mb, fail_loads, download_mb;
     long word_us;
+    long continuous; /* generation: running-batch slots (0: off) */
     long oom_over, oom_loads; /* oom_over: 0 = never */
     int fail_load;
 } synth_opts;
@@ -100,6 +106,8 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
             bad = parse_long(v, 0, 60000000, &o->batch_us);
         else if (!strcmp(k, "word_us"))
             bad = parse_long(v, 0, 60000000, &o->word_us);
+        else if (!strcmp(k, "continuous"))
+            bad = parse_long(v, 0, 4096, &o->continuous);
         else if (!strcmp(k, "max_items"))
             bad = parse_long(v, 0, 1L << 30, &o->max_items);
         else if (!strcmp(k, "max_tokens"))
@@ -122,8 +130,8 @@ static int parse_opts(const char *name, synth_opts *o, char *err, size_t errlen)
         } else {
             snprintf(err, errlen,
                      "unknown synthetic option \"%.60s\" (known: dim, load_ms, item_us, "
-                     "batch_us, word_us, max_items, max_tokens, mem_mb, download_mb, fail=load, "
-                     "fail=oom_over=N, fail_loads, oom_loads)",
+                     "batch_us, word_us, continuous, max_items, max_tokens, mem_mb, download_mb, "
+                     "fail=load, fail=oom_over=N, fail_loads, oom_loads)",
                      k);
             return MM_EINVAL;
         }
@@ -522,8 +530,125 @@ static void run_generation(mm_task_t *t, json_t *kw, long word_us) {
     mm_free(buf);
 }
 
+/* Words a generation task asks for (max_new_tokens, else max_length, else 8). */
+static long gen_words(mm_task_t *t) {
+    long n_words = 8;
+    json_t *kw = json_loads(mm_task_params_json(t), 0, NULL), *v;
+    if ((v = json_object_get(kw, "max_new_tokens")) && json_is_integer(v))
+        n_words = (long)json_integer_value(v);
+    else if ((v = json_object_get(kw, "max_length")) && json_is_integer(v))
+        n_words = (long)json_integer_value(v);
+    json_decref(kw);
+    return n_words < 1 ? 1 : n_words > 4096 ? 4096 : n_words;
+}
+
+/* continuous=N: a running batch of at most N tasks, one word each per step;
+ * a task joins between two steps and leaves (delivered) as soon as it has
+ * all its words.  The words are those run_generation gives (streamed too). */
+static void run_continuous(synth_state *s, mm_task_t **first, size_t n0) {
+    typedef struct slot {
+        mm_task_t *t;
+        long words, done;
+        uint64_t x;
+        char *buf;
+        size_t off;
+        int stream;
+    } slot;
+    size_t cap = (size_t)s->o.continuous;
+    slot *sl = mm_calloc(cap, sizeof *sl);
+    mm_task_t **pending = mm_malloc((n0 ? n0 : 1) * sizeof *pending);
+    size_t np = 0, pi = 0, live = 0;
+    if (!sl || !pending) {
+        for (size_t i = 0; i < n0; i++)
+            mm_task_fail(first[i], MM_ENOMEM, "out of memory");
+        mm_free(sl);
+        mm_free(pending);
+        return;
+    }
+    for (size_t i = 0; i < n0; i++)
+        pending[np++] = first[i];
+    for (;;) {
+        /* fill free slots: the batch run() got first, then the queue */
+        for (size_t k = 0; k < cap && live < cap; k++) {
+            if (sl[k].t)
+                continue;
+            mm_task_t *t = NULL;
+            if (pi < np)
+                t = pending[pi++];
+            else if (mm_worker_take_more(&t, 1) == 0)
+                break;
+            size_t len;
+            const char *text = mm_task_item(t, 0, &len);
+            json_t *kw = json_loads(mm_task_params_json(t), 0, NULL);
+            json_t *v = json_object_get(kw, "num_return_sequences");
+            int simple = mm_task_n_items(t) == 1 && (!v || json_integer_value(v) <= 1) &&
+                         !strstr(text, "__fail__");
+            if (!simple) { /* several items or sequences: the classic path, at once */
+                if (strstr(text, "__fail__"))
+                    mm_task_fail(t, MM_ETASK, "synthetic failure injected for item 0");
+                else
+                    run_generation(t, kw ? kw : json_object(), 0);
+                json_decref(kw);
+                mm_worker_finish(t);
+                k--; /* the slot is still free */
+                continue;
+            }
+            sl[k].stream = json_is_true(json_object_get(kw, "stream"));
+            json_decref(kw);
+            sl[k].t = t;
+            sl[k].words = gen_words(t);
+            sl[k].done = 0;
+            sl[k].x = fnv1a(text, len, 0);
+            sl[k].off = 0;
+            sl[k].buf = mm_malloc((size_t)sl[k].words * 10 + 16);
+            mm_task_add_tokens(t, count_words(text, len), (uint64_t)sl[k].words);
+            live++;
+            if (!sl[k].buf) {
+                mm_task_fail(t, MM_ENOMEM, "out of memory generating text");
+                sl[k].done = sl[k].words;
+            }
+        }
+        mm_worker_kv_report(live, cap); /* slots stand for KV blocks here */
+        if (live == 0)
+            break;
+        sleep_us(s->o.word_us);
+        for (size_t k = 0; k < cap; k++) {
+            slot *q = &sl[k];
+            if (!q->t)
+                continue;
+            if (!mm_task_cancelled(q->t) && q->done < q->words && q->buf) {
+                size_t at = q->off;
+                q->off += (size_t)sprintf(q->buf + q->off, "%s%s", q->done ? " " : "",
+                                          WORDS[splitmix(&q->x) % 16]);
+                q->done++;
+                if (q->stream && mm_task_stream_text(q->t, 0, q->buf + at, q->off - at) < 0) {
+                    mm_task_fail(q->t, MM_ENOMEM, "out of memory streaming generated text");
+                    q->done = q->words;
+                }
+                if (q->done == q->words && q->buf &&
+                    mm_task_result_text(q->t, 0, 1, q->buf, q->off) < 0)
+                    mm_task_fail(q->t, MM_ENOMEM, "out of memory storing generated text");
+            }
+            if (q->done == q->words || mm_task_cancelled(q->t)) {
+                mm_task_t *t = q->t;
+                mm_free(q->buf);
+                memset(q, 0, sizeof *q);
+                live--;
+                mm_worker_kv_report(live, cap); /* before its completion is seen */
+                mm_worker_finish(t); /* a cancelled one completes with its stop code */
+            }
+        }
+    }
+    mm_free(sl);
+    mm_free(pending);
+}
+
 static void synth_run(void *state, mm_task_t **tasks, size_t n) {
     synth_state *s = state;
+    if (s->o.type == MM_TASK_TEXT_GENERATION && s->o.continuous > 0) {
+        run_continuous(s, tasks, n);
+        return;
+    }
     size_t items = 0;
     for (size_t k = 0; k < n; k++)
         items += mm_task_n_items(tasks[k]);

@@ -116,6 +116,34 @@ void mm_task_fail(mm_task_t *t, int code, const char *fmt, ...)
 #endif
     ;
 
+/* ---- continuous batching (a backend's run(), on the worker thread) ----
+ *
+ * A backend that keeps a running batch (decoder-only generation) may, from
+ * inside run() and on the thread that called it:
+ *   - take more queued tasks of its model without blocking: up to cap tasks
+ *     from the head of the queue into out (they become part of this run, as
+ *     if run() had been called with them); returns how many, 0 when the
+ *     queue is empty, the model failed, or the call is not from inside a
+ *     worker's run().  A task taken is the backend's to finish.
+ *   - finish a task of this run now: its result (or failure, or the stop
+ *     code of a cancelled / dropped / shut-down task) is delivered at once,
+ *     exactly once; the task must not be touched afterwards.  A task of the
+ *     run left unfinished when run() returns is finished by the engine then,
+ *     as always.  A task not of this run is ignored.
+ *   - report its KV-cache blocks in use and in all (status() shows them).
+ * The engine holds no lock while run() runs; these take it briefly. */
+size_t mm_worker_take_more(mm_task_t **out, size_t cap);
+void mm_worker_finish(mm_task_t *t);
+void mm_worker_kv_report(uint64_t used_blocks, uint64_t total_blocks);
+/* A backend that wraps another (the router) sets fn to run on each task the
+ * inner backend finishes early, just before it is delivered (e.g. to add a
+ * result field it adds to the rest after run()); NULL clears it. */
+void mm_worker_on_finish(void (*fn)(void *user, mm_task_t *t), void *user);
+/* From load() or run() on a worker thread: the memory policy's budget left
+ * on this worker's device (its budget minus what every model holds there,
+ * this one's weights included); 0 when unknown (not a worker thread). */
+uint64_t mm_worker_memory_free(void);
+
 /* ---- result reading (the extension, after completion) ---- */
 mm_result_kind mm_task_result_kind(const mm_task_t *t);
 const float *mm_task_result_vectors(const mm_task_t *t, size_t *n, size_t *dim);

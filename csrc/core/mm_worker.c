@@ -9,6 +9,14 @@
  * model holds with MODEL_LOAD_FAILED and retires the entry, so the next
  * task starts over with a fresh one.  A task larger than one batch runs in
  * chunks, one batch from the queue between two chunks (mm_chunk.c).
+ *
+ * Continuous batching: a backend's run() may take more queued tasks of its
+ * model (mm_worker_take_more) and finish tasks early (mm_worker_finish), so
+ * a decoder-only generation keeps one running batch that requests join and
+ * leave between decoding steps.  The worker then owns a growing batch
+ * (w->cur); a task finished early leaves a NULL slot there, and whatever
+ * run() left unfinished is finished when it returns, exactly once either
+ * way (a stopped task with its stop code).
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -129,11 +137,16 @@ static void on_loaded(mm_engine_t *e, mm_model *m, mm_worker *w, void *st, uint6
     pthread_cond_signal(&e->reaper_cv);
 }
 
-static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n,
-                         double run_s) {
-    size_t items = 0;
+/* Completes the tasks of batch[0 .. n) (NULL slots: finished early);
+ * returns their items. */
+static size_t finish_tasks(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch,
+                           size_t n) {
+    size_t items = 0, k = 0;
     for (size_t i = 0; i < n; i++) {
         mm_task_t *t = batch[i];
+        if (!t)
+            continue;
+        k++;
         snprintf(t->device, sizeof t->device, "%s", w->dev.name);
         if (mm__complete_if_stopped(e, m, t))
             continue;
@@ -158,7 +171,14 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
             mm__complete(e, t, MM_TS_DONE, 0, NULL);
         }
     }
-    m->in_flight -= n;
+    m->in_flight -= k;
+    return items;
+}
+
+static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **batch, size_t n,
+                         double run_s) {
+    size_t items = finish_tasks(e, m, w, batch, n) + w->cur_items;
+    w->cur_items = 0;
     m->batches++;
     mm_metrics_on_batch(m->met, items, run_s);
     m->last_used_ns = mm_now_ns();
@@ -167,6 +187,105 @@ static void finish_batch(mm_engine_t *e, mm_model *m, mm_worker *w, mm_task_t **
         pthread_cond_signal(&e->reaper_cv);
         mm__mem_changed(e); /* idle now: a load waiting for memory may evict it */
     }
+}
+
+/* ---- continuous batching (mm_task.h) ---- */
+
+/* The worker whose thread this is (NULL on other threads). */
+static _Thread_local mm_worker *tl_worker;
+
+size_t mm_worker_take_more(mm_task_t **out, size_t cap) {
+    mm_worker *w = tl_worker;
+    if (!w || !out || cap == 0)
+        return 0;
+    mm_model *m = w->model;
+    mm_engine_t *e = m->engine;
+    size_t k = 0;
+    pthread_mutex_lock(&e->mu);
+    if (w->cur && m->state != MM_MS_FAILED) {
+        int64_t now = mm_now_ns();
+        while (k < cap && m->qhead && !mm__chunk_wanted(m, m->qhead)) {
+            if (w->cur_n == w->cur_cap) { /* compact the slots finished early */
+                size_t j = w->cur_n0;
+                for (size_t i = w->cur_n0; i < w->cur_n; i++)
+                    if (w->cur[i])
+                        w->cur[j++] = w->cur[i];
+                w->cur_n = j;
+                if (j == w->cur_cap)
+                    break;
+            }
+            mm_task_t *t = m->qhead;
+            mm__queue_pop(e, m);
+            mm_metrics_on_dequeue(m->met, (double)(now - t->enqueue_ns) / 1e9);
+            t->status = MM_TS_RUNNING;
+            mm__running_add(e, t);
+            m->in_flight++;
+            w->cur[w->cur_n++] = t;
+            out[k++] = t;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return k;
+}
+
+void mm_worker_finish(mm_task_t *t) {
+    mm_worker *w = tl_worker;
+    if (!w || !t)
+        return;
+    mm_model *m = w->model;
+    mm_engine_t *e = m->engine;
+    pthread_mutex_lock(&e->mu);
+    size_t i = 0;
+    while (w->cur && i < w->cur_n && w->cur[i] != t)
+        i++;
+    if (!w->cur || i == w->cur_n) {
+        pthread_mutex_unlock(&e->mu);
+        return; /* not a task of this run */
+    }
+    w->cur[i] = NULL;
+    pthread_mutex_unlock(&e->mu);
+    if (w->fin_hook)
+        w->fin_hook(w->fin_hook_user, t);
+    if (e->cache)
+        mm__cache_after_run(e, t, w->revision, m->model_options);
+    pthread_mutex_lock(&e->mu);
+    w->cur_items += finish_tasks(e, m, w, &t, 1);
+    m->last_used_ns = mm_now_ns();
+    m->last_used_wall = mm_wall_s();
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mm_worker_on_finish(void (*fn)(void *user, mm_task_t *t), void *user) {
+    mm_worker *w = tl_worker;
+    if (!w)
+        return;
+    w->fin_hook = fn;
+    w->fin_hook_user = user;
+}
+
+void mm_worker_kv_report(uint64_t used_blocks, uint64_t total_blocks) {
+    mm_worker *w = tl_worker;
+    if (!w)
+        return;
+    mm_engine_t *e = w->model->engine;
+    pthread_mutex_lock(&e->mu);
+    w->model->kv_used = used_blocks;
+    w->model->kv_total = total_blocks;
+    pthread_mutex_unlock(&e->mu);
+}
+
+uint64_t mm_worker_memory_free(void) {
+    mm_worker *w = tl_worker;
+    if (!w)
+        return 0;
+    mm_engine_t *e = w->model->engine;
+    pthread_mutex_lock(&e->mu);
+    int s = mm__mem_slot(e, &w->dev);
+    uint64_t free_b = 0;
+    if (s >= 0 && s < e->n_mem && e->mem[s].budget > e->mem[s].used)
+        free_b = e->mem[s].budget - e->mem[s].used;
+    pthread_mutex_unlock(&e->mu);
+    return free_b;
 }
 
 /* Runs the next chunk of big; engine->mu held on entry and return (dropped
@@ -198,6 +317,7 @@ void *mm__worker_main(void *arg) {
     mm_engine_t *e = m->engine;
     mm_task_t **batch = mm_malloc(MAX_BATCH_TASKS * sizeof *batch);
     void *st = NULL;
+    tl_worker = w;
     char err[512] = "";
 
     pthread_mutex_lock(&e->mu);
@@ -296,14 +416,21 @@ void *mm__worker_main(void *arg) {
             m->in_flight += n;
             if (m->qlen)
                 pthread_cond_signal(&m->work_cv); /* more for another worker */
+            w->cur = batch;
+            w->cur_n = w->cur_n0 = n;
+            w->cur_cap = MAX_BATCH_TASKS;
+            w->cur_items = 0;
             pthread_mutex_unlock(&e->mu);
             int64_t run_t0 = mm_now_ns();
             mm__mem_run(e, m, st, batch, n);
             double run_s = (double)(mm_now_ns() - run_t0) / 1e9;
+            n = w->cur_n; /* run() may have taken more (only this thread writes it) */
             if (e->cache)
                 for (size_t i = 0; i < n; i++)
-                    mm__cache_after_run(e, batch[i], w->revision, m->model_options);
+                    if (batch[i])
+                        mm__cache_after_run(e, batch[i], w->revision, m->model_options);
             pthread_mutex_lock(&e->mu);
+            w->cur = NULL;
             finish_batch(e, m, w, batch, n, run_s);
         }
     }
@@ -315,6 +442,7 @@ void *mm__worker_main(void *arg) {
     mm_free(batch);
 
     pthread_mutex_lock(&e->mu);
+    tl_worker = NULL;
     w->memory_bytes = 0;
     m->n_exited++;
     m->released_bytes += back;

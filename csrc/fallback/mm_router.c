@@ -171,12 +171,21 @@ static int router_load(const mm_model_spec *spec, const mm_device *dev, void **s
     return 0;
 }
 
+/* Names the backend that served t in its result. */
+static void mark_backend(void *state, mm_task_t *t) {
+    rstate *s = state;
+    if (mm_task_error_code(t) == 0 && mm_task_result_kind(t) != MM_RESULT_NONE)
+        mm_task_result_extra(t, "backend", s->json_name);
+}
+
 static void router_run(void *state, mm_task_t **tasks, size_t n) {
     rstate *s = state;
+    mm_worker_on_finish(mark_backend, s); /* tasks finished early (continuous batching) */
     s->vt->run(s->inner, tasks, n);
+    mm_worker_on_finish(NULL, NULL);
     for (size_t i = 0; i < n; i++)
-        if (mm_task_error_code(tasks[i]) == 0 && mm_task_result_kind(tasks[i]) != MM_RESULT_NONE)
-            mm_task_result_extra(tasks[i], "backend", s->json_name);
+        if (tasks[i]) /* NULL: finished early */
+            mark_backend(s, tasks[i]);
 }
 
 static void router_unload(void *state) {

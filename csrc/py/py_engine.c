@@ -430,7 +430,7 @@ static PyObject *status_dict(const mm_model_status *s) {
         Py_DECREF(devices);
         return NULL;
     }
-    return Py_BuildValue(
+    PyObject *d = Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:N,s:i,s:i,s:n,s:n,s:N,s:N,s:N,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
         "s:K,s:s,s:N,s:N,s:N,s:N,s:N}",
         "model_name", s->model_name, "task_type", mm_task_type_name(s->task_type), "state",
@@ -445,6 +445,14 @@ static PyObject *status_dict(const mm_model_status *s) {
         "memory_bytes", (unsigned long long)s->memory_bytes, "backend", s->backend, "error",
         error, "download", download, "memory_bytes_by_device", by_dev, "last_release_reason",
         reason, "memory_estimate", estimate);
+    if (d && s->kv_blocks_total) { /* decoder-only generation: the KV-cache block budget */
+        PyObject *kv = Py_BuildValue("{s:K,s:K}", "used", (unsigned long long)s->kv_blocks_used,
+                                     "total", (unsigned long long)s->kv_blocks_total);
+        if (!kv || PyDict_SetItemString(d, "kv_blocks", kv) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(kv);
+    }
+    return d;
 }
 
 static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
