@@ -11,25 +11,33 @@ vocabulary is ~500 ids, not 151k: the output projection is a small share of
 the work, unlike the real model.
 
 Workload: --n requests (default 64) with prompts of --min-prompt..--max-prompt
-tokens (default 16..512) all submitted at once, each generating exactly
+tokens (default 16..512), submitted at once (--arrival-ms 0) or staggered
+(--arrival-ms G: request i arrives at i * G ms),
+each generating exactly
 --new tokens (min_new_tokens = max_new_tokens, so random weights do not stop
 early; one setting for all, since requests with equal settings share a
 batch).  Reported per engine: total generated tokens per second, time to first
 token p50 / p99 and inter-token latency p50 / p99 (per request: (last - first
 token time) / (tokens - 1)):
-  * ours: every request is an mm.stream(); first token = its first piece (a
-    piece may trail its token by one when the text is not yet stable);
-  * transformers: generate() over padded batches of --ref-batch prompts, one
-    batch after another (left padding); first token = the batch's first
-    logits-processor call (after its prefill);
-  * CTranslate2: one generate_batch over all prompts (its own batching,
-    max_batch_size --ct2-batch), first / last token times from its per-step
-    callback.
+  * ours: every request is an mm.stream() started at its arrival; one worker
+    (--workers) with continuous batching: a request joins the running batch
+    between two steps; first token = its first piece (a piece may trail its
+    token by one when the text is not yet stable);
+  * transformers: generate() over padded batches of up to --ref-batch prompts,
+    one batch after another (left padding), each batch taking the requests
+    that have arrived when it starts (static batching, as a server without
+    continuous batching does); first token = the batch's first logits-
+    processor call (after its prefill);
+  * CTranslate2: generate_batch over the requests that have arrived (all of
+    them in a burst; its own batching, max_batch_size --ct2-batch), batch
+    after batch like transformers, first / last token times from its
+    per-step callback.
+TTFT counts from each request's arrival.
 Prints the machine's load average before and after: the machine is shared,
 so the numbers are only comparable within one run.  A benchmark, not a test.
 
 Usage: python3 benchmarks/bench_llm.py [--n 64] [--new 64] [--threads 2]
-       [--shape small|qwen2-0.5b] [--engines ours,hf,ct2]
+       [--arrival-ms 0] [--workers 1] [--shape small|qwen2-0.5b] [--engines ours,hf,ct2]
 """
 import argparse
 import asyncio
@@ -93,31 +101,55 @@ def report(name, wall, ntok, ttft, itl):
     return ntok / wall, pct(ttft, 50)
 
 
-async def run_ours(path, texts, new, threads):
+async def run_ours(path, texts, new, threads, arrivals, workers):
     from pymodelmgr import ModelManager
     kw = dict(max_new_tokens=new, min_new_tokens=new)
     async with ModelManager({"fake_gpus": "none", "cpu_threads": threads,
-                             "worker_pool": {"queue_timeout": 0}}) as mm:
+                             "worker_pool": {"queue_timeout": 0, "num_workers": workers}}) as mm:
         r = await mm.task("warm up", "text_generation", path, device="cpu", max_new_tokens=2)
         assert r.success, r.error
 
-        async def one(t):
+        async def one(t, at):
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            start = time.perf_counter()
             first = None
             res = []
             async for _ in mm.stream(t, "text_generation", path, device="cpu", on_result=res.append, **kw):
                 if first is None:
                     first = time.perf_counter()
-            return first, time.perf_counter(), res[0].data["completion_tokens"]
+            return start, first, time.perf_counter(), res[0].data["completion_tokens"]
 
         t0 = time.perf_counter()
-        out = await asyncio.gather(*(one(t) for t in texts))
+        out = await asyncio.gather(*(one(t, at) for t, at in zip(texts, arrivals)))
         wall = time.perf_counter() - t0
-    ttft = [f - t0 for f, _, _ in out]
-    itl = [(e - f) / max(1, n - 1) for f, e, n in out]
-    return wall, sum(n for _, _, n in out), ttft, itl
+    ttft = [f - s for s, f, _, _ in out]
+    itl = [(e - f) / max(1, n - 1) for _, f, e, n in out]
+    return wall, sum(n for *_, n in out), ttft, itl
 
 
-def run_hf(path, tok, texts, new, batch, threads):
+def static_batches(texts, arrivals, batch, run_batch):
+    """A server without continuous batching: each batch takes the requests
+    that have arrived (up to batch), waiting for the next one when none has.
+    run_batch(texts) -> per request (first token time, end time, tokens)."""
+    t0 = time.perf_counter()
+    ttft, itl, ntok, i = [], [], 0, 0
+    while i < len(texts):
+        wait = t0 + arrivals[i] - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        now = time.perf_counter() - t0
+        j = i + 1
+        while j < len(texts) and j - i < batch and arrivals[j] <= now:
+            j += 1
+        for k, (first, end, n) in enumerate(run_batch(texts[i:j])):
+            ttft.append(first - (t0 + arrivals[i + k]))
+            itl.append((end - first) / max(1, n - 1))
+            ntok += n
+        i = j
+    return time.perf_counter() - t0, ntok, ttft, itl
+
+
+def run_hf(path, tok, texts, new, batch, threads, arrivals):
     from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -132,46 +164,42 @@ def run_hf(path, tok, texts, new, batch, threads):
                 self.first = time.perf_counter()
             return scores
 
-    ttft, itl, ntok = [], [], 0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(texts), batch):
-            enc = tok(texts[i:i + batch], return_tensors="pt", padding=True)
-            clock = Clock()
+    def one_batch(part):
+        enc = tok(part, return_tensors="pt", padding=True)
+        clock = Clock()
+        with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                                  logits_processor=LogitsProcessorList([clock]))
-            end = time.perf_counter()
-            n = out.shape[1] - enc.input_ids.shape[1]
-            for _ in range(out.shape[0]):
-                ttft.append(clock.first - t0)
-                itl.append((end - clock.first) / max(1, n - 1))
-                ntok += n
-    return time.perf_counter() - t0, ntok, ttft, itl
+        end = time.perf_counter()
+        n = out.shape[1] - enc.input_ids.shape[1]
+        return [(clock.first, end, n)] * out.shape[0]
+
+    return static_batches(texts, arrivals, batch, one_batch)
 
 
-def run_ct2(path, tok, texts, new, batch, threads):
+def run_ct2(path, tok, texts, new, batch, threads, arrivals):
     import ctranslate2
     out_dir = path + "-ct2"
     if not os.path.isdir(out_dir):
         ctranslate2.converters.TransformersConverter(path).convert(out_dir, quantization="float32")
     gen = ctranslate2.Generator(out_dir, device="cpu", intra_threads=threads, inter_threads=1)
-    toks = [tok.convert_ids_to_tokens(tok(t).input_ids) for t in texts]
-    first, last, count = {}, {}, {}
+    toks = {t: tok.convert_ids_to_tokens(tok(t).input_ids) for t in texts}
 
-    def cb(step):
-        now = time.perf_counter()
-        first.setdefault(step.batch_id, now)
-        last[step.batch_id] = now
-        count[step.batch_id] = count.get(step.batch_id, 0) + 1
-        return False
+    def one_batch(part):
+        first, last, count = {}, {}, {}
 
-    t0 = time.perf_counter()
-    gen.generate_batch(toks, max_length=new, min_length=new, sampling_topk=1, include_prompt_in_result=False,
-                       max_batch_size=batch, callback=cb)
-    wall = time.perf_counter() - t0
-    ttft = [first[i] - t0 for i in range(len(texts))]
-    itl = [(last[i] - first[i]) / max(1, count[i] - 1) for i in range(len(texts))]
-    return wall, sum(count.values()), ttft, itl
+        def cb(step):
+            now = time.perf_counter()
+            first.setdefault(step.batch_id, now)
+            last[step.batch_id] = now
+            count[step.batch_id] = count.get(step.batch_id, 0) + 1
+            return False
+
+        gen.generate_batch([toks[t] for t in part], max_length=new, min_length=new, sampling_topk=1,
+                           include_prompt_in_result=False, max_batch_size=batch, callback=cb)
+        return [(first[i], last[i], count[i]) for i in range(len(part))]
+
+    return static_batches(texts, arrivals, len(texts), one_batch)
 
 
 def main():
@@ -185,23 +213,31 @@ def main():
     ap.add_argument("--ref-batch", type=int, default=8)
     ap.add_argument("--ct2-batch", type=int, default=64)
     ap.add_argument("--engines", default="ours,hf,ct2")
+    ap.add_argument("--arrival-ms", type=float, default=0.0,
+                    help="gap between two requests' arrivals (0: all at once)")
+    ap.add_argument("--workers", type=int, default=1, help="our workers for the model")
     a = ap.parse_args()
     engines = a.engines.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "qwen2-random")
         tok = build(path, a.shape)
         texts = prompts(tok, a.n, a.min_prompt, a.max_prompt)
+        arrivals = [i * a.arrival_ms / 1000 for i in range(a.n)]
         print(f"model: random Qwen2, shape {a.shape} {SHAPES[a.shape]}, vocab {len(tok)}, float32, CPU, "
               f"{a.threads} thread(s); {a.n} requests, prompts {a.min_prompt}..{a.max_prompt} tokens, "
-              f"{a.new} new tokens each")
+              f"{a.new} new tokens each, " +
+              (f"arriving every {a.arrival_ms:g} ms" if a.arrival_ms else "all at once"))
         print(f"load average before: {os.getloadavg()} (shared machine, {os.cpu_count()} cores)")
         rows = {}
         if "ours" in engines:
-            rows["ours"] = report("pymodelmgr", *asyncio.run(run_ours(path, texts, a.new, a.threads)))
+            rows["ours"] = report("pymodelmgr", *asyncio.run(run_ours(path, texts, a.new, a.threads, arrivals,
+                                                                      a.workers)))
         if "hf" in engines:
-            rows["hf"] = report(f"hf b={a.ref_batch}", *run_hf(path, tok, texts, a.new, a.ref_batch, a.threads))
+            rows["hf"] = report(f"hf b={a.ref_batch}", *run_hf(path, tok, texts, a.new, a.ref_batch, a.threads,
+                                                               arrivals))
         if "ct2" in engines:
-            rows["ct2"] = report("ctranslate2", *run_ct2(path, tok, texts, a.new, a.ct2_batch, a.threads))
+            rows["ct2"] = report("ctranslate2", *run_ct2(path, tok, texts, a.new, a.ct2_batch, a.threads,
+                                                          arrivals))
         print(f"load average after: {os.getloadavg()}")
         if "ours" in rows:
             for k, (tps, ttft) in rows.items():

@@ -13,7 +13,7 @@ from .context import SERVICE_NAME, AppContext, install
 from . import fallback as _fallback
 from .manager import ModelManager, StreamError
 from .result import ErrorInfo, Result
-from .settings import EmbeddingCacheConfig, ModelManagerSettings, WorkerPoolConfig
+from .settings import EmbeddingCacheConfig, GenerationConfig, ModelManagerSettings, WorkerPoolConfig
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "ModelManagerSettings",
     "WorkerPoolConfig",
     "EmbeddingCacheConfig",
+    "GenerationConfig",
     "AppContext",
     "install",
     "SERVICE_NAME",

@@ -242,6 +242,7 @@ class ModelManager:
         options = {
             "dtype": settings.dtype,
             "embedding_cache": settings.embedding_cache.model_dump(),
+            "generation": settings.generation.model_dump(),
         }
         self._engine = _core.Engine(
             max_queue_size=wp.max_queue_size,

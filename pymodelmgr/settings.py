@@ -100,6 +100,30 @@ class EmbeddingCacheConfig(BaseModel):
     ttl_seconds: float = Field(default=3600, gt=0, le=MAX_SECONDS)
 
 
+class GenerationConfig(BaseModel):
+    """Decoder-only generation (Llama, Mistral, Qwen2/3, Gemma, Phi-3): continuous batching.
+
+    Attributes:
+        kv_cache_mb: the model's KV-cache budget in MiB, shared by its workers.  A request
+            reserves the cache blocks (64 positions of one sequence, all layers) that its prompt
+            plus ``max_new_tokens`` can fill, times ``num_return_sequences``, when it joins a
+            running batch, and gives them back when it finishes; one that does not fit waits in
+            the queue, one that could never fit fails with ``INSUFFICIENT_MEMORY``.  0 (the
+            default) takes the memory policy's budget left on the model's device once its
+            weights are loaded (``memory_fraction`` of the device, minus what every model holds
+            there).  ``status()`` shows a model's ``kv_blocks`` (used / total).
+        prefill_tokens_per_step: prompt tokens prefilled between two decoding steps of a
+            running batch; newcomers are prefilled in arrival order until this many are spent
+            (at least one prompt a step; a prompt is never split), so a burst of long prompts
+            delays the running sequences' next token by about this many tokens of prefill.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    kv_cache_mb: float = Field(default=0, ge=0, le=MAX_COUNT)
+    prefill_tokens_per_step: int = Field(default=512, ge=1, le=MAX_COUNT)
+
+
 class ModelManagerSettings(BaseModel):
     """All settings of a :class:`~pymodelmgr.ModelManager`.
 
@@ -107,6 +131,7 @@ class ModelManagerSettings(BaseModel):
         enabled: when False every ``task()`` returns ``MODEL_MANAGER_DISABLED``.
         worker_pool: see :class:`WorkerPoolConfig`.
         embedding_cache: see :class:`EmbeddingCacheConfig`.
+        generation: see :class:`GenerationConfig` (decoder-only continuous batching).
         cache_dir: where downloaded models live (relative to the working directory), laid out
             like the Hugging Face cache so both can share it; ``"hf"`` uses the standard
             Hugging Face cache itself (``HF_HUB_CACHE``, else ``$HF_HOME/hub``).
@@ -134,6 +159,7 @@ class ModelManagerSettings(BaseModel):
     enabled: bool = True
     worker_pool: WorkerPoolConfig = Field(default_factory=WorkerPoolConfig)
     embedding_cache: EmbeddingCacheConfig = Field(default_factory=EmbeddingCacheConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     cache_dir: str = "data/models"
     cpu_threads: int = Field(default=0, ge=0)
     dtype: Literal["auto", "float32", "float16", "bfloat16", "bf16", "int8"] = "auto"

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../torch/mm_torch_gen.h"
 #include "mm_alloc.h"
@@ -49,6 +50,15 @@ typedef struct gen_api {
     mm_torch_gen_run_cb_fn run_cb;
     mm_torch_gen_result_free_fn result_free;
     mm_torch_gen_free_fn free;
+    /* continuous batching (ABI 3); NULL with an older shim */
+    mm_torch_gen_kv_budget_fn kv_budget;
+    mm_torch_gen_kv_get_fn kv_get;
+    mm_torch_gen_batch_new_fn batch_new;
+    mm_torch_gen_batch_add_fn batch_add;
+    mm_torch_gen_batch_step_fn batch_step;
+    mm_torch_gen_batch_result_fn batch_result;
+    mm_torch_gen_batch_drop_fn batch_drop;
+    mm_torch_gen_batch_free_fn batch_free;
 } gen_api;
 
 typedef struct gstate {
@@ -57,6 +67,7 @@ typedef struct gstate {
     mm__ntok *tok;
     mm_torch_gen_t *gen;
     mm_torch_gen_info info;
+    int64_t prefill_tokens; /* prompt tokens prefilled per round of a running batch */
 } gstate;
 
 static int resolve_api(gen_api *a, char *err, size_t errlen) {
@@ -76,6 +87,20 @@ static int resolve_api(gen_api *a, char *err, size_t errlen) {
     SYM(result_free, "mm_torch_gen_result_free");
     SYM(free, "mm_torch_gen_free");
 #undef SYM
+    char e2[16];
+#define OPT(field, name) a->field = mm_native_shim_sym(name, e2, sizeof e2)
+    OPT(kv_budget, "mm_torch_gen_kv_budget");
+    OPT(kv_get, "mm_torch_gen_kv_get");
+    OPT(batch_new, "mm_torch_gen_batch_new");
+    OPT(batch_add, "mm_torch_gen_batch_add");
+    OPT(batch_step, "mm_torch_gen_batch_step");
+    OPT(batch_result, "mm_torch_gen_batch_result");
+    OPT(batch_drop, "mm_torch_gen_batch_drop");
+    OPT(batch_free, "mm_torch_gen_batch_free");
+#undef OPT
+    if (!a->kv_budget || !a->kv_get || !a->batch_new || !a->batch_add || !a->batch_step ||
+        !a->batch_result || !a->batch_drop || !a->batch_free)
+        a->batch_new = NULL; /* all or nothing */
     return 0;
 }
 
@@ -327,6 +352,36 @@ static int opt_dtype(const char *options_json, char *out, size_t cap) {
     return found;
 }
 
+/* Whether the loaded model is decoder-only (prompts are continued). */
+static int is_causal(const gstate *s);
+
+/* The KV-cache budget of a decoder-only model, from the settings' generation
+ * section (options_json {"generation": {"kv_cache_mb", "prefill_tokens_per_step"}}):
+ * kv_cache_mb > 0 is the budget; 0 (auto) is the memory policy's budget
+ * left on the worker's device once the model's weights are counted
+ * (mm_worker_memory_free). */
+static void set_kv_budget(gstate *s, const char *options_json) {
+    double mb = 0;
+    s->prefill_tokens = 512;
+    json_t *o = json_loads(options_json ? options_json : "{}", 0, NULL);
+    json_t *g = o ? json_object_get(o, "generation") : NULL;
+    if (json_is_number(json_object_get(g, "kv_cache_mb")))
+        mb = json_number_value(json_object_get(g, "kv_cache_mb"));
+    if (json_is_integer(json_object_get(g, "prefill_tokens_per_step")))
+        s->prefill_tokens = (int64_t)json_integer_value(json_object_get(g, "prefill_tokens_per_step"));
+    json_decref(o);
+    uint64_t bytes = mb > 0 ? (uint64_t)(mb * 1048576.0) : mm_worker_memory_free();
+    s->api.kv_budget(s->gen, bytes);
+    mm_torch_gen_kv kv;
+    if (s->api.kv_get(s->gen, &kv) == 0) {
+        mm_worker_kv_report((uint64_t)kv.used_blocks, (uint64_t)kv.total_blocks);
+        mm_log(MM_LOG_INFO, "native: KV cache of %lld blocks of %lld positions (%.1f MiB, %s)",
+               (long long)kv.total_blocks, (long long)kv.block_positions,
+               (double)kv.total_blocks * (double)kv.block_bytes / 1048576.0,
+               mb > 0 ? "generation.kv_cache_mb" : "the device's memory budget left");
+    }
+}
+
 static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **state, char *err,
                     size_t errlen) {
     *state = NULL;
@@ -358,11 +413,12 @@ static int gen_load(const mm_model_spec *spec, const mm_device *dev, void **stat
     s->api.info(s->gen, &s->info);
     mm_log(MM_LOG_INFO, "native: %s loaded for text generation on %s (%s, %s)",
            spec->model_name, s->info.device, s->info.arch, s->info.dtype);
+    if (is_causal(s) && s->api.batch_new)
+        set_kv_budget(s, spec->options_json);
     *state = s;
     return 0;
 }
 
-/* Whether the loaded model is decoder-only (prompts are continued). */
 static int is_causal(const gstate *s) {
     return strcmp(s->info.arch, "t5") != 0 && strcmp(s->info.arch, "bart") != 0;
 }
@@ -553,6 +609,100 @@ static void jb_add(jbuf *b, const char *s) {
     b->len += l;
 }
 
+/* One generated sequence as the shim returned it. */
+typedef struct seq_view {
+    const int64_t *ids;
+    size_t n;
+    uint8_t finish;
+} seq_view;
+
+/* Decodes t's sequences v[0 .. n_items * nrs) (cut at stop strings), sends
+ * the rest of each streamed text (seqs: the same sequences' stream state;
+ * streamed: whether to), and writes t's texts, finish reasons and token
+ * counts (plens: its inputs' prompt tokens).  Fails t on an error. */
+static void write_task(const gstate *s, mm_task_t *t, const stops *st, int streamed, size_t nrs,
+                       seq_state *seqs, const seq_view *v, const size_t *plens) {
+    char err[512] = "";
+    size_t n = mm_task_n_items(t);
+    int32_t *buf = NULL;
+    size_t bufcap = 0;
+    const int single = mm_task_single_input(t) && nrs == 1;
+    jbuf fr = {0}, ct = {0}, pt = {0};
+    jb_add(&fr, "[");
+    jb_add(&ct, "[");
+    jb_add(&pt, "[");
+    for (size_t i = 0; i < n; i++) {
+        char num[32];
+        snprintf(num, sizeof num, "%s%zu", i ? "," : "", plens[i]);
+        jb_add(&pt, num);
+    }
+    int ok = 1;
+    for (size_t j = 0; j < n * nrs && ok; j++) {
+        size_t len = v[j].n;
+        if (len > bufcap) {
+            int32_t *nb = mm_realloc(buf, len * sizeof *nb);
+            if (!nb) {
+                mm_task_fail(t, MM_ENOMEM, "out of memory");
+                ok = 0;
+                break;
+            }
+            buf = nb;
+            bufcap = len;
+        }
+        for (size_t x = 0; x < len; x++)
+            buf[x] = (int32_t)v[j].ids[x];
+        mm_task_add_tokens(t, 0, len);
+        char *text = NULL;
+        size_t tl = 0;
+        int rc = mm__ntok_decode(s->tok, buf, len, &text, &tl, err, sizeof err);
+        int stopped = v[j].finish != MM_GEN_FINISH_LENGTH;
+        if (rc == 0 && st->n) {
+            size_t cut = stop_at(st, text, tl);
+            if (cut < tl) {
+                tl = cut;
+                text[tl] = '\0';
+                stopped = 1;
+            }
+        }
+        if (rc == 0 && streamed) /* the rest of a streamed text */
+            send_piece(&seqs[j], text, tl);
+        if (rc == 0)
+            rc = mm_task_result_text(t, j, nrs, text, tl);
+        mm_free(text);
+        if (rc != 0) {
+            mm_task_fail(t, rc, "decoding the output failed: %s", err);
+            ok = 0;
+            break;
+        }
+        char num[48];
+        snprintf(num, sizeof num, "%s\"%s\"", j ? "," : "", stopped ? "stop" : "length");
+        jb_add(&fr, num);
+        snprintf(num, sizeof num, "%s%zu", j ? "," : "", len);
+        jb_add(&ct, num);
+        if (single) {
+            snprintf(num, sizeof num, "\"%s\"", stopped ? "stop" : "length");
+            mm_task_result_extra(t, "finish_reason", num);
+            snprintf(num, sizeof num, "%zu", len);
+            mm_task_result_extra(t, "completion_tokens", num);
+            snprintf(num, sizeof num, "%zu", plens[0]);
+            mm_task_result_extra(t, "prompt_tokens", num);
+        }
+    }
+    jb_add(&fr, "]");
+    jb_add(&ct, "]");
+    jb_add(&pt, "]");
+    if (ok && !single) {
+        if (fr.oom || ct.oom || pt.oom || mm_task_result_extra(t, "finish_reasons", fr.p) != 0 ||
+            mm_task_result_extra(t, "completion_tokens", ct.p) != 0 ||
+            mm_task_result_extra(t, "prompt_tokens", pt.p) != 0)
+            mm_task_fail(t, MM_ENOMEM, "out of memory");
+    }
+    mm_free(fr.p);
+    mm_free(ct.p);
+    mm_free(pt.p);
+    mm_free(buf);
+}
+
 /* Whether kwargs ask for streamed output (ModelManager.stream()). */
 static int json_stream_flag(const char *json) {
     json_t *o = json_loads(json ? json : "{}", 0, NULL);
@@ -561,38 +711,102 @@ static int json_stream_flag(const char *json) {
     return on;
 }
 
+/* Encodes every input of t into ids[i] (mm_malloc'd, lens[i] tokens),
+ * truncated at maxlen when truncate, else an over-long input is an
+ * INVALID_ARGUMENT naming it.  Fails t and returns nonzero on an error. */
+static int encode_task(const gstate *s, mm_task_t *t, const mm_torch_gen_params *p,
+                       int add_special, int truncate, size_t maxlen, int64_t **ids, size_t *lens,
+                       int64_t *scratch, int64_t *tscratch, size_t cap) {
+    char err[512];
+    const int causal = is_causal(s);
+    size_t n = mm_task_n_items(t);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0, full = 0;
+        const char *text = mm_task_item(t, i, &len);
+        int rc = mm__ntok_encode_ex(s->tok, text, len, add_special, truncate ? maxlen : 0, scratch,
+                                    tscratch, cap, &full, err, sizeof err);
+        if (rc == 0 && !truncate && full > maxlen) {
+            rc = MM_EINVAL;
+            if (causal)
+                snprintf(err, sizeof err, "input %zu has %zu tokens; the model's context of "
+                         "%lld positions leaves room for %zu beside %lld new tokens (pass "
+                         "truncate=True to cut it)", i, full,
+                         (long long)s->info.max_input_length, maxlen,
+                         (long long)(p->max_new_tokens > 0 ? p->max_new_tokens : 1));
+            else
+                snprintf(err, sizeof err, "input %zu has %zu tokens, more than the model's "
+                         "%zu (pass truncate=true to cut it)", i, full, maxlen);
+        }
+        if (rc == 0 && full == 0) {
+            rc = MM_EINVAL;
+            snprintf(err, sizeof err, "input %zu encodes to no tokens", i);
+        }
+        size_t got = full < cap ? full : cap;
+        if (truncate && got > maxlen)
+            got = maxlen;
+        if (rc == 0 && !(ids[i] = mm_malloc(got * sizeof(int64_t))))
+            rc = MM_ENOMEM;
+        if (rc != 0) {
+            mm_task_fail(t, rc, "%s", rc == MM_ENOMEM ? "out of memory" : err);
+            return rc;
+        }
+        memcpy(ids[i], scratch, got * sizeof(int64_t));
+        lens[i] = got;
+        mm_task_add_tokens(t, got, 0);
+    }
+    return 0;
+}
+
 /* Runs the tasks tasks[idx[0..m)] that share one kwargs text. */
+/* A task's generation settings: the kwargs over the model's defaults. */
+typedef struct gsettings {
+    mm_torch_gen_params p;
+    int truncate, add_special, streamed;
+    stops st;
+    size_t maxlen; /* prompt tokens an input may keep */
+} gsettings;
+
+/* Reads kwargs (the task's JSON) into *g and checks them against the model;
+ * 0 or an error code with err written.  Input limit: encoder-decoders
+ * truncate at the model's input length unless truncate=false; a
+ * decoder-only prompt must leave room for its new tokens within the
+ * context, and is cut only with truncate=true. */
+static int prepare(const gstate *s, const char *kw, gsettings *g, char *err, size_t errlen) {
+    const int causal = is_causal(s);
+    s->api.default_params(s->gen, &g->p);
+    int rc = apply_kwargs(kw, &g->p, &g->truncate, &g->st, &g->add_special, err, errlen);
+    if (rc == 0)
+        rc = s->api.check_params(s->gen, &g->p, err, errlen);
+    g->maxlen = (size_t)s->info.max_input_length;
+    if (g->truncate < 0)
+        g->truncate = !causal;
+    if (rc == 0 && causal) {
+        int64_t room =
+            s->info.max_input_length - (g->p.max_new_tokens > 0 ? g->p.max_new_tokens : 1);
+        if (room < 1) {
+            rc = MM_EINVAL;
+            snprintf(err, errlen, "max_new_tokens (%lld) leaves no room for a prompt in the "
+                     "model's context of %lld positions", (long long)g->p.max_new_tokens,
+                     (long long)s->info.max_input_length);
+        }
+        g->maxlen = room > 0 ? (size_t)room : 1;
+    }
+    g->streamed = json_stream_flag(kw);
+    return rc;
+}
+
+/* Runs the tasks tasks[idx[0..m)] that share one kwargs text (all at once). */
 static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m) {
     char err[512];
     err[0] = '\0';
-    mm_torch_gen_params p;
-    int truncate = -1;
-    stops st;
     seq_state *seqs = NULL;
     size_t live = 0, nrs_run_out = 0;
-    const int causal = is_causal(s);
-    s->api.default_params(s->gen, &p);
-    int add_special = 1;
-    int rc = apply_kwargs(mm_task_params_json(tasks[idx[0]]), &p, &truncate, &st, &add_special,
-                          err, sizeof err);
-    if (rc == 0)
-        rc = s->api.check_params(s->gen, &p, err, sizeof err);
-    /* Input limit: encoder-decoders truncate at the model's input length unless
-     * truncate=false; a decoder-only prompt must leave room for its new tokens
-     * within the context, and is cut only with truncate=true. */
-    size_t maxlen = (size_t)s->info.max_input_length;
-    if (truncate < 0)
-        truncate = !causal;
-    if (rc == 0 && causal) {
-        int64_t room = s->info.max_input_length - (p.max_new_tokens > 0 ? p.max_new_tokens : 1);
-        if (room < 1) {
-            rc = MM_EINVAL;
-            snprintf(err, sizeof err, "max_new_tokens (%lld) leaves no room for a prompt in the "
-                     "model's context of %lld positions", (long long)p.max_new_tokens,
-                     (long long)s->info.max_input_length);
-        }
-        maxlen = room > 0 ? (size_t)room : 1;
-    }
+    gsettings g;
+    int rc = prepare(s, mm_task_params_json(tasks[idx[0]]), &g, err, sizeof err);
+    const mm_torch_gen_params p = g.p;
+    const int truncate = g.truncate, add_special = g.add_special;
+    const size_t maxlen = g.maxlen;
+    const stops *stp = &g.st;
     if (rc != 0) {
         for (size_t k = 0; k < m; k++)
             mm_task_fail(tasks[idx[k]], rc, "%s", err);
@@ -616,44 +830,12 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
     /* 1. encode */
     for (size_t k = 0; k < m; k++) {
         mm_task_t *t = tasks[idx[k]];
-        size_t n = mm_task_n_items(t);
-        for (size_t i = 0; i < n && !failed[k]; i++) {
-            size_t len = 0, full = 0;
-            const char *text = mm_task_item(t, i, &len);
-            rc = mm__ntok_encode_ex(s->tok, text, len, add_special, truncate ? maxlen : 0, scratch,
-                                    tscratch, cap, &full, err, sizeof err);
-            if (rc == 0 && !truncate && full > maxlen) {
-                rc = MM_EINVAL;
-                if (causal)
-                    snprintf(err, sizeof err, "input %zu has %zu tokens; the model's context of "
-                             "%lld positions leaves room for %zu beside %lld new tokens (pass "
-                             "truncate=True to cut it)", i, full,
-                             (long long)s->info.max_input_length, maxlen,
-                             (long long)(p.max_new_tokens > 0 ? p.max_new_tokens : 1));
-                else
-                    snprintf(err, sizeof err, "input %zu has %zu tokens, more than the model's "
-                             "%zu (pass truncate=true to cut it)", i, full, maxlen);
-            }
-            if (rc == 0 && full == 0) {
-                rc = MM_EINVAL;
-                snprintf(err, sizeof err, "input %zu encodes to no tokens", i);
-            }
-            size_t got = full < cap ? full : cap;
-            if (truncate && got > maxlen)
-                got = maxlen;
-            if (rc == 0 && !(ids[in + i] = mm_malloc(got * sizeof(int64_t))))
-                rc = MM_ENOMEM;
-            if (rc != 0) {
-                mm_task_fail(t, rc, "%s", rc == MM_ENOMEM ? "out of memory" : err);
-                failed[k] = 1;
-                break;
-            }
-            memcpy(ids[in + i], scratch, got * sizeof(int64_t));
-            lens[in + i] = got;
-            mm_task_add_tokens(t, got, 0);
-            plens[in + i] = got;
-        }
-        in += n;
+        if (encode_task(s, t, &p, add_special, truncate, maxlen, ids + in, lens + in, scratch,
+                        tscratch, cap) != 0)
+            failed[k] = 1;
+        for (size_t i = 0; i < mm_task_n_items(t) && !failed[k]; i++)
+            plens[in + i] = lens[in + i];
+        in += mm_task_n_items(t);
     }
     /* 2. generate for the tasks still standing (compact their inputs) */
     in = 0;
@@ -673,7 +855,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
         goto out;
     /* sequences as the shim numbers them: input * nrs + r */
     const size_t nrs_run = (p.num_beams > 1 || p.do_sample) ? (size_t)p.num_return_sequences : 1;
-    const int streamed = json_stream_flag(mm_task_params_json(tasks[idx[0]]));
+    const int streamed = g.streamed;
     seqs = mm_calloc(live * nrs_run, sizeof *seqs);
     nrs_run_out = nrs_run;
     if (!seqs) {
@@ -694,7 +876,7 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             }
     }
     mm_torch_gen_result *res = NULL;
-    cb_ctx cbc = {s, &st, seqs, live * nrs_run};
+    cb_ctx cbc = {s, stp, seqs, live * nrs_run};
     rc = s->api.run_cb(s->gen, (const int64_t *const *)ids, lens, live, &p, on_token, &cbc, &res,
                        err, sizeof err);
     if (rc != 0) {
@@ -705,8 +887,6 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
     }
     /* 3. decode, cut at stop strings, write back with finish reasons and counts */
     size_t nrs = res->num_return_sequences, seq = 0;
-    int32_t *buf = NULL;
-    size_t bufcap = 0;
     in = 0;
     for (size_t k = 0; k < m; k++) {
         mm_task_t *t = tasks[idx[k]];
@@ -715,86 +895,21 @@ static void run_group(gstate *s, mm_task_t **tasks, const size_t *idx, size_t m)
             in += n;
             continue;
         }
-        const int single = mm_task_single_input(t) && nrs == 1;
-        jbuf fr = {0}, ct = {0}, pt = {0};
-        jb_add(&fr, "[");
-        jb_add(&ct, "[");
-        jb_add(&pt, "[");
-        for (size_t i = 0; i < n; i++) {
-            char num[32];
-            snprintf(num, sizeof num, "%s%zu", i ? "," : "", plens[in + i]);
-            jb_add(&pt, num);
+        seq_view *v = mm_malloc(n * nrs * sizeof *v);
+        if (!v) {
+            mm_task_fail(t, MM_ENOMEM, "out of memory");
+        } else {
+            for (size_t j = 0; j < n * nrs; j++) {
+                v[j].ids = res->ids + res->offsets[seq + j];
+                v[j].n = res->offsets[seq + j + 1] - res->offsets[seq + j];
+                v[j].finish = res->finish[seq + j];
+            }
+            write_task(s, t, stp, streamed && nrs == nrs_run, nrs, &seqs[seq], v, plens + in);
+            mm_free(v);
         }
-        int ok = 1;
-        for (size_t j = 0; j < n * nrs && ok; j++, seq++) {
-            size_t a = res->offsets[seq], b = res->offsets[seq + 1];
-            if (b - a > bufcap) {
-                int32_t *nb = mm_realloc(buf, (b - a) * sizeof *nb);
-                if (!nb) {
-                    mm_task_fail(t, MM_ENOMEM, "out of memory");
-                    seq += n * nrs - j;
-                    ok = 0;
-                    break;
-                }
-                buf = nb;
-                bufcap = b - a;
-            }
-            for (size_t x = a; x < b; x++)
-                buf[x - a] = (int32_t)res->ids[x];
-            mm_task_add_tokens(t, 0, b - a);
-            char *text = NULL;
-            size_t tl = 0;
-            rc = mm__ntok_decode(s->tok, buf, b - a, &text, &tl, err, sizeof err);
-            int stopped = res->finish[seq] != MM_GEN_FINISH_LENGTH;
-            if (rc == 0 && st.n) {
-                size_t cut = stop_at(&st, text, tl);
-                if (cut < tl) {
-                    tl = cut;
-                    text[tl] = '\0';
-                    stopped = 1;
-                }
-            }
-            if (rc == 0 && streamed && nrs == nrs_run) /* the rest of a streamed text */
-                send_piece(&seqs[seq], text, tl);
-            if (rc == 0)
-                rc = mm_task_result_text(t, j, nrs, text, tl);
-            mm_free(text);
-            if (rc != 0) {
-                mm_task_fail(t, rc, "decoding the output failed: %s", err);
-                seq += n * nrs - j;
-                ok = 0;
-                break;
-            }
-            char num[48];
-            snprintf(num, sizeof num, "%s\"%s\"", j ? "," : "", stopped ? "stop" : "length");
-            jb_add(&fr, num);
-            snprintf(num, sizeof num, "%s%zu", j ? "," : "", b - a);
-            jb_add(&ct, num);
-            if (single) {
-                snprintf(num, sizeof num, "\"%s\"", stopped ? "stop" : "length");
-                mm_task_result_extra(t, "finish_reason", num);
-                snprintf(num, sizeof num, "%zu", b - a);
-                mm_task_result_extra(t, "completion_tokens", num);
-                snprintf(num, sizeof num, "%zu", plens[in]);
-                mm_task_result_extra(t, "prompt_tokens", num);
-            }
-        }
-        jb_add(&fr, "]");
-        jb_add(&ct, "]");
-        jb_add(&pt, "]");
-        if (ok && !single) {
-            if (fr.oom || ct.oom || pt.oom ||
-                mm_task_result_extra(t, "finish_reasons", fr.p) != 0 ||
-                mm_task_result_extra(t, "completion_tokens", ct.p) != 0 ||
-                mm_task_result_extra(t, "prompt_tokens", pt.p) != 0)
-                mm_task_fail(t, MM_ENOMEM, "out of memory");
-        }
-        mm_free(fr.p);
-        mm_free(ct.p);
-        mm_free(pt.p);
+        seq += n * nrs;
         in += n;
     }
-    mm_free(buf);
     s->api.result_free(res);
 out:
     if (seqs)
@@ -814,8 +929,288 @@ out:
     mm_free(tscratch);
 }
 
+/* ---- continuous batching (decoder-only models) ----
+ *
+ * run() of a decoder-only model keeps one running batch in the shim
+ * (mm_torch_gen_batch_*): between two rounds it takes queued tasks
+ * (mm_worker_take_more), each input of a task one request, while the KV
+ * budget has room; a round steps every running sequence once and prefills
+ * newcomers (prefill_tokens_per_step prompt tokens a round, at least one
+ * prompt); a task leaves the moment its last input finishes
+ * (mm_worker_finish), a cancelled one before the next round.  The task at
+ * the head of the queue that does not fit waits (tokenized, here) until
+ * blocks free up; the tasks behind it stay in the queue.  run() returns
+ * when nothing is running and nothing is queued. */
+
+#define MAX_RUNNING 256 /* requests in one running batch */
+
+typedef struct ctask {
+    mm_task_t *t;
+    gsettings g;
+    size_t n, nrs_run;       /* inputs; sequences the shim numbers per input */
+    int64_t **ids;           /* per input, encoded */
+    size_t *lens;
+    uint64_t *req;           /* shim request per input (valid below added) */
+    mm_torch_gen_result **res; /* per input, once finished */
+    seq_state *seqs;         /* n * nrs_run */
+    cb_ctx *cbc;             /* per input */
+    size_t added, finished;
+    struct ctask *next;
+} ctask;
+
+static void ctask_free(const gstate *s, ctask *c) {
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->ids)
+            mm_free(c->ids[i]);
+        if (c->res && c->res[i])
+            s->api.result_free(c->res[i]);
+    }
+    if (c->seqs)
+        for (size_t i = 0; i < c->n * c->nrs_run; i++) {
+            mm_free(c->seqs[i].sent);
+            mm_free(c->seqs[i].prev);
+        }
+    mm_free(c->ids);
+    mm_free(c->lens);
+    mm_free(c->req);
+    mm_free(c->res);
+    mm_free(c->seqs);
+    mm_free(c->cbc);
+    mm_free(c);
+}
+
+/* A task taken into the batch: settings read and inputs encoded; NULL when
+ * it ended there (not a run, cancelled, bad input: finished). */
+static ctask *ctask_new(const gstate *s, mm_task_t *t, int64_t *scratch, int64_t *tscratch,
+                        size_t cap) {
+    if (mm_task_get_kind(t) != MM_KIND_RUN || mm_task_cancelled(t)) {
+        mm_worker_finish(t);
+        return NULL;
+    }
+    char err[512] = "";
+    ctask *c = mm_calloc(1, sizeof *c);
+    size_t n = mm_task_n_items(t);
+    int rc = c ? prepare(s, mm_task_params_json(t), &c->g, err, sizeof err) : MM_ENOMEM;
+    if (rc == 0) {
+        c->t = t;
+        c->n = n;
+        c->nrs_run = c->g.p.do_sample ? (size_t)c->g.p.num_return_sequences : 1;
+        c->ids = mm_calloc(n, sizeof *c->ids);
+        c->lens = mm_calloc(n, sizeof *c->lens);
+        c->req = mm_calloc(n, sizeof *c->req);
+        c->res = mm_calloc(n, sizeof *c->res);
+        c->seqs = mm_calloc(n * c->nrs_run, sizeof *c->seqs);
+        c->cbc = mm_calloc(n, sizeof *c->cbc);
+        if (!c->ids || !c->lens || !c->req || !c->res || !c->seqs || !c->cbc) {
+            rc = MM_ENOMEM;
+            snprintf(err, sizeof err, "out of memory");
+        }
+    }
+    if (rc != 0) {
+        mm_task_fail(t, rc, "%s", err);
+    } else if (encode_task(s, t, &c->g.p, c->g.add_special, c->g.truncate, c->g.maxlen, c->ids,
+                           c->lens, scratch, tscratch, cap) != 0) {
+        rc = MM_EINVAL; /* t failed with its message */
+    }
+    if (rc != 0) {
+        if (c)
+            ctask_free(s, c);
+        mm_worker_finish(t);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        for (size_t r = 0; r < c->nrs_run; r++) {
+            seq_state *ss = &c->seqs[i * c->nrs_run + r];
+            ss->task = t;
+            ss->out = i * c->nrs_run + r;
+            ss->stream = c->g.streamed;
+        }
+        c->cbc[i] = (cb_ctx){s, &c->g.st, &c->seqs[i * c->nrs_run], c->nrs_run};
+    }
+    return c;
+}
+
+/* Finishes c now: its requests leave the batch; the caller unlinks it. */
+static void ctask_end(const gstate *s, mm_torch_gen_batch_t *b, ctask *c) {
+    for (size_t i = 0; i < c->added; i++)
+        if (!c->res[i])
+            s->api.batch_drop(b, c->req[i]);
+    mm_task_t *t = c->t;
+    ctask_free(s, c);
+    mm_torch_gen_kv kv; /* status() shows the blocks back once the caller has the result */
+    if (s->api.kv_get(s->gen, &kv) == 0)
+        mm_worker_kv_report((uint64_t)kv.used_blocks, (uint64_t)kv.total_blocks);
+    mm_worker_finish(t); /* a cancelled task completes with its stop code */
+}
+
+/* c's every input finished: writes its texts, then finishes it. */
+static void ctask_write(const gstate *s, mm_torch_gen_batch_t *b, ctask *c) {
+    size_t nrs = c->res[0]->num_return_sequences;
+    seq_view *v = mm_malloc(c->n * nrs * sizeof *v);
+    if (!v) {
+        mm_task_fail(c->t, MM_ENOMEM, "out of memory");
+    } else {
+        for (size_t i = 0; i < c->n; i++)
+            for (size_t r = 0; r < nrs; r++) {
+                const mm_torch_gen_result *res = c->res[i];
+                v[i * nrs + r].ids = res->ids + res->offsets[r];
+                v[i * nrs + r].n = res->offsets[r + 1] - res->offsets[r];
+                v[i * nrs + r].finish = res->finish[r];
+            }
+        write_task(s, c->t, &c->g.st, c->g.streamed && nrs == c->nrs_run, nrs, c->seqs, v,
+                   c->lens);
+        mm_free(v);
+    }
+    ctask_end(s, b, c);
+}
+
+static void report_kv(const gstate *s, int64_t *last) {
+    mm_torch_gen_kv kv;
+    if (s->api.kv_get(s->gen, &kv) == 0 && kv.used_blocks != *last) {
+        *last = kv.used_blocks;
+        mm_worker_kv_report((uint64_t)kv.used_blocks, (uint64_t)kv.total_blocks);
+    }
+}
+
+/* Requests of the list in the shim's batch now (added, not yet finished). */
+static size_t in_batch(const ctask *list) {
+    size_t k = 0;
+    for (const ctask *c = list; c; c = c->next)
+        k += c->added - c->finished;
+    return k;
+}
+
+/* Unlinks c from *list and finishes it (written when all its inputs are). */
+static void ctask_leave(const gstate *s, mm_torch_gen_batch_t *b, ctask **list, ctask *c,
+                        int write) {
+    ctask **pp = list;
+    while (*pp != c)
+        pp = &(*pp)->next;
+    *pp = c->next;
+    if (write)
+        ctask_write(s, b, c);
+    else
+        ctask_end(s, b, c);
+}
+
+static ctask *list_last(ctask *list) {
+    while (list && list->next)
+        list = list->next;
+    return list;
+}
+
+static void run_continuous(gstate *s, mm_task_t **first, size_t n0) {
+    char err[512] = "";
+    mm_torch_gen_batch_t *b = NULL;
+    size_t cap = (size_t)s->info.max_input_length + 8;
+    int64_t *scratch = mm_malloc(cap * sizeof *scratch);
+    int64_t *tscratch = mm_malloc(cap * sizeof *tscratch);
+    uint64_t *done = mm_malloc(MAX_RUNNING * sizeof *done);
+    int rc = scratch && tscratch && done ? s->api.batch_new(s->gen, &b, err, sizeof err)
+                                         : MM_ENOMEM;
+    if (rc != 0) {
+        for (size_t i = 0; i < n0; i++) {
+            mm_task_fail(first[i], rc, "%s", rc == MM_ENOMEM ? "out of memory" : err);
+            mm_worker_finish(first[i]);
+        }
+        goto out;
+    }
+    ctask *list = NULL; /* admitted, in arrival order; only the last may be partly added
+                           (its other inputs wait for blocks) */
+    size_t fi = 0;
+    int64_t kv_last = -1;
+    for (;;) {
+        /* 1. admit: the last task's remaining inputs, then tasks from the queue */
+        for (;;) {
+            if (in_batch(list) >= MAX_RUNNING)
+                break;
+            ctask *last = list_last(list);
+            if (!last || last->added == last->n) {
+                mm_task_t *t = NULL;
+                if (fi < n0)
+                    t = first[fi++];
+                else if (mm_worker_take_more(&t, 1) == 0)
+                    break;
+                ctask *c = ctask_new(s, t, scratch, tscratch, cap);
+                if (!c)
+                    continue;
+                if (last)
+                    last->next = c;
+                else
+                    list = c;
+                last = c;
+            }
+            size_t i = last->added;
+            rc = s->api.batch_add(b, last->ids[i], last->lens[i], &last->g.p, on_token,
+                                  &last->cbc[i], &last->req[i], err, sizeof err);
+            if (rc == MM_EBUSY)
+                break; /* waits for blocks; the tasks behind it stay queued */
+            if (rc != 0) { /* can never fit, bad settings: the whole task fails */
+                mm_task_fail(last->t, rc, "%s", err);
+                ctask_leave(s, b, &list, last, 0);
+                continue;
+            }
+            last->added++;
+        }
+        /* 2. cancelled tasks leave now (their slots and blocks free at once) */
+        for (ctask *c = list, *nx; c; c = nx) {
+            nx = c->next;
+            if (mm_task_cancelled(c->t))
+                ctask_leave(s, b, &list, c, 0);
+        }
+        report_kv(s, &kv_last);
+        if (!list)
+            break; /* nothing running or waiting: back to the worker */
+        if (in_batch(list) == 0) {
+            /* the head waits for blocks another worker of this model holds */
+            struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        /* 3. one round */
+        size_t nd = 0;
+        rc = s->api.batch_step(b, s->prefill_tokens, done, MAX_RUNNING, &nd, err, sizeof err);
+        if (rc != 0) {
+            while (list) {
+                mm_task_fail(list->t, rc, "%s", err);
+                ctask_leave(s, b, &list, list, 0);
+            }
+            continue;
+        }
+        for (size_t k = 0; k < nd; k++) {
+            for (ctask *c = list; c; c = c->next) {
+                size_t i = 0;
+                while (i < c->added && (c->res[i] || c->req[i] != done[k]))
+                    i++;
+                if (i == c->added)
+                    continue;
+                rc = s->api.batch_result(b, done[k], &c->res[i], err, sizeof err);
+                if (rc != 0) {
+                    s->api.batch_drop(b, done[k]);
+                    mm_task_fail(c->t, rc, "%s", err);
+                    ctask_leave(s, b, &list, c, 0);
+                } else if (++c->finished == c->n) {
+                    ctask_leave(s, b, &list, c, 1); /* delivered now */
+                }
+                break;
+            }
+        }
+    }
+    report_kv(s, &kv_last);
+out:
+    if (b)
+        s->api.batch_free(b);
+    mm_free(scratch);
+    mm_free(tscratch);
+    mm_free(done);
+}
+
 static void gen_run(void *state, mm_task_t **tasks, size_t n) {
     gstate *s = state;
+    if (is_causal(s) && s->api.batch_new) {
+        run_continuous(s, tasks, n);
+        return;
+    }
     size_t *idx = mm_calloc(n ? n : 1, sizeof *idx);
     char *done = mm_calloc(n ? n : 1, 1);
     if (!idx || !done) {
@@ -850,6 +1245,8 @@ static void gen_run(void *state, mm_task_t **tasks, size_t n) {
 static int gen_info(void *state, mm_backend_info *info) {
     gstate *s = state;
     info->memory_bytes = s->info.memory_bytes;
+    if (is_causal(s) && s->api.batch_new)
+        info->max_batch_items = 1; /* run() takes the rest from the queue as room frees up */
     return 0;
 }
 

@@ -57,6 +57,7 @@ uint64_t CausalSeq::bytes() const {
 
 void CausalLM::fork(const CausalSeq &src, CausalSeq &dst) const {
     dst.len = src.len;
+    dst.limit = src.limit;
     dst.k.clear();
     dst.v.clear();
     for (size_t l = 0; l < src.k.size(); l++) {
@@ -417,6 +418,7 @@ void Causal::qkv(const Layer &L, const at::Tensor &x, const at::Tensor &cos, con
 
 void Causal::reserve(CausalSeq &s, int64_t need) const {
     const int64_t Lz = info_.layers, Hkv = info_.kv_heads, hd = info_.head_dim;
+    const int64_t lim = s.limit > 0 ? (s.limit + kBlock - 1) / kBlock * kBlock : 0;
     if (s.k.empty()) {
         int64_t cap = (need + kBlock - 1) / kBlock * kBlock;
         auto o = at::TensorOptions().dtype(dtype_).device(device_);
@@ -430,6 +432,8 @@ void Causal::reserve(CausalSeq &s, int64_t need) const {
         return;
     int64_t cap = std::max(need, s.cap() + s.cap() / 2);
     cap = (cap + kBlock - 1) / kBlock * kBlock;
+    if (lim > 0 && cap > lim)
+        cap = std::max(lim, (need + kBlock - 1) / kBlock * kBlock);
     for (int64_t l = 0; l < Lz; l++) {
         for (at::Tensor *t : {&s.k[l], &s.v[l]}) {
             at::Tensor n = at::empty({Hkv, cap, hd}, t->options());

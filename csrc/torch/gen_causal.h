@@ -34,6 +34,8 @@ constexpr int64_t kBlock = 64;
 
 struct CausalSeq {
     int64_t len = 0;                 /* positions cached */
+    int64_t limit = 0;               /* > 0: the cache never grows past this many positions
+                                        rounded up to kBlock (its KV-block reservation) */
     std::vector<at::Tensor> k, v;    /* per layer [kv_heads, cap, head_dim] */
     int64_t cap() const { return k.empty() ? 0 : k[0].size(1); }
     uint64_t bytes() const;          /* memory held by the cache */

@@ -47,6 +47,8 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <atomic>
+#include <deque>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -277,6 +279,12 @@ struct Model {
     int64_t decoder_start = 0, pad = 0, bos = -1;
     int64_t max_input_length = 0, hard_input_limit = 0, max_length_limit = 0;
     mm_torch_gen_params defaults{};
+    /* Decoder-only KV-cache budget, shared by every handle and batch of this
+     * model (mm_torch_gen_kv_budget): blocks of kBlock positions of one
+     * sequence, all layers, keys and values. */
+    uint64_t kv_block_bytes = 0;
+    std::atomic<int64_t> kv_total{0}; /* 0: unlimited */
+    std::atomic<int64_t> kv_used{0};
 
     ~Model() {
         /* The graphs and tensors go first, then the device's caching allocator
@@ -420,6 +428,8 @@ void common_defaults(const json_t *gc, mm_torch_gen_params *d) {
 void load_causal(Model &m, const json_t *cfg, const json_t *gcj) {
     m.lm = make_causal(m.arch, cfg, m.weights, m.device, m.dtype);
     const CausalInfo &ci = m.lm->info();
+    m.kv_block_bytes = (uint64_t)kBlock * (uint64_t)ci.layers * (uint64_t)ci.kv_heads *
+                       (uint64_t)ci.head_dim * 2 * (uint64_t)c10::elementSize(m.dtype);
     m.vocab = ci.vocab_size;
     const json_t *gc = gcj ? gcj : cfg;
     auto tok = [&](const char *k) -> const json_t * {
@@ -793,6 +803,18 @@ bool is_eos(const Model &m, int64_t t) {
     return std::find(m.eos.begin(), m.eos.end(), t) != m.eos.end();
 }
 
+/* Whether a decoder-only row (prompt + new tokens) ends with its latest
+ * token: EOS, or its length limit maxl; *why says which. */
+bool ends_row(const Model &m, const std::vector<int64_t> &seq, int64_t maxl, uint8_t *why) {
+    if (is_eos(m, seq.back()))
+        *why = MM_GEN_FINISH_EOS;
+    else if ((int64_t)seq.size() >= maxl)
+        *why = MM_GEN_FINISH_LENGTH;
+    else
+        return false;
+    return true;
+}
+
 /* Greedy and sampling: one row per (input, return sequence). */
 void run_rows(const Model &m, const Resolved &P, DecState &st, size_t n_in, const Hook &hook,
               Output *out) {
@@ -981,13 +1003,7 @@ void run_causal(const Model &m, const Resolved &P, const int64_t *const *ids, co
         for (size_t i = 0; i < live.size(); i++) {
             Row &r = rows[(size_t)live[i]];
             r.seq.push_back(next[i]);
-            if (is_eos(m, next[i])) {
-                r.fin = true;
-                r.why = MM_GEN_FINISH_EOS;
-            } else if ((int64_t)r.seq.size() >= r.maxl) {
-                r.fin = true;
-                r.why = MM_GEN_FINISH_LENGTH;
-            }
+            r.fin = ends_row(m, r.seq, r.maxl, &r.why);
             const size_t in = (size_t)live[i] / (size_t)nrs;
             if (hook(in, live[i] % nrs, r.seq, (size_t)r.prompt, r.fin) && !r.fin) {
                 r.fin = true;
@@ -1383,6 +1399,171 @@ void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids
             }
 }
 
+
+/* ---- continuous batching (decoder-only; mm_torch_gen_batch_*) ----
+ *
+ * A batch holds requests (one prompt each, with its own settings, random
+ * stream and token callback) that join and leave between rounds.  A round
+ * (batch_step) runs one decoder step for every running sequence, then
+ * prefills waiting requests in arrival order until the round's prefill
+ * budget (prompt tokens) is spent -- at least one request, and a prompt is
+ * never split, so its prefill is the one pass a lone request gets -- then
+ * processes and draws each request's logits, per request (its processors,
+ * its generator), exactly as run_causal does for a request alone.  Every
+ * row's logits depend only on that row (the step runs in pieces of at most
+ * MMT_SKINNY_MAX_ROWS rows on the CPU, whose kernels are blind to the batch),
+ * so a request's tokens do not depend on what else is in the batch.
+ *
+ * KV blocks: a request reserves, when added, the blocks its prompt plus
+ * max_new_tokens can fill (num_return_sequences rows each), from the model's
+ * budget; its caches never grow past that (CausalSeq::limit), and the
+ * blocks go back when it finishes or is dropped.  A request that does not
+ * fit now is refused with MM_EBUSY (the caller keeps it waiting); one that
+ * could never fit, with MM_ENOSPACE naming the numbers. */
+
+struct BRow {
+    CausalSeq s;
+    std::vector<int64_t> seq; /* prompt + generated */
+    int64_t prompt = 0, maxl = 0;
+    bool fin = false;
+    uint8_t why = MM_GEN_FINISH_LENGTH;
+};
+
+struct BReq {
+    uint64_t id = 0;
+    Resolved P{};
+    int64_t nrs = 1;
+    std::vector<int64_t> prompt;
+    std::vector<BRow> rows;
+    at::Generator gen;
+    mm_torch_gen_token_cb cb = nullptr;
+    void *user = nullptr;
+    int64_t blocks = 0;
+    bool prefilled = false, done = false;
+    at::Tensor logits; /* this round's, one row per live row in row order */
+};
+
+int64_t kv_blocks_for(const Resolved &P, int64_t prompt, int64_t nrs) {
+    int64_t maxl = P.max_new >= 0 ? prompt + P.max_new : P.max_length;
+    maxl = std::max(maxl, prompt + 1);
+    return nrs * ((maxl + kBlock - 1) / kBlock);
+}
+
+bool kv_take(Model &m, int64_t n) {
+    int64_t total = m.kv_total.load();
+    if (total <= 0) {
+        m.kv_used.fetch_add(n);
+        return true;
+    }
+    int64_t cur = m.kv_used.load();
+    do {
+        if (cur + n > total)
+            return false;
+    } while (!m.kv_used.compare_exchange_weak(cur, cur + n));
+    return true;
+}
+
+/* The decision and draw of one request's live rows from lg [live, V]. */
+void decide(const Model &m, BReq &q, at::Tensor lg, std::vector<int64_t> &next) {
+    const int64_t V = m.vocab, nrs = q.nrs;
+    std::vector<size_t> live;
+    for (size_t r = 0; r < q.rows.size(); r++)
+        if (!q.rows[r].fin)
+            live.push_back(r);
+    std::vector<const std::vector<int64_t> *> seqs(live.size());
+    std::vector<RowLen> rl(live.size());
+    for (size_t i = 0; i < live.size(); i++) {
+        const BRow &r = q.rows[live[i]];
+        seqs[i] = &r.seq;
+        rl[i] = RowLen{(int64_t)r.seq.size(), (int64_t)r.seq.size() - r.prompt, r.maxl};
+    }
+    process(q.P, m, lg, seqs, rl, 1);
+    next.assign(live.size(), 0);
+    if (q.P.sample) {
+        at::Tensor probs = at::softmax(lg, -1).to(at::kCPU);
+        if ((int64_t)live.size() == nrs) {
+            draw(probs, q.gen, next.data());
+        } else { /* finished rows keep their places in the draw (run_causal) */
+            const at::Tensor uniform =
+                at::full({V}, 1.0 / (double)V, at::TensorOptions().dtype(at::kFloat));
+            std::vector<at::Tensor> blk;
+            std::vector<int64_t> at_row((size_t)nrs, -1);
+            for (size_t k = 0; k < live.size(); k++)
+                at_row[live[k]] = (int64_t)k;
+            for (int64_t x = 0; x < nrs; x++)
+                blk.push_back(at_row[(size_t)x] >= 0 ? probs[at_row[(size_t)x]] : uniform);
+            std::vector<int64_t> got((size_t)nrs);
+            draw(at::stack(blk, 0), q.gen, got.data());
+            for (int64_t x = 0; x < nrs; x++)
+                if (at_row[(size_t)x] >= 0)
+                    next[(size_t)at_row[(size_t)x]] = got[(size_t)x];
+        }
+    } else {
+        at::Tensor a = at::argmax(lg, -1).to(at::kCPU);
+        auto acc = a.accessor<int64_t, 1>();
+        for (size_t i = 0; i < live.size(); i++)
+            next[i] = acc[(int64_t)i];
+    }
+    for (size_t i = 0; i < live.size(); i++) {
+        BRow &r = q.rows[live[i]];
+        r.seq.push_back(next[i]);
+        r.fin = ends_row(m, r.seq, r.maxl, &r.why);
+        if (q.cb && q.cb(q.user, live[i], r.seq.data() + r.prompt, r.seq.size() - (size_t)r.prompt,
+                         r.fin ? 1 : 0) != 0 &&
+            !r.fin) {
+            r.fin = true;
+            r.why = MM_GEN_FINISH_STOPPED;
+        }
+        if (r.fin)
+            r.s = CausalSeq(); /* its cache goes back now */
+    }
+    bool all = true;
+    for (const BRow &r : q.rows)
+        all = all && r.fin;
+    q.done = all;
+}
+
+/* The C result block for outputs o (sequences start with a placeholder). */
+mm_torch_gen_result *make_result(const Model &m, const Output &o, int64_t nrs) {
+    size_t total = 0;
+    for (const auto &s : o.seqs)
+        total += s.size() - 1;
+    size_t nseq = o.seqs.size();
+    size_t bytes = sizeof(mm_torch_gen_result) + (nseq + 1) * sizeof(size_t) +
+                   nseq * sizeof(float) + 8 + total * sizeof(int64_t) + nseq;
+    char *blk = (char *)std::malloc(bytes);
+    if (!blk)
+        throw std::bad_alloc();
+    auto *res = (mm_torch_gen_result *)blk;
+    size_t *offs = (size_t *)(blk + sizeof(mm_torch_gen_result));
+    float *sc = (float *)(offs + nseq + 1);
+    uintptr_t a = (uintptr_t)(sc + nseq);
+    a = (a + 7) & ~(uintptr_t)7;
+    int64_t *idsout = (int64_t *)a;
+    uint8_t *fin = (uint8_t *)(idsout + total);
+    size_t k = 0;
+    for (size_t i = 0; i < nseq; i++) {
+        offs[i] = k;
+        sc[i] = o.scores[i];
+        if (!o.finish.empty())
+            fin[i] = o.finish[i];
+        else /* beam search: a finished hypothesis ends with EOS */
+            fin[i] = o.seqs[i].size() > 1 && is_eos(m, o.seqs[i].back()) ? MM_GEN_FINISH_EOS
+                                                                           : MM_GEN_FINISH_LENGTH;
+        const auto &s = o.seqs[i];
+        for (size_t j = 1; j < s.size(); j++)
+            idsout[k++] = s[j];
+    }
+    offs[nseq] = k;
+    res->n_sequences = nseq;
+    res->num_return_sequences = (size_t)nrs;
+    res->ids = idsout;
+    res->offsets = offs;
+    res->scores = sc;
+    res->finish = fin;
+    return res;
+}
+
 } // namespace
 
 /* ---- C ABI ---- */
@@ -1505,43 +1686,7 @@ MMT_API int mm_torch_gen_run_cb(mm_torch_gen_t *h, const int64_t *const *ids, co
         hook.user = user;
         hook.nrs = r.nb > 1 ? r.nrs : (r.sample ? r.nrs : 1);
         generate_split(m, r, ids, lens, n_inputs, hook, &o);
-        size_t total = 0;
-        for (const auto &s : o.seqs)
-            total += s.size() - 1;
-        /* one block: header, offsets, scores, ids */
-        size_t nseq = o.seqs.size();
-        size_t bytes = sizeof(mm_torch_gen_result) + (nseq + 1) * sizeof(size_t) +
-                       nseq * sizeof(float) + 8 + total * sizeof(int64_t) + nseq;
-        char *blk = (char *)std::malloc(bytes);
-        if (!blk)
-            throw std::bad_alloc();
-        auto *res = (mm_torch_gen_result *)blk;
-        size_t *offs = (size_t *)(blk + sizeof(mm_torch_gen_result));
-        float *sc = (float *)(offs + nseq + 1);
-        uintptr_t a = (uintptr_t)(sc + nseq);
-        a = (a + 7) & ~(uintptr_t)7;
-        int64_t *idsout = (int64_t *)a;
-        uint8_t *fin = (uint8_t *)(idsout + total);
-        size_t k = 0;
-        for (size_t i = 0; i < nseq; i++) {
-            offs[i] = k;
-            sc[i] = o.scores[i];
-            if (!o.finish.empty())
-                fin[i] = o.finish[i];
-            else /* beam search: a finished hypothesis ends with EOS */
-                fin[i] = o.seqs[i].size() > 1 && is_eos(m, o.seqs[i].back()) ? MM_GEN_FINISH_EOS
-                                                                               : MM_GEN_FINISH_LENGTH;
-            const auto &s = o.seqs[i];
-            for (size_t j = 1; j < s.size(); j++)
-                idsout[k++] = s[j];
-        }
-        offs[nseq] = k;
-        res->n_sequences = nseq;
-        res->num_return_sequences = (size_t)r.nrs;
-        res->ids = idsout;
-        res->offsets = offs;
-        res->scores = sc;
-        res->finish = fin;
+        mm_torch_gen_result *res = make_result(m, o, r.nrs);
         *out = res;
         return 0;
     });
@@ -1560,6 +1705,244 @@ MMT_API void mm_torch_gen_free(mm_torch_gen_t *h) {
     guard(err, sizeof err, [&] {
         const std::string key = m->key;
         g_models.put(std::move(m), key);
+        return 0;
+    });
+}
+
+/* ---- continuous batching: C ABI ---- */
+
+struct mm_torch_gen_batch {
+    std::shared_ptr<Model> model;
+    std::deque<std::unique_ptr<BReq>> reqs; /* arrival order */
+    uint64_t next_id = 1;
+    ~mm_torch_gen_batch() {
+        for (auto &q : reqs)
+            model->kv_used.fetch_sub(q->blocks);
+    }
+};
+
+MMT_API int mm_torch_gen_kv_budget(mm_torch_gen_t *h, uint64_t budget_bytes) {
+    if (!h || !h->model->lm)
+        return MM_EINVAL;
+    Model &m = *h->model;
+    int64_t blocks = m.kv_block_bytes ? (int64_t)(budget_bytes / m.kv_block_bytes) : 0;
+    if (budget_bytes > 0 && blocks < 1)
+        blocks = 1;
+    m.kv_total.store(blocks);
+    return 0;
+}
+
+MMT_API int mm_torch_gen_kv_get(const mm_torch_gen_t *h, mm_torch_gen_kv *kv) {
+    if (!h || !kv)
+        return MM_EINVAL;
+    const Model &m = *h->model;
+    kv->block_positions = kBlock;
+    kv->block_bytes = m.kv_block_bytes;
+    kv->total_blocks = m.kv_total.load();
+    kv->used_blocks = m.kv_used.load();
+    return 0;
+}
+
+MMT_API int mm_torch_gen_batch_new(mm_torch_gen_t *h, mm_torch_gen_batch_t **out, char *err,
+                                   size_t errlen) {
+    if (out)
+        *out = nullptr;
+    return guard(err, errlen, [&] {
+        if (!h || !out)
+            fail(MM_EINVAL, "mm_torch_gen_batch_new: no handle or no output");
+        if (!h->model->lm)
+            fail(MM_EINVAL, "continuous batching serves decoder-only models; %s is %s",
+                 h->model->dir.c_str(), h->model->arch.c_str());
+        auto *b = new mm_torch_gen_batch;
+        b->model = h->model;
+        *out = b;
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_gen_batch_add(mm_torch_gen_batch_t *b, const int64_t *ids, size_t len,
+                                   const mm_torch_gen_params *p, mm_torch_gen_token_cb cb,
+                                   void *user, uint64_t *req, char *err, size_t errlen) {
+    return guard(err, errlen, [&] {
+        if (!b || !p || !req)
+            fail(MM_EINVAL, "mm_torch_gen_batch_add: missing batch, params or output");
+        Model &m = *b->model;
+        Resolved P;
+        check_params(m, p, &P);
+        const int64_t *one[1] = {ids};
+        check_inputs(m, one, &len, 1);
+        const int64_t nrs = P.sample ? P.nrs : 1;
+        const int64_t need = kv_blocks_for(P, (int64_t)len, nrs);
+        const int64_t total = m.kv_total.load();
+        if (total > 0 && need > total) {
+            const double mib = (double)m.kv_block_bytes / 1048576.0;
+            fail(MM_ENOSPACE,
+                 "the request needs %lld KV-cache blocks (%zu prompt tokens + %lld new tokens%s, "
+                 "%lld positions a block, %.2f MiB), more than the model's whole KV budget of "
+                 "%lld blocks (%.2f MiB; see generation.kv_cache_mb)",
+                 (long long)need, len,
+                 (long long)(P.max_new >= 0 ? P.max_new : P.max_length - (int64_t)len),
+                 nrs > 1 ? ", times num_return_sequences" : "", (long long)kBlock,
+                 (double)need * mib, (long long)total, (double)total * mib);
+        }
+        if (!kv_take(m, need))
+            return (int)MM_EBUSY; /* not now: the caller keeps it waiting */
+        auto q = std::make_unique<BReq>();
+        q->id = b->next_id++;
+        q->P = P;
+        q->nrs = nrs;
+        q->prompt.assign(ids, ids + len);
+        q->cb = cb;
+        q->user = user;
+        q->blocks = need;
+        if (P.sample)
+            q->gen = make_gen(P.seed);
+        q->rows.resize((size_t)nrs);
+        *req = q->id;
+        b->reqs.push_back(std::move(q));
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_gen_batch_step(mm_torch_gen_batch_t *b, int64_t max_prefill_tokens,
+                                    uint64_t *done, size_t cap, size_t *n_done, char *err,
+                                    size_t errlen) {
+    if (n_done)
+        *n_done = 0;
+    return guard(err, errlen, [&] {
+        if (!b || !n_done || (cap && !done))
+            fail(MM_EINVAL, "mm_torch_gen_batch_step: missing batch or output");
+        c10::InferenceMode im;
+        Model &m = *b->model;
+        const CausalLM &lm = *m.lm;
+        /* 1. one decoder step for every running row */
+        std::vector<CausalSeq *> st;
+        std::vector<int64_t> last;
+        std::vector<std::pair<BReq *, int64_t>> owner; /* request, its live rows */
+        for (auto &qp : b->reqs) {
+            BReq &q = *qp;
+            if (!q.prefilled || q.done)
+                continue;
+            int64_t k = 0;
+            for (BRow &r : q.rows)
+                if (!r.fin) {
+                    st.push_back(&r.s);
+                    last.push_back(r.seq.back());
+                    k++;
+                }
+            owner.emplace_back(&q, k);
+        }
+        if (!st.empty()) {
+            const size_t piece = m.device.is_cpu() ? (size_t)MMT_SKINNY_MAX_ROWS : st.size();
+            std::vector<at::Tensor> parts;
+            for (size_t i = 0; i < st.size(); i += piece) {
+                size_t j = std::min(st.size(), i + piece);
+                std::vector<CausalSeq *> ps(st.begin() + (ptrdiff_t)i, st.begin() + (ptrdiff_t)j);
+                std::vector<int64_t> pl(last.begin() + (ptrdiff_t)i, last.begin() + (ptrdiff_t)j);
+                parts.push_back(lm.step(ps, pl));
+            }
+            at::Tensor lg = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+            int64_t off = 0;
+            for (auto &o : owner) {
+                o.first->logits = lg.narrow(0, off, o.second);
+                off += o.second;
+            }
+        }
+        /* 2. prefill newcomers within the round's budget (at least one) */
+        int64_t used = 0;
+        for (auto &qp : b->reqs) {
+            BReq &q = *qp;
+            if (q.prefilled)
+                continue;
+            const int64_t n = (int64_t)q.prompt.size();
+            if (used > 0 && max_prefill_tokens > 0 && used + n > max_prefill_tokens)
+                break;
+            used += n;
+            BRow &r0 = q.rows[0];
+            const int64_t maxl =
+                std::max(q.P.max_new >= 0 ? n + q.P.max_new : q.P.max_length, n + 1);
+            r0.s.limit = maxl;
+            at::Tensor lg = lm.prefill(r0.s, q.prompt.data(), n);
+            for (int64_t j = 0; j < q.nrs; j++) {
+                BRow &r = q.rows[(size_t)j];
+                if (j > 0)
+                    lm.fork(r0.s, r.s);
+                r.seq = q.prompt;
+                r.prompt = n;
+                r.maxl = maxl;
+            }
+            q.logits = q.nrs > 1 ? lg.repeat_interleave(q.nrs, 0) : lg;
+            q.prefilled = true;
+        }
+        /* 3. each request's decision, in its own processors and stream */
+        std::vector<int64_t> next;
+        for (auto &qp : b->reqs) {
+            BReq &q = *qp;
+            if (!q.logits.defined() || q.done)
+                continue;
+            at::Tensor lg = q.logits;
+            q.logits = at::Tensor();
+            decide(m, q, lg, next);
+        }
+        size_t k = 0;
+        for (auto &qp : b->reqs)
+            if (qp->done && k < cap)
+                done[k++] = qp->id;
+        *n_done = k;
+        return 0;
+    });
+}
+
+MMT_API int mm_torch_gen_batch_result(mm_torch_gen_batch_t *b, uint64_t req,
+                                      mm_torch_gen_result **out, char *err, size_t errlen) {
+    if (out)
+        *out = nullptr;
+    return guard(err, errlen, [&] {
+        if (!b || !out)
+            fail(MM_EINVAL, "mm_torch_gen_batch_result: missing batch or output");
+        for (auto it = b->reqs.begin(); it != b->reqs.end(); ++it) {
+            BReq &q = **it;
+            if (q.id != req)
+                continue;
+            if (!q.done)
+                fail(MM_EINVAL, "request %llu has not finished", (unsigned long long)req);
+            Output o;
+            for (BRow &r : q.rows) {
+                std::vector<int64_t> s{-1};
+                s.insert(s.end(), r.seq.begin() + r.prompt, r.seq.end());
+                o.seqs.push_back(std::move(s));
+                o.finish.push_back(r.why);
+            }
+            o.scores.assign(o.seqs.size(), 0.0f);
+            *out = make_result(*b->model, o, q.nrs);
+            b->model->kv_used.fetch_sub(q.blocks);
+            b->reqs.erase(it);
+            return 0;
+        }
+        fail(MM_EINVAL, "no request %llu in this batch", (unsigned long long)req);
+        return 0;
+    });
+}
+
+MMT_API void mm_torch_gen_batch_drop(mm_torch_gen_batch_t *b, uint64_t req) {
+    if (!b)
+        return;
+    for (auto it = b->reqs.begin(); it != b->reqs.end(); ++it)
+        if ((*it)->id == req) {
+            b->model->kv_used.fetch_sub((*it)->blocks);
+            b->reqs.erase(it); /* its caches go with it */
+            return;
+        }
+}
+
+MMT_API size_t mm_torch_gen_batch_size(const mm_torch_gen_batch_t *b) {
+    return b ? b->reqs.size() : 0;
+}
+
+MMT_API void mm_torch_gen_batch_free(mm_torch_gen_batch_t *b) {
+    char err[8];
+    guard(err, sizeof err, [&] {
+        delete b;
         return 0;
     });
 }

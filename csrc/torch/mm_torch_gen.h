@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or signature below changes. */
-#define MM_TORCH_GEN_ABI_VERSION 2
+#define MM_TORCH_GEN_ABI_VERSION 3
 
 typedef struct mm_torch_gen mm_torch_gen_t;
 
@@ -184,6 +184,66 @@ void mm_torch_gen_result_free(mm_torch_gen_result *r);
  * concurrently with a run on h. */
 void mm_torch_gen_free(mm_torch_gen_t *h);
 
+/* ---- continuous batching (decoder-only models) ----
+ *
+ * A batch is a running set of requests, one prompt each, that join and
+ * leave between rounds: mm_torch_gen_batch_step runs one decoder step for
+ * every running sequence, prefills waiting requests in arrival order until
+ * max_prefill_tokens prompt tokens are spent (at least one request; a
+ * prompt is never split, so its prefill is the one pass a lone request
+ * gets), then picks each request's next tokens with its own settings and
+ * random stream.  A request's tokens do not depend on the other requests
+ * (on the CPU in float32 bit for bit; elsewhere up to the batch-shape
+ * effects mm_torch_gen_run describes).  Its token callback gets seq = its
+ * return-sequence index.  A finished request's id is listed by the round
+ * that finished it; take its result (one input's sequences, as
+ * mm_torch_gen_run) with mm_torch_gen_batch_result.
+ *
+ * KV cache: sequences cache in blocks of block_positions positions (all
+ * layers, keys and values).  A model's budget (mm_torch_gen_kv_budget,
+ * shared by every handle and batch of that model) bounds the blocks all
+ * its requests reserve; a request reserves what its prompt plus
+ * max_new_tokens can fill (times num_return_sequences) when added and
+ * gives it back when it finishes or is dropped.  Not thread-safe per batch:
+ * one thread drives a batch. */
+typedef struct mm_torch_gen_batch mm_torch_gen_batch_t;
+
+typedef struct mm_torch_gen_kv {
+    int64_t block_positions; /* positions a block holds */
+    uint64_t block_bytes;    /* bytes of one block */
+    int64_t total_blocks;    /* the budget; 0: unlimited */
+    int64_t used_blocks;     /* reserved by running or waiting requests */
+} mm_torch_gen_kv;
+
+/* Sets the model's KV budget in bytes (0: unlimited); MM_EINVAL for an
+ * encoder-decoder handle. */
+int mm_torch_gen_kv_budget(mm_torch_gen_t *h, uint64_t budget_bytes);
+int mm_torch_gen_kv_get(const mm_torch_gen_t *h, mm_torch_gen_kv *kv);
+
+int mm_torch_gen_batch_new(mm_torch_gen_t *h, mm_torch_gen_batch_t **out, char *err,
+                           size_t errlen);
+/* Adds a request (token ids of one prompt) with its settings; *req = its id.
+ * MM_EBUSY: its KV blocks are not free now (add it again later);
+ * MM_ENOSPACE: it needs more blocks than the whole budget (the message
+ * names the numbers); MM_EINVAL: bad params or input (named). */
+int mm_torch_gen_batch_add(mm_torch_gen_batch_t *b, const int64_t *ids, size_t len,
+                           const mm_torch_gen_params *p, mm_torch_gen_token_cb cb, void *user,
+                           uint64_t *req, char *err, size_t errlen);
+/* One round (see above); the ids of requests finished (all of them, up to
+ * cap) go to done[0 .. *n_done).  On an error every request of the batch
+ * is lost: drop them. */
+int mm_torch_gen_batch_step(mm_torch_gen_batch_t *b, int64_t max_prefill_tokens, uint64_t *done,
+                            size_t cap, size_t *n_done, char *err, size_t errlen);
+/* The result of finished request req (freed with mm_torch_gen_result_free);
+ * the request leaves the batch and its KV blocks go back. */
+int mm_torch_gen_batch_result(mm_torch_gen_batch_t *b, uint64_t req, mm_torch_gen_result **out,
+                              char *err, size_t errlen);
+/* Removes request req at once (cancelled): its caches and blocks go back. */
+void mm_torch_gen_batch_drop(mm_torch_gen_batch_t *b, uint64_t req);
+/* Requests in the batch (waiting for their prefill, running or finished). */
+size_t mm_torch_gen_batch_size(const mm_torch_gen_batch_t *b);
+void mm_torch_gen_batch_free(mm_torch_gen_batch_t *b);
+
 typedef int (*mm_torch_gen_abi_version_fn)(void);
 typedef void (*mm_torch_gen_default_load_params_fn)(mm_torch_gen_load_params *);
 typedef int (*mm_torch_gen_load_fn)(const char *, const mm_torch_gen_load_params *,
@@ -200,6 +260,20 @@ typedef int (*mm_torch_gen_run_cb_fn)(mm_torch_gen_t *, const int64_t *const *, 
                                       void *, mm_torch_gen_result **, char *, size_t);
 typedef void (*mm_torch_gen_result_free_fn)(mm_torch_gen_result *);
 typedef void (*mm_torch_gen_free_fn)(mm_torch_gen_t *);
+typedef int (*mm_torch_gen_kv_budget_fn)(mm_torch_gen_t *, uint64_t);
+typedef int (*mm_torch_gen_kv_get_fn)(const mm_torch_gen_t *, mm_torch_gen_kv *);
+typedef int (*mm_torch_gen_batch_new_fn)(mm_torch_gen_t *, mm_torch_gen_batch_t **, char *,
+                                         size_t);
+typedef int (*mm_torch_gen_batch_add_fn)(mm_torch_gen_batch_t *, const int64_t *, size_t,
+                                         const mm_torch_gen_params *, mm_torch_gen_token_cb,
+                                         void *, uint64_t *, char *, size_t);
+typedef int (*mm_torch_gen_batch_step_fn)(mm_torch_gen_batch_t *, int64_t, uint64_t *, size_t,
+                                          size_t *, char *, size_t);
+typedef int (*mm_torch_gen_batch_result_fn)(mm_torch_gen_batch_t *, uint64_t,
+                                            mm_torch_gen_result **, char *, size_t);
+typedef void (*mm_torch_gen_batch_drop_fn)(mm_torch_gen_batch_t *, uint64_t);
+typedef size_t (*mm_torch_gen_batch_size_fn)(const mm_torch_gen_batch_t *);
+typedef void (*mm_torch_gen_batch_free_fn)(mm_torch_gen_batch_t *);
 
 #ifdef __cplusplus
 }
