@@ -734,6 +734,9 @@ class ModelManager:
         ``last_release_reason`` (``idle``, ``manual``, ``evicted_for=<model>``, ``shutdown``,
         ``oom``, ``failed``: this entry's, or the previous instance's; None if never
         released); ``state`` is ``waiting_for_memory`` while a load waits for memory.
+        A decoder-only generation model also has ``kv_blocks`` (``{"used", "total"}``: its
+        KV-cache blocks reserved by running requests, and its budget; see
+        :class:`~pymodelmgr.GenerationConfig`).
         ``data["devices"]`` lists each device: ``name``, ``label``, ``simulated``,
         ``total_bytes``, ``free_bytes``, ``budget_bytes`` (memory_fraction of the total),
         ``used_bytes`` (held by this manager's models) and ``models``.
