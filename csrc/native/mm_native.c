@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@
 #include "mm_err.h"
 #include "mm_hub.h"
 #include "mm_log.h"
+#include "mm_native_batch.h"
 #include "mm_native_tok.h"
 #include "../torch/mm_torch.h"
 
@@ -680,6 +682,32 @@ static int lowercase_utf8(const char *text, size_t len, char **buf, size_t *cap,
     return 0;
 }
 
+typedef struct embed_done_ctx {
+    mm_task_t **tasks;
+    task_plan *plans;
+    const row *rows;
+    const float *bout;
+    size_t dim;
+} embed_done_ctx;
+
+/* Rows r0 .. r1 - 1 came back from one forward call: post-process their
+ * vectors into their tasks' results, or fail those tasks. */
+static void embed_done(void *ctx, size_t r0, size_t r1, int rc, const char *err) {
+    embed_done_ctx *c = ctx;
+    for (size_t r = r0; r < r1; r++) {
+        const row *rw = &c->rows[r];
+        task_plan *tp = &c->plans[rw->task];
+        if (!tp->ok)
+            continue;
+        if (rc != 0) {
+            mm_task_fail(c->tasks[rw->task], rc, "%s", err);
+            tp->ok = 0;
+            continue;
+        }
+        post_process(c->bout + r * c->dim, c->dim, tp, tp->out + (size_t)rw->item * tp->out_dim);
+    }
+}
+
 static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     const size_t maxlen = s->info.max_seq_length;
     const size_t dim = s->info.dim;
@@ -690,10 +718,9 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     size_t nrows = 0, rows_cap = 0;
     char *textbuf = NULL, *lowbuf = NULL;
     size_t textcap = 0, lowcap = 0;
-    int64_t *bids = NULL, *bmask = NULL, *btype = NULL, *bplen = NULL;
+    int64_t *bplen = NULL;
     float *bout = NULL;
-    mm_torch_batch *mbs = NULL;
-    size_t *mb_first = NULL;
+    mm__nbatches mb = {0};
     if (!plans)
         goto oom;
 
@@ -807,17 +834,13 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
                 failed = 1;
                 break;
             }
-            if (nrows == rows_cap) {
-                size_t cap = rows_cap ? rows_cap * 2 : 256;
-                row *nr = mm_realloc(rows, cap * sizeof *nr);
-                if (!nr) {
-                    mm_task_fail(t, MM_ENOMEM, "out of memory");
-                    failed = 1;
-                    break;
-                }
-                rows = nr;
-                rows_cap = cap;
+            row *nr = mm__ngrow(rows, &rows_cap, nrows + 1, sizeof *rows);
+            if (!nr) {
+                mm_task_fail(t, MM_ENOMEM, "out of memory");
+                failed = 1;
+                break;
             }
+            rows = nr;
             mm_task_add_item_tokens(t, i, got);
             rows[nrows++] = (row){(uint32_t)ti, (uint32_t)i, ids.n, got,
                                   (int64_t)(plen_tok < got ? plen_tok : got)};
@@ -838,83 +861,23 @@ static void run_embed(nstate *s, mm_task_t **tasks, size_t n) {
     /* On a CPU worker with T intra-op threads the shim runs micro-batches
      * concurrently, one thread each, so a batch is cut into at least T of
      * them when it has the rows. */
-    size_t max_b = s->micro_items;
-    if (s->threads > 1 && g_api.embed_many && nrows > 1) {
-        size_t per = (nrows + (size_t)s->threads - 1) / (size_t)s->threads;
-        if (per < max_b)
-            max_b = per;
-    }
-    /* mb_first[k]: the first row of micro-batch k (at most one per row). */
-    mb_first = mm_calloc(nrows + 1, sizeof *mb_first);
-    if (!mb_first)
-        goto oom;
-    size_t nmb = 0, padded = 0;
-    for (size_t r0 = 0; r0 < nrows; nmb++) {
-        size_t r1 = r0 + 1;
-        while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
-            r1++;
-        padded += (r1 - r0) * rows[r1 - 1].len;
-        mb_first[nmb] = r0;
-        r0 = r1;
-    }
-    mb_first[nmb] = nrows;
-    if (nmb)
-        mbs = mm_calloc(nmb, sizeof *mbs);
-    if (nmb) {
-        bids = mm_malloc(padded * sizeof *bids);
-        bmask = mm_malloc(padded * sizeof *bmask);
-        btype = mm_malloc(padded * sizeof *btype);
-        bplen = mm_malloc(nrows * sizeof *bplen);
-        bout = mm_malloc(nrows * dim * sizeof *bout);
-    }
-    if (nmb && (!mbs || !bids || !bmask || !btype || !bplen || !bout))
-        goto oom;
-    size_t tok_off = 0;
-    for (size_t k = 0; k < nmb; k++) {
-        size_t r0 = mb_first[k], r1 = mb_first[k + 1];
-        size_t B = r1 - r0, L = rows[r1 - 1].len;
-        int64_t *ti = bids + tok_off, *tm = bmask + tok_off, *tt = btype + tok_off;
-        for (size_t b = 0; b < B; b++) {
-            const row *rw = &rows[r0 + b];
-            for (size_t j = 0; j < L; j++) {
-                int real = j < rw->len;
-                ti[b * L + j] = real ? ids.p[rw->off + j] : s->info.pad_token_id;
-                tt[b * L + j] = real ? types.p[rw->off + j] : 0;
-                tm[b * L + j] = real;
-            }
-            bplen[r0 + b] = rw->plen;
-        }
-        mbs[k] = (mm_torch_batch){ti, tm, s->info.uses_type_ids ? tt : NULL,
-                                  s->info.include_prompt ? NULL : bplen + r0, B, L,
-                                  bout + r0 * dim, dim};
-        tok_off += B * L;
-    }
-    /* 3. Forwards: all at once through embed_many, else one by one; a failed
-     * call fails the tasks of the rows it covered. */
     const int many = g_api.embed_many && s->threads > 1;
-    for (size_t k0 = 0; k0 < nmb;) {
-        size_t k1 = many ? nmb : k0 + 1;
-        const mm_torch_batch *mb = &mbs[k0];
-        err[0] = '\0';
-        int rc = many
-                     ? g_api.embed_many(s->emb, mb, k1 - k0, 0, err, sizeof err)
-                     : g_api.embed(s->emb, mb->ids, mb->mask, mb->type_ids, mb->batch,
-                                   mb->seq_len, mb->prompt_lens, 0, mb->out, dim, err,
-                                   sizeof err);
-        for (size_t r = mb_first[k0]; r < mb_first[k1]; r++) {
-            const row *rw = &rows[r];
-            task_plan *tp = &plans[rw->task];
-            if (!tp->ok)
-                continue;
-            if (rc != 0) {
-                mm_task_fail(tasks[rw->task], rc, "%s", err);
-                tp->ok = 0;
-                continue;
-            }
-            post_process(bout + r * dim, dim, tp, tp->out + (size_t)rw->item * tp->out_dim);
-        }
-        k0 = k1;
-    }
+    bplen = mm_malloc((nrows ? nrows : 1) * sizeof *bplen);
+    bout = mm_malloc((nrows ? nrows : 1) * dim * sizeof *bout);
+    const mm__nrows rs = {rows, nrows, sizeof *rows, offsetof(row, off), offsetof(row, len)};
+    if (!bplen || !bout ||
+        mm__nbatches_build(&mb, &rs, ids.p, types.p, s->info.pad_token_id, s->info.uses_type_ids,
+                           s->micro_items, s->micro_tokens, many ? (size_t)s->threads : 1, bout,
+                           dim) != 0)
+        goto oom;
+    for (size_t r = 0; r < nrows; r++)
+        bplen[r] = rows[r].plen;
+    if (!s->info.include_prompt)
+        for (size_t k = 0; k < mb.n; k++)
+            mb.mbs[k].prompt_lens = bplen + mb.first[k];
+    /* 3. Forwards; a failed call fails the tasks of the rows it covered. */
+    embed_done_ctx dc = {tasks, plans, rows, bout, dim};
+    mm__nbatches_run(&mb, s->emb, g_api.embed, g_api.embed_many, many, embed_done, &dc);
     goto done;
 oom:
     for (size_t ti = 0; ti < n; ti++)
@@ -927,13 +890,9 @@ done:
     mm_free(rows);
     mm_free(textbuf);
     mm_free(lowbuf);
-    mm_free(bids);
-    mm_free(bmask);
-    mm_free(btype);
     mm_free(bplen);
     mm_free(bout);
-    mm_free(mbs);
-    mm_free(mb_first);
+    mm__nbatches_free(&mb);
 }
 
 static void native_run(void *state, mm_task_t **tasks, size_t n) {

@@ -26,6 +26,7 @@
  */
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@
 #include "mm_hub.h"
 #include "mm_log.h"
 #include "mm_native.h"
+#include "mm_native_batch.h"
 #include "mm_native_tok.h"
 #include "../torch/mm_torch.h"
 
@@ -436,6 +438,33 @@ static void write_result(hstate *s, mm_task_t *t, tplan *tp, const float *logits
     mm_free(rk);
 }
 
+typedef struct heads_done_ctx {
+    mm_task_t **tasks;
+    tplan *plans;
+    const hrow *rows;
+    const float *bout;
+    float *logits;
+    size_t L;
+} heads_done_ctx;
+
+/* Rows r0 .. r1 - 1 came back from one forward call: their logits go to
+ * their task's place in submission order, or their tasks fail. */
+static void heads_done(void *ctx, size_t r0, size_t r1, int rc, const char *err) {
+    heads_done_ctx *c = ctx;
+    for (size_t r = r0; r < r1; r++) {
+        const hrow *rw = &c->rows[r];
+        tplan *tp = &c->plans[rw->task];
+        if (rc != 0) {
+            if (tp->ok)
+                mm_task_fail(c->tasks[rw->task], rc, "%s", err);
+            tp->ok = 0;
+            continue;
+        }
+        memcpy(c->logits + (tp->first_row + rw->pos) * c->L, c->bout + r * c->L,
+               c->L * sizeof *c->logits);
+    }
+}
+
 static void heads_run(void *state, mm_task_t **tasks, size_t n) {
     hstate *s = state;
     const size_t maxlen = s->info.max_seq_length, L = s->labels;
@@ -445,10 +474,8 @@ static void heads_run(void *state, mm_task_t **tasks, size_t n) {
     size_t nrows = 0, rows_cap = 0, total_rows = 0;
     int64_t *ids = NULL, *types = NULL;
     size_t ids_n = 0, ids_cap = 0;
-    int64_t *bids = NULL, *bmask = NULL, *btype = NULL;
     float *logits = NULL, *bout = NULL;
-    size_t *mb_first = NULL;
-    mm_torch_batch *mbs = NULL;
+    mm__nbatches mb = {0};
     if (!plans)
         goto oom;
     /* 1. Parse and tokenize. */
@@ -518,17 +545,13 @@ static void heads_run(void *state, mm_task_t **tasks, size_t n) {
                     failed = 1;
                     break;
                 }
-                if (nrows == rows_cap) {
-                    size_t cap = rows_cap ? rows_cap * 2 : 256;
-                    hrow *nr = mm_realloc(rows, cap * sizeof *nr);
-                    if (!nr) {
-                        mm_task_fail(t, MM_ENOMEM, "out of memory");
-                        failed = 1;
-                        break;
-                    }
-                    rows = nr;
-                    rows_cap = cap;
+                hrow *nr = mm__ngrow(rows, &rows_cap, nrows + 1, sizeof *rows);
+                if (!nr) {
+                    mm_task_fail(t, MM_ENOMEM, "out of memory");
+                    failed = 1;
+                    break;
                 }
+                rows = nr;
                 rows[nrows] = (hrow){(uint32_t)ti, (uint32_t)i, (uint32_t)d, nrows - r0, ids_n, got};
                 nrows++;
                 ids_n += got;
@@ -550,72 +573,17 @@ static void heads_run(void *state, mm_task_t **tasks, size_t n) {
         qsort(rows, nrows, sizeof *rows, cmp_hrow);
     /* 2. Micro-batches over the length-sorted rows: at most micro_items rows and
      * micro_tokens padded tokens; on a CPU worker with T threads at least T of them,
-     * run concurrently (one thread each) through embed_many when the shim has it. */
-    size_t max_b = s->micro_items;
+     * run concurrently (one thread each) through embed_many when the shim has it;
+     * a failed call fails its rows' tasks. */
     const int many = s->embed_many && s->threads > 1 && nrows > 1;
-    if (many) {
-        size_t per = (nrows + (size_t)s->threads - 1) / (size_t)s->threads;
-        max_b = per < max_b ? per : max_b;
-    }
-    mb_first = mm_malloc((nrows + 1) * sizeof *mb_first);
-    if (!mb_first)
+    bout = mm_malloc((nrows ? nrows : 1) * L * sizeof *bout);
+    const mm__nrows rs = {rows, nrows, sizeof *rows, offsetof(hrow, off), offsetof(hrow, len)};
+    if (!bout || mm__nbatches_build(&mb, &rs, ids, types, s->info.pad_token_id,
+                                    s->info.uses_type_ids, s->micro_items, s->micro_tokens,
+                                    many ? (size_t)s->threads : 1, bout, L) != 0)
         goto oom;
-    size_t nmb = 0, padded = 0;
-    for (size_t r0 = 0; r0 < nrows; nmb++) {
-        size_t r1 = r0 + 1;
-        while (r1 < nrows && r1 - r0 < max_b && (r1 - r0 + 1) * rows[r1].len <= s->micro_tokens)
-            r1++;
-        padded += (r1 - r0) * rows[r1 - 1].len;
-        mb_first[nmb] = r0;
-        r0 = r1;
-    }
-    mb_first[nmb] = nrows;
-    if (nmb) {
-        bids = mm_malloc(padded * sizeof *bids);
-        bmask = mm_malloc(padded * sizeof *bmask);
-        btype = mm_malloc(padded * sizeof *btype);
-        bout = mm_malloc(nrows * L * sizeof *bout);
-        mbs = mm_calloc(nmb, sizeof *mbs);
-        if (!bids || !bmask || !btype || !bout || !mbs)
-            goto oom;
-    }
-    for (size_t k = 0, tok_off = 0; k < nmb; k++) {
-        size_t r0 = mb_first[k], B = mb_first[k + 1] - r0, Lq = rows[r0 + B - 1].len;
-        int64_t *ti = bids + tok_off, *tm = bmask + tok_off, *tt = btype + tok_off;
-        for (size_t b = 0; b < B; b++) {
-            const hrow *rw = &rows[r0 + b];
-            for (size_t j = 0; j < Lq; j++) {
-                int real = j < rw->len;
-                ti[b * Lq + j] = real ? ids[rw->off + j] : s->info.pad_token_id;
-                tt[b * Lq + j] = real ? types[rw->off + j] : 0;
-                tm[b * Lq + j] = real;
-            }
-        }
-        mbs[k] = (mm_torch_batch){ti, tm, s->info.uses_type_ids ? tt : NULL, NULL, B, Lq,
-                                  bout + r0 * L, L};
-        tok_off += B * Lq;
-    }
-    /* Forwards: all at once, or one by one; a failed call fails its rows' tasks. */
-    for (size_t k0 = 0; k0 < nmb;) {
-        size_t k1 = many ? nmb : k0 + 1;
-        const mm_torch_batch *mb = &mbs[k0];
-        err[0] = '\0';
-        int rc = many ? s->embed_many(s->h, mb, k1 - k0, 0, err, sizeof err)
-                      : s->embed(s->h, mb->ids, mb->mask, mb->type_ids, mb->batch, mb->seq_len,
-                                 NULL, 0, mb->out, L, err, sizeof err);
-        for (size_t r = mb_first[k0]; r < mb_first[k1]; r++) {
-            const hrow *rw = &rows[r];
-            tplan *tp = &plans[rw->task];
-            if (rc != 0) {
-                if (tp->ok)
-                    mm_task_fail(tasks[rw->task], rc, "%s", err);
-                tp->ok = 0;
-                continue;
-            }
-            memcpy(logits + (tp->first_row + rw->pos) * L, bout + r * L, L * sizeof *logits);
-        }
-        k0 = k1;
-    }
+    heads_done_ctx dc = {tasks, plans, rows, bout, logits, L};
+    mm__nbatches_run(&mb, s->h, s->embed, s->embed_many, many, heads_done, &dc);
     /* 3. Results. */
     for (size_t ti = 0; ti < n; ti++)
         if (plans[ti].ok)
@@ -636,13 +604,9 @@ done:
     mm_free(rows);
     mm_free(ids);
     mm_free(types);
-    mm_free(bids);
-    mm_free(bmask);
-    mm_free(btype);
     mm_free(bout);
+    mm__nbatches_free(&mb);
     mm_free(logits);
-    mm_free(mb_first);
-    mm_free(mbs);
 }
 
 /* A rerank item holds all its documents: its bytes, uncapped, not one text's. */
