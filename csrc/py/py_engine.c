@@ -339,6 +339,32 @@ static PyObject *engine_release(mmpy_engine *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(id);
 }
 
+/* A list of n objects, the i-th made by make() from the element at
+ * arr + i * size (a new reference, or NULL with an exception set, which drops
+ * the list). */
+static PyObject *build_list(const void *arr, size_t n, size_t size,
+                            PyObject *(*make)(const void *elem)) {
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        PyObject *v = make((const char *)arr + i * size);
+        if (!v) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+    }
+    return out;
+}
+
+static PyObject *id_obj(const void *elem) {
+    return PyLong_FromUnsignedLongLong(*(const uint64_t *)elem);
+}
+
+/* A NUL-terminated name (device, model): invalid UTF-8 is replaced. */
+static PyObject *name_obj(const void *elem) {
+    return PyUnicode_DecodeUTF8(elem, (Py_ssize_t)strlen(elem), "replace");
+}
+
 static PyObject *engine_drop(mmpy_engine *self, PyObject *args) {
     const char *name, *reason;
     if (check_open(self) < 0 || !PyArg_ParseTuple(args, "ss:drop", &name, &reason))
@@ -350,15 +376,7 @@ static PyObject *engine_drop(mmpy_engine *self, PyObject *args) {
         Py_RETURN_NONE;
     if (rc < 0)
         return PyErr_NoMemory();
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    for (size_t i = 0; out && i < n; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(ids[i]);
-        if (!v) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, v);
-    }
+    PyObject *out = build_list(ids, n, sizeof *ids, id_obj);
     mm_free(ids);
     return out;
 }
@@ -377,18 +395,12 @@ static PyObject *engine_shutdown(mmpy_engine *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(id);
 }
 
-static PyObject *status_dict(const mm_model_status *s) {
-    PyObject *devices = PyList_New(s->n_devices);
+static PyObject *status_dict(const void *elem) {
+    const mm_model_status *s = elem;
+    PyObject *devices = build_list(s->devices, (size_t)s->n_devices, sizeof s->devices[0],
+                                   name_obj);
     if (!devices)
         return NULL;
-    for (int i = 0; i < s->n_devices; i++) {
-        PyObject *d = PyUnicode_FromString(s->devices[i]);
-        if (!d) {
-            Py_DECREF(devices);
-            return NULL;
-        }
-        PyList_SET_ITEM(devices, i, d);
-    }
     PyObject *keep = s->keep_alive_ms < 0 ? Py_NewRef(Py_None)
                                           : PyFloat_FromDouble(s->keep_alive_ms / 60000.0);
     PyObject *until = s->seconds_until_release < 0 ? Py_NewRef(Py_None)
@@ -463,17 +475,22 @@ static PyObject *engine_status(mmpy_engine *self, PyObject *unused) {
     size_t n;
     if (mm_engine_status(self->e, &arr, &n) < 0)
         return PyErr_NoMemory();
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    for (size_t i = 0; out && i < n; i++) {
-        PyObject *d = status_dict(&arr[i]);
-        if (!d) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
-    }
+    PyObject *out = build_list(arr, n, sizeof *arr, status_dict);
     mm_free(arr);
     return out;
+}
+
+static PyObject *device_dict(const void *elem) {
+    const mm_device_status *d = elem;
+    PyObject *models = build_list(d->models, (size_t)d->n_models, sizeof d->models[0], name_obj);
+    if (!models)
+        return NULL;
+    return Py_BuildValue("{s:s,s:s,s:O,s:K,s:K,s:K,s:K,s:N}", "name", d->name, "label",
+                         d->label, "simulated", d->simulated ? Py_True : Py_False, "total_bytes",
+                         (unsigned long long)d->total_bytes, "free_bytes",
+                         (unsigned long long)d->free_bytes, "budget_bytes",
+                         (unsigned long long)d->budget_bytes, "used_bytes",
+                         (unsigned long long)d->used_bytes, "models", models);
 }
 
 static PyObject *engine_devices(mmpy_engine *self, PyObject *unused) {
@@ -488,34 +505,16 @@ static PyObject *engine_devices(mmpy_engine *self, PyObject *unused) {
     Py_END_ALLOW_THREADS
     if (rc < 0)
         return PyErr_NoMemory();
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    for (size_t i = 0; out && i < n; i++) {
-        const mm_device_status *d = &arr[i];
-        PyObject *models = PyList_New(d->n_models);
-        for (int k = 0; models && k < d->n_models; k++) {
-            PyObject *nm = PyUnicode_DecodeUTF8(d->models[k], strlen(d->models[k]), "replace");
-            if (!nm)
-                Py_CLEAR(models);
-            else
-                PyList_SET_ITEM(models, k, nm);
-        }
-        PyObject *dd = models ? Py_BuildValue(
-                                    "{s:s,s:s,s:O,s:K,s:K,s:K,s:K,s:N}", "name", d->name,
-                                    "label", d->label, "simulated",
-                                    d->simulated ? Py_True : Py_False, "total_bytes",
-                                    (unsigned long long)d->total_bytes, "free_bytes",
-                                    (unsigned long long)d->free_bytes, "budget_bytes",
-                                    (unsigned long long)d->budget_bytes, "used_bytes",
-                                    (unsigned long long)d->used_bytes, "models", models)
-                              : NULL;
-        if (!dd) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, dd);
-    }
+    PyObject *out = build_list(arr, n, sizeof *arr, device_dict);
     mm_free(arr);
     return out;
+}
+
+static PyObject *release_dict(const void *elem) {
+    const mm_release_record *r = elem;
+    return Py_BuildValue("{s:s,s:s,s:K,s:d,s:d}", "model_name", r->model_name, "reason",
+                         r->reason, "released_bytes", (unsigned long long)r->released_bytes,
+                         "seconds", r->seconds, "at", r->at);
 }
 
 static PyObject *engine_releases(mmpy_engine *self, PyObject *unused) {
@@ -526,19 +525,7 @@ static PyObject *engine_releases(mmpy_engine *self, PyObject *unused) {
     size_t n;
     if (mm_engine_releases(self->e, &arr, &n) < 0)
         return PyErr_NoMemory();
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    for (size_t i = 0; out && i < n; i++) {
-        const mm_release_record *r = &arr[i];
-        PyObject *d = Py_BuildValue("{s:s,s:s,s:K,s:d,s:d}", "model_name", r->model_name,
-                                    "reason", r->reason, "released_bytes",
-                                    (unsigned long long)r->released_bytes, "seconds", r->seconds,
-                                    "at", r->at);
-        if (!d) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
-    }
+    PyObject *out = build_list(arr, n, sizeof *arr, release_dict);
     mm_free(arr);
     return out;
 }
