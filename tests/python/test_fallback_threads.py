@@ -97,3 +97,40 @@ async def test_a_leftover_of_the_apps_own_threads_is_put_back(make_mm, minilm_di
         assert "PreTrainedModel.tie_weights" in caplog.text and "put back" in caplog.text
     finally:
         PreTrainedModel.tie_weights, torch.linspace = real_tie, real_linspace
+
+
+@pytest.mark.parametrize("default", ["float64", "bfloat16"])
+async def test_native_models_ignore_torchs_default_dtype(make_mm, minilm_dir, tmp_path, default):
+    """transformers' from_pretrained sets torch's process-wide default dtype for the length of
+    a load (to the model's dtype), on the fallback's thread, while native models run on
+    theirs: a native load, generation or embedding made while it is something else gives
+    exactly what it gives under float32 (every tensor the shim makes names its dtype)."""
+    from test_generate_helpers import Generator, make_bart, make_t5, prompts
+
+    paths = {"t5": str(tmp_path / "t5"), "bart": str(tmp_path / "bart")}
+    make_t5(paths["t5"], gated=False)
+    make_bart(paths["bart"])
+    ps = {"t5": prompts(4, 256, "t5"), "bart": prompts(4, 256, "bart")}
+    mm = make_mm(cpu_threads=1, worker_pool={"queue_timeout": 0})
+    texts = ["hello world", "a longer sentence about rivers and mountains"]
+
+    async def run():
+        gens = {k: Generator(p) for k, p in paths.items()}
+        try:
+            out = {k: g.generate(ps[k], max_length=12) for k, g in gens.items()}
+        finally:
+            for g in gens.values():
+                g.close()
+        r = await mm.task(texts, "embedding", minilm_dir, device="cpu", backend="native")
+        assert r.success, r.error
+        await mm.release_model(minilm_dir)
+        return out, r.data["embeddings"]
+
+    want = await run()
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, default))
+    try:
+        got = await run()
+    finally:
+        torch.set_default_dtype(was)
+    assert got == want
