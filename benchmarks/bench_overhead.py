@@ -7,6 +7,13 @@ p50/p99 latency of a lone request.  The "work" is the same everywhere: a
 deterministic hash embedding of one short text (our synthetic backend in C;
 a Python function of similar cost for the thread-pool paths).
 
+Two floors of asyncio itself, measured in the same run, bound what any
+task() can reach: N bare futures (loop.create_future()) resolved in bulk by
+one callback and gathered, and the same with a Python coroutine awaiting each
+future (what task() cost when it was an ``async def``).  The load average is
+printed before and after: on a shared machine the per-CPU-second figures
+(all threads of this process) are the steadier ones.
+
     python benchmarks/bench_overhead.py [--n 20000] [--lone 2000]
 """
 import argparse
@@ -59,6 +66,21 @@ async def executor_throughput(n, pool):
     return wall, cpu
 
 
+async def floor_throughput(n, with_coroutine):
+    """asyncio's own cost of n gathered futures resolved in bulk (no work, no engine)."""
+    loop = asyncio.get_running_loop()
+
+    async def one(f):
+        return await f
+
+    def make(n):
+        futs = [loop.create_future() for _ in range(n)]
+        loop.call_soon(lambda: [f.set_result(None) for f in futs])
+        return (one(f) for f in futs) if with_coroutine else futs
+    _, wall, cpu = await timed(make, n)
+    return wall, cpu
+
+
 async def lone_latency(call, n):
     lat = []
     for i in range(n):
@@ -80,6 +102,8 @@ async def main(n, lone):
         ours = await ours_throughput(mm, n)
         th = await to_thread_throughput(n)
         ex = await executor_throughput(n, pool)
+        bare = await floor_throughput(n, False)
+        coro = await floor_throughput(n, True)
         rows.append(("gather throughput (tasks/s)", ours[0], th[0], ex[0]))
         rows.append(("gather throughput (tasks/cpu-s)", ours[1], th[1], ex[1]))
         o50, o99 = await lone_latency(lambda i: mm.task([f"t{i}"], "embedding", MODEL, device="cpu"), lone)
@@ -92,6 +116,11 @@ async def main(n, lone):
     for name, a, b, c in rows:
         ratio = a / b if "throughput" in name else b / a
         print(f"{name:32} {a:12.1f} {b:12.1f} {c:12.1f} {ratio:19.2f}x")
+    print(f"\nasyncio floors, gather of {n} (no engine, no work){'':7} {'tasks/s':>10} {'tasks/cpu-s':>12}"
+          f" {'pymodelmgr at':>14}")
+    for name, (w, c) in (("bare futures resolved in bulk", bare),
+                         ("a Python coroutine per future", coro)):
+        print(f"{name:52} {w:10.0f} {c:12.0f} {ours[1] / c:13.0%}")
 
 
 if __name__ == "__main__":
@@ -99,4 +128,7 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--lone", type=int, default=2000)
     args = ap.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"({os.cpu_count()} CPUs; a shared machine: read the per-CPU-second rows)")
     asyncio.run(main(args.n, args.lone))
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -34,6 +34,7 @@ _FLAG_NUMPY = 1
 # dtype= of a task: the weights' dtype of the model it creates (settings.dtype otherwise)
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "bf16", "int8")
 _FLAG_DEFER_WAKE = 2
+_FLAG_FUTURE = 4  # submit() returns a _core.TaskFuture registered on the loop's channel
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _MAX_PARAM_DEPTH = 32
@@ -144,47 +145,9 @@ def _drain_weak(ref, ch) -> None:
         mm._drain(ch)
 
 
-class _TaskFuture(asyncio.Future):
-    """What ``task()`` returns: an asyncio future of the task's Result that is also a
-    coroutine object.
-
-    As a future, ``asyncio.gather`` and ``asyncio.wait_for`` take it as it is (no Task, no
-    coroutine frame per task: the round trip of a cheap task is most of its cost), and
-    ``await`` waits on it.  As a coroutine (``send``/``throw``/``close``, the protocol a
-    Task drives), ``asyncio.create_task(mm.task(...))`` and ``asyncio.ensure_future`` work
-    too.  Cancelling it (directly, through gather, or through the Task that awaits it)
-    takes the task out of its queue when it has not started."""
-
-    __slots__ = ("_mm", "_tid")
-
-    def send(self, value):
-        if not self.done():
-            self._asyncio_future_blocking = True
-            return self
-        raise StopIteration(self.result())
-
-    def throw(self, typ, val=None, tb=None):
-        if val is None:
-            val = typ() if isinstance(typ, type) else typ
-        raise val
-
-    def close(self):
-        pass
-
-    def cancel(self, msg=None):
-        if not super().cancel(msg):
-            return False
-        mm = self._mm
-        if mm is not None:
-            self._mm = None
-            mm._futures.pop(self._tid, None)
-            mm._engine.cancel(self._tid)
-        return True
-
-
 def _done_future(loop, result):
-    fut = _TaskFuture(loop=loop)
-    fut._mm = None
+    """A settled task() future: an immediate answer (bad input, a closed manager)."""
+    fut = _core.TaskFuture(loop)
     fut.set_result(result)
     return fut
 
@@ -309,7 +272,8 @@ class ModelManager:
         if st is None:
             for old_loop in [lp for lp in self._loops if lp.is_closed()]:
                 self._loops.pop(old_loop).channel.close()
-            ch = _core.Channel()
+            # The channel keeps this loop's task() futures and settles them in drain().
+            ch = _core.Channel(loop, Result, ErrorInfo)
             loop.add_reader(ch.fileno(), _drain_weak, weakref.ref(self), ch)
             st = self._loops[loop] = _LoopState(ch, self._engine)
         return st
@@ -333,7 +297,10 @@ class ModelManager:
     def _drain_all(self, ch) -> None:
         futures = self._futures
         app_names = self._app_names
-        for tid, status, payload in ch.drain():
+        # The channel settles its TaskFutures itself (_core.TaskFuture: the Result built in C,
+        # the burst's done callbacks run from one loop callback); what comes back here is
+        # the rest: stream pieces, numpy results, control tasks (release, shutdown).
+        for tid, status, payload in ch.drain(app_names, self._streams):
             if status == 5:  # a streamed piece: (index, text)
                 q = self._streams.get(tid)
                 if q is not None:
@@ -342,6 +309,8 @@ class ModelManager:
             if self._streams:
                 self._streams.pop(tid, None)
             fut = futures.pop(tid, None)
+            if fut is None:  # a TaskFuture the channel leaves to us (numpy, a stream's end)
+                fut = ch.take(tid)
             if app_names:
                 name = app_names.pop(tid, None)
                 if name is not None and status in (0, 4) and "model_name" in payload:
@@ -358,7 +327,7 @@ class ModelManager:
             elif status == 2:
                 fut.set_exception(RuntimeError(f"Task dropped: {payload}"))
             else:
-                asyncio.Future.cancel(fut)
+                fut.cancel()
         for level, msg in _core.take_logs():
             logger.log(level, msg)
 
@@ -387,10 +356,14 @@ class ModelManager:
         """Runs one task on a model, loading the model first if needed.
 
         Returns an awaitable of the :class:`~pymodelmgr.Result`: ``await mm.task(...)``,
-        ``asyncio.gather(*(mm.task(...) ...))``, ``asyncio.create_task(mm.task(...))`` and
-        ``asyncio.wait_for(mm.task(...), t)`` all work.  Inside a running event loop it is
-        an asyncio future (also a coroutine object), so gather needs no Task per task;
-        called outside one it is a coroutine, submitted when first awaited.
+        ``asyncio.gather(*(mm.task(...) ...))``, ``asyncio.create_task(mm.task(...))``,
+        ``asyncio.ensure_future``, ``asyncio.wait_for(mm.task(...), t)``, ``asyncio.shield``
+        and ``asyncio.timeout`` all work.  Inside a running event loop it is a
+        ``pymodelmgr._core.TaskFuture``: an asyncio future implemented in C (so gather needs
+        no Task per task) that is also a coroutine object (so ``create_task`` takes it;
+        ``asyncio.wait``, which refuses coroutines, takes ``create_task(mm.task(...))``).
+        Cancelling it cancels the task (a queued task leaves its queue).  Called outside a
+        running loop it is a coroutine, submitted when first awaited.
 
         Args:
             task_data: a list of texts (or one text); ``None`` pre-loads the model and
@@ -469,7 +442,7 @@ class ModelManager:
 
     def _start(self, loop, task_data, task_type, model_name, num_workers, device, keep_alive,
                kwargs):
-        """Validates and submits: a _TaskFuture, or a Result for an immediate answer."""
+        """Validates and submits: a _core.TaskFuture, or a Result for an immediate answer."""
         if self._closed:
             return Result.error("SHUTTING_DOWN", "the model manager is closed")
         if not self.settings.enabled:
@@ -520,22 +493,19 @@ class ModelManager:
         if self._aliases and model_name.__class__ is str and model_name in self._aliases:
             app_name, model_name = model_name, self._aliases[model_name]
             self._alias_names[model_name] = app_name
-        r = self._engine.submit(st.channel, model_name, task_type, task_data, device,
-                                num_workers, keep_alive, revision, params, flags, model_options)
-        if r.__class__ is tuple:
-            return Result(False, {}, ErrorInfo(r[0], r[1], None))
+        fut = self._engine.submit(st.channel, model_name, task_type, task_data, device,
+                                  num_workers, keep_alive, revision, params, flags | _FLAG_FUTURE,
+                                  model_options)
+        if fut.__class__ is tuple:
+            return Result(False, {}, ErrorInfo(fut[0], fut[1], None))
         if not st.kick_scheduled:
             st.kick_scheduled = True
             loop.call_soon(st.kick)
-        fut = _TaskFuture(loop=loop)
-        fut._mm = self
-        fut._tid = r
-        self._futures[r] = fut
         if app_name is not None:
-            self._app_names[r] = app_name
+            self._app_names[fut.task_id] = app_name
         sq = _STREAM_QUEUE.get()
         if sq is not None:  # ModelManager.stream(): _drain puts the pieces there
-            self._streams[r] = sq
+            self._streams[fut.task_id] = sq
         return fut
 
     async def stream(self, task_data: Any, task_type: str, model_name: str,
@@ -699,6 +669,11 @@ class ModelManager:
             running = None
         for tid in ids:
             fut = self._futures.pop(tid, None)
+            if fut is None:  # a task() future: in its loop's channel
+                for st in list(self._loops.values()):
+                    fut = st.channel.take(tid)
+                    if fut is not None:
+                        break
             if fut is None:
                 cancelled += 1
                 continue
@@ -784,6 +759,7 @@ class ModelManager:
         self._futures[tid] = fut
         await fut
         self._engine.close()
+        pending = []  # task() futures whose completion never came
         for lp, st in list(self._loops.items()):
             ch = st.channel
             if not lp.is_closed():
@@ -793,9 +769,10 @@ class ModelManager:
                     pass
             if lp is loop:
                 self._drain(ch)
+            pending.extend(ch.take_all())
             ch.close()
         self._loops.clear()
-        for fut in self._futures.values():
+        for fut in list(self._futures.values()) + pending:
             if fut.done():
                 continue
             lp = fut.get_loop()
@@ -823,15 +800,17 @@ class ModelManager:
             self._loops.clear()
             self._futures.clear()
             return
+        pending = []
         for lp, st in list(self._loops.items()):
             if not lp.is_closed():
                 try:
                     lp.remove_reader(st.channel.fileno())
                 except (ValueError, RuntimeError, OSError):
                     pass
+            pending.extend(st.channel.take_all())
             st.channel.close()
         self._loops.clear()
-        for fut in self._futures.values():
+        for fut in list(self._futures.values()) + pending:
             if not fut.done() and not fut.get_loop().is_closed():
                 try:
                     fut.get_loop().call_soon_threadsafe(

@@ -16,7 +16,7 @@ static int core_exec(PyObject *m) {
     Py_DECREF(json);
     if (!st->json_loads)
         return -1;
-    if (mmpy_channel_init_type(m, st) < 0 || mmpy_engine_init_type(m, st) < 0 ||
+    if (mmpy_future_init_type(m, st) < 0 || mmpy_channel_init_type(m, st) < 0 || mmpy_engine_init_type(m, st) < 0 ||
         mmpy_log_init(m) < 0)
         return -1;
     PyObject *codes = PyDict_New();
@@ -53,6 +53,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg) {
     mmpy_state *st = PyModule_GetState(m);
     Py_VISIT(st->engine_type);
     Py_VISIT(st->channel_type);
+    Py_VISIT(st->future_type);
     Py_VISIT(st->json_loads);
     return 0;
 }
@@ -61,6 +62,7 @@ static int core_clear(PyObject *m) {
     mmpy_state *st = PyModule_GetState(m);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->channel_type);
+    Py_CLEAR(st->future_type);
     Py_CLEAR(st->json_loads);
     return 0;
 }

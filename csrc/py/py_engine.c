@@ -29,6 +29,7 @@ typedef struct mmpy_engine {
     PyObject_HEAD
     mm_engine_t *e;
     PyTypeObject *channel_type; /* strong reference */
+    PyTypeObject *future_type;  /* strong reference */
     unsigned fork_gen;          /* fork_generation when the engine was made */
     long owner_pid;
 } mmpy_engine;
@@ -111,7 +112,9 @@ static PyObject *err_tuple(int code, const char *msg) {
 
 /* submit(channel, model_name, task_type, task_data, device, num_workers,
  *        keep_alive_minutes, revision, params_json, flags[, model_options_json])
- *   -> int | (code, message)
+ *   -> int | TaskFuture | (code, message)
+ * flags bit MMPY_FLAG_FUTURE (the channel was made for an event loop): a TaskFuture in that
+ * channel's table instead of the id.
  * model_options_json: None or a JSON object text of load options for a model
  * this submit creates ({"backend", "trust_remote_code"}).
  * flags bit MMPY_FLAG_DEFER_WAKE: the caller will call kick() after the burst. */
@@ -297,15 +300,36 @@ static PyObject *engine_submit(mmpy_engine *self, PyObject *const *args, Py_ssiz
     }
     a.kind = data == Py_None ? MM_KIND_PRELOAD : MM_KIND_RUN;
     uint64_t id;
+    mmpy_channel *cho = (mmpy_channel *)args[0];
+    if ((a.user_flags & MMPY_FLAG_FUTURE) && !cho->loop) {
+        PyErr_SetString(PyExc_ValueError, "a TaskFuture needs a channel made for an event loop");
+        goto out;
+    }
     int rc = mm_engine_submit(self->e, ch, &a, &id, msg, sizeof msg);
-    result = rc < 0 ? err_tuple(rc, msg[0] ? msg : mm_strerror(rc))
-                    : PyLong_FromUnsignedLongLong(id);
+    if (rc < 0) {
+        result = err_tuple(rc, msg[0] ? msg : mm_strerror(rc));
+    } else if (a.user_flags & MMPY_FLAG_FUTURE) {
+        /* the future, registered where drain() finds it by id */
+        result = mmpy_future_new(self->future_type, cho->loop, (PyObject *)self, id);
+        if (!result || mmpy_ftable_put(&cho->futures, cho, (mmpy_future *)result) < 0) {
+            Py_CLEAR(result);
+            mm_engine_cancel(self->e, id); /* its completion finds no future and is dropped */
+        }
+    } else {
+        result = PyLong_FromUnsignedLongLong(id);
+    }
 out:
     if (items != stack_items)
         mm_free((void *)items);
     if (lens != stack_lens)
         mm_free(lens);
     return result;
+}
+
+void mmpy_engine_cancel_task(PyObject *engine, uint64_t tid) {
+    mmpy_engine *self = (mmpy_engine *)engine;
+    if (self->e && !forked(self))
+        mm_engine_cancel(self->e, tid);
 }
 
 static PyObject *engine_kick(mmpy_engine *self, PyObject *unused) {
@@ -663,6 +687,7 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!self)
         return NULL;
     self->channel_type = (PyTypeObject *)Py_NewRef(st->channel_type);
+    self->future_type = (PyTypeObject *)Py_NewRef(st->future_type);
     self->fork_gen = fork_generation;
     self->owner_pid = (long)getpid();
     int rc;
@@ -687,6 +712,7 @@ static void engine_dealloc(mmpy_engine *self) {
     PyTypeObject *tp = Py_TYPE(self);
     engine_close_impl(self);
     Py_CLEAR(self->channel_type);
+    Py_CLEAR(self->future_type);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -694,7 +720,7 @@ static void engine_dealloc(mmpy_engine *self) {
 static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
      "submit(channel, model_name, task_type, task_data, device, num_workers, keep_alive, "
-     "revision, params_json, flags[, model_options_json]) -> int | (code, message)"},
+     "revision, params_json, flags[, model_options_json]) -> int | TaskFuture | (code, message)"},
     {"kick", (PyCFunction)engine_kick, METH_NOARGS,
      "kick(): wakes workers for tasks submitted with the defer-wake flag."},
     {"cancel", (PyCFunction)engine_cancel, METH_O,
