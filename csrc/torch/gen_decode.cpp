@@ -1832,23 +1832,8 @@ MMT_API int mm_torch_gen_batch_step(mm_torch_gen_batch_t *b, int64_t max_prefill
                 }
             owner.emplace_back(&q, k);
         }
-        if (!st.empty()) {
-            const size_t piece = m.device.is_cpu() ? (size_t)MMT_SKINNY_MAX_ROWS : st.size();
-            std::vector<at::Tensor> parts;
-            for (size_t i = 0; i < st.size(); i += piece) {
-                size_t j = std::min(st.size(), i + piece);
-                std::vector<CausalSeq *> ps(st.begin() + (ptrdiff_t)i, st.begin() + (ptrdiff_t)j);
-                std::vector<int64_t> pl(last.begin() + (ptrdiff_t)i, last.begin() + (ptrdiff_t)j);
-                parts.push_back(lm.step(ps, pl));
-            }
-            at::Tensor lg = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
-            int64_t off = 0;
-            for (auto &o : owner) {
-                o.first->logits = lg.narrow(0, off, o.second);
-                off += o.second;
-            }
-        }
-        /* 2. prefill newcomers within the round's budget (at least one) */
+        /* 2. newcomers to prefill within the round's budget (at least one) */
+        std::vector<BReq *> pre;
         int64_t used = 0;
         for (auto &qp : b->reqs) {
             BReq &q = *qp;
@@ -1858,6 +1843,10 @@ MMT_API int mm_torch_gen_batch_step(mm_torch_gen_batch_t *b, int64_t max_prefill
             if (used > 0 && max_prefill_tokens > 0 && used + n > max_prefill_tokens)
                 break;
             used += n;
+            pre.push_back(&q);
+        }
+        auto prefill = [&](BReq &q) {
+            const int64_t n = (int64_t)q.prompt.size();
             BRow &r0 = q.rows[0];
             const int64_t maxl =
                 std::max(q.P.max_new >= 0 ? n + q.P.max_new : q.P.max_length, n + 1);
@@ -1873,6 +1862,47 @@ MMT_API int mm_torch_gen_batch_step(mm_torch_gen_batch_t *b, int64_t max_prefill
             }
             q.logits = q.nrs > 1 ? lg.repeat_interleave(q.nrs, 0) : lg;
             q.prefilled = true;
+        };
+        /* The step's rows in pieces: on the CPU at least one per intra-op
+         * thread and none over MMT_SKINNY_MAX_ROWS rows, each piece (and each
+         * prefill) single-threaded on its own thread (run_pieces), as
+         * generate_split runs groups: a decoder step is many small operators
+         * whose barriers cost more than they gain on a loaded machine. */
+        const bool cpu = m.device.is_cpu();
+        const size_t R = st.size(), nt = (size_t)std::max(1, at::get_num_threads());
+        size_t np = 0;
+        if (R > 0) {
+            np = cpu ? std::max(nt, (R + MMT_SKINNY_MAX_ROWS - 1) / MMT_SKINNY_MAX_ROWS) : 1;
+            np = std::min(np, R);
+        }
+        std::vector<at::Tensor> parts(np);
+        auto piece = [&](size_t k) {
+            size_t i = k * R / np, j = (k + 1) * R / np;
+            std::vector<CausalSeq *> ps(st.begin() + (ptrdiff_t)i, st.begin() + (ptrdiff_t)j);
+            std::vector<int64_t> pl(last.begin() + (ptrdiff_t)i, last.begin() + (ptrdiff_t)j);
+            parts[k] = lm.step(ps, pl);
+        };
+        std::vector<size_t> order(pre.size() + np);
+        for (size_t w = 0; w < order.size(); w++)
+            order[w] = w; /* prefills (the bigger pieces) first */
+        auto work = [&](size_t w) {
+            if (w < pre.size())
+                prefill(*pre[w]);
+            else
+                piece(w - pre.size());
+        };
+        if (cpu && order.size() > 1)
+            run_pieces((int)nt, order, work);
+        else
+            for (size_t w : order)
+                work(w);
+        if (R > 0) {
+            at::Tensor lg = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+            int64_t off = 0;
+            for (auto &o : owner) {
+                o.first->logits = lg.narrow(0, off, o.second);
+                off += o.second;
+            }
         }
         /* 3. each request's decision, in its own processors and stream */
         std::vector<int64_t> next;
