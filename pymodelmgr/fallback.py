@@ -35,11 +35,16 @@ suite under load (the reference models of later parity tests came out wrong).  B
 each load :func:`_repair_loading_patches` also puts back any such leftover found while no
 load of ours runs (one left by the application's own threads), with a warning.
 
+Sampling (a seeded task, or ``do_sample``) draws from torch's one process-wide random
+generator, so generate() calls that sample hold a lock of their own: two workers of one
+model sampling at once would otherwise draw from each other's seeded stream.
+
 Nothing here is public API except :data:`LOAD_LOCK`; :func:`live_models` and
 :func:`loading_patches` are for tests.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -59,6 +64,10 @@ _log = logging.getLogger("pymodelmgr")
 #: An application that loads transformers / sentence-transformers models on its own
 #: threads while a ModelManager runs fallback models holds it around those loads too.
 LOAD_LOCK = threading.RLock()
+
+# Held by every fallback generate() that samples (see _Generator._generate).
+_RNG_LOCK = threading.Lock()
+_NO_LOCK = contextlib.nullcontext()
 
 # PreTrainedModel's own methods as first seen unpatched (see loading_patches).
 _PRISTINE_METHODS: Dict[str, Any] = {}
@@ -446,9 +455,13 @@ class _Generator(_Base):
                                         f"limit {limit} (truncate=False)")
         enc = tok(texts, return_tensors="pt", padding=len(texts) > 1,
                   truncation=truncate is not False).to(self.device)
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.inference_mode():
+        sampling = seed is not None or kw.get(
+            "do_sample", getattr(self.model.generation_config, "do_sample", False))
+        # Sampling draws from torch's one process-wide generator: two workers sampling at
+        # once would draw from each other's seeded stream (a seeded task not reproducible).
+        with (_RNG_LOCK if sampling else _NO_LOCK), torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
             out = self.model.generate(**enc, **kw)
         if not self.seq2seq:
             out = out[:, enc["input_ids"].shape[1]:]

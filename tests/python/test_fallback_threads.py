@@ -10,6 +10,10 @@ generation parity tests fail in one full run under load, after a fallback test h
 one model on two workers at once.  The fallback now serializes its loads
 (``pymodelmgr.TRANSFORMERS_LOAD_LOCK``); here several fallback models load at once, on
 their own worker threads, again and again, and transformers must come out as it went in.
+
+Also process-wide: torch's default dtype (from_pretrained sets it during a load: native
+models must not read it) and torch's random generator (seeded fallback sampling on two
+workers at once must still reproduce a lone call).
 """
 import asyncio
 import os
@@ -134,3 +138,40 @@ async def test_native_models_ignore_torchs_default_dtype(make_mm, minilm_dir, tm
     finally:
         torch.set_default_dtype(was)
     assert got == want
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A tiny T5 with a sentencepiece tokenizer: a folder the fallback generates from."""
+    from test_generate_helpers import make_t5, train_t5_tokenizer
+    from test_generate_hub import corpus
+
+    d = tmp_path_factory.mktemp("fbgen")
+    tok = train_t5_tokenizer(d / "sp", corpus(), vocab_size=60)
+    path = str(d / "t5")
+    make_t5(path, gated=True, vocab=60)
+    tok.save_pretrained(path)
+    return path
+
+
+async def test_seeded_fallback_sampling_on_two_workers_is_reproducible(make_mm, t5_dir):
+    """Seeded sampling in the fallback seeds torch's one process-wide generator: two workers
+    sampling at once must not draw from each other's stream, so each seeded task equals the
+    same request run alone."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    kw = dict(do_sample=True, top_k=0, max_length=40)
+    texts = [f"river {i} mountain summer" for i in range(12)]
+    mm = make_mm(cpu_threads=1, worker_pool={"queue_timeout": 0, "max_batch_items": 1})
+    assert (await mm.task(None, "text_generation", t5_dir, device="cpu", backend="transformers",
+                          num_workers=2)).success
+    rs = await asyncio.gather(*(mm.task(t, "text_generation", t5_dir, device="cpu", seed=i, **kw)
+                                for i, t in enumerate(texts)))
+    model = AutoModelForSeq2SeqLM.from_pretrained(t5_dir).eval()
+    tok = AutoTokenizer.from_pretrained(t5_dir)
+    for i, (t, r) in enumerate(zip(texts, rs)):
+        assert r.success and r.data["backend"] == "transformers", r.error
+        torch.manual_seed(i)
+        want = tok.decode(model.generate(**tok(t, return_tensors="pt"), **kw)[0],
+                          skip_special_tokens=True)
+        assert r.data["generated_text"] == want, (i, t)
