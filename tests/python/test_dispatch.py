@@ -104,6 +104,10 @@ async def test_wait_shield_timeout_and_wait_for():
         async with asyncio.timeout(30):
             assert (await t()).success
         assert (await asyncio.wait_for(t(), 30)).success
+        if hasattr(asyncio, "TaskGroup"):  # Python 3.11+
+            async with asyncio.TaskGroup() as tg:
+                in_group = tg.create_task(t())
+            assert in_group.result().success
         await t(model=SLOW_LOAD)  # loaded: the slow model's later tasks are fast
         slow = "synthetic/embedding?dim=8&load_ms=2000"
         f = t(model=slow)
