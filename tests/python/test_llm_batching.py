@@ -177,3 +177,36 @@ async def test_break_frees_the_blocks_within_a_step(make_mm, served, llm):
     assert r.success, r.error
     s = await status_of(mm)
     assert s["cancelled"] == 1 and s["in_flight"] == 0 and s["kv_blocks"]["used"] == 0, s
+
+
+async def test_cancel_drop_release_race_exactly_once(make_mm, served):
+    """A running batch (a budget of two or three requests at a time, the rest queued)
+    while some tasks are cancelled, the queue is dropped and the model
+    released: every task completes exactly once, each with a result or the
+    code of what stopped it."""
+    mm = await started(make_mm, served, generation={"kv_cache_mb": 9 * BLOCK / 2**20})
+    ps = prompts(24, seed=8)
+    jobs = [asyncio.ensure_future(mm.task(p, "text_generation", REPO, device="cpu",
+                                          max_new_tokens=150 + 50 * (i % 3), min_new_tokens=150))
+            for i, p in enumerate(ps)]
+    for j in jobs[1::5]:
+        await asyncio.sleep(0.02)
+        j.cancel()
+    dropped = await mm.drop_model_queue(REPO, "race")
+    assert dropped.success, dropped.error
+    released = await mm.release_model(REPO)
+    assert released.success, released.error
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    codes = set()
+    for r in results:
+        if isinstance(r, asyncio.CancelledError):
+            codes.add("CancelledError")
+        elif isinstance(r, RuntimeError):  # a dropped task's caller gets RuntimeError(reason)
+            assert "race" in str(r), repr(r)
+            codes.add("DROPPED")
+        else:
+            codes.add("ok" if r.success else r.error.code)
+    assert codes <= {"ok", "CancelledError", "CANCELLED", "DROPPED"}, codes
+    assert "ok" in codes and "DROPPED" in codes, codes
+    stats = mm._engine.stats()
+    assert stats["created"] == stats["completed"] and stats["double_completions"] == 0, stats
