@@ -40,7 +40,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <vector>
 
@@ -116,6 +118,7 @@ static int64_t gemm_chunk(int64_t rem) {
  * without oneDNN lacks them, and then weights stay as they are. */
 struct PackedOps {
     c10::OperatorHandle linear, reorder;
+    std::optional<c10::OperatorHandle> linear_add; /* the .binary overload, residual fused */
     static const PackedOps *get() {
         static const PackedOps *ops = [] () -> const PackedOps * {
             auto &d = c10::Dispatcher::singleton();
@@ -123,7 +126,7 @@ struct PackedOps {
             auto r = d.findOp({"mkldnn::_reorder_linear_weight", ""});
             if (!l || !r || !at::hasMKLDNN())
                 return nullptr;
-            return new PackedOps{*l, *r};
+            return new PackedOps{*l, *r, d.findOp({"mkldnn::_linear_pointwise", "binary"})};
         }();
         return ops;
     }
@@ -154,7 +157,10 @@ struct Linear {
 
     at::Tensor one(const at::Tensor &x, const char *attr, const char *algorithm) const {
         if (q.defined())
-            return q(x);
+            return q.forward(x, strcmp(attr, "gelu") ? MMT_Q8_NONE
+                                : strcmp(algorithm, "tanh") ? MMT_Q8_GELU
+                                                            : MMT_Q8_GELU_TANH,
+                             at::Tensor());
         if (!packed.defined())
             return at::linear(x, w, b);
         torch::jit::Stack st{x, packed, b, std::string(attr),
@@ -162,6 +168,36 @@ struct Linear {
         PackedOps::get()->linear.callBoxed(&st);
         return st[0].toTensor();
     }
+
+    /* x W^T + b + res (res shaped like the result): fused into the product
+     * where the weight is packed (oneDNN's binary add post-op on the
+     * finished sum) or quantized; in gemm_chunk pieces like operator(). */
+    at::Tensor add(const at::Tensor &x, const at::Tensor &res) const {
+        const int64_t T = x.dim() == 2 ? x.size(0) : 0;
+        if (T <= 64 || !x.device().is_cpu())
+            return add_one(x, res);
+        std::vector<at::Tensor> parts;
+        for (int64_t r = 0; r < T;) {
+            const int64_t n = gemm_chunk(T - r);
+            parts.push_back(add_one(x.narrow(0, r, n), res.narrow(0, r, n)));
+            r += n;
+        }
+        return parts.size() == 1 ? parts[0] : at::cat(parts);
+    }
+
+    at::Tensor add_one(const at::Tensor &x, const at::Tensor &res) const {
+        if (q.defined())
+            return q.forward(x, MMT_Q8_NONE, res);
+        const PackedOps *ops = packed.defined() ? PackedOps::get() : nullptr;
+        if (!ops || !ops->linear_add || x.dim() != 2 || !res.is_contiguous())
+            return one(x, "none", "none") + res;
+        torch::jit::Stack st{x, res, packed, b, std::string("add")};
+        ops->linear_add->callBoxed(&st);
+        return st[0].toTensor();
+    }
+
+    /* True when fuse_gelu can run GELU inside the product. */
+    bool fuses_gelu() const { return packed.defined() || q.defined(); }
 
     /* Reorders the weight for oneDNN (CPU float32 only); false leaves it. */
     bool pack() {
@@ -269,13 +305,13 @@ struct Encoder {
                 ctx = ctx.index_select(0, gidx);
             else
                 ctx = ctx.view({B, L, hidden});
-            x = ly.ln_attn(ly.out(ctx) + x);
-            at::Tensor h = ly.up.packed.defined() && hidden_act == Act::Gelu
+            x = ly.ln_attn(ly.out.add(ctx, x));
+            at::Tensor h = ly.up.fuses_gelu() && hidden_act == Act::Gelu
                                ? ly.up(x, "gelu", "none")
-                           : ly.up.packed.defined() && hidden_act == Act::GeluTanh
+                           : ly.up.fuses_gelu() && hidden_act == Act::GeluTanh
                                ? ly.up(x, "gelu", "tanh")
                                : ly.up(x, "none", "none", hidden_act);
-            x = ly.ln_out(ly.down(h) + x);
+            x = ly.ln_out(ly.down.add(h, x));
         }
         if (idx.defined())
             x = pad(x).view({B, L, hidden});
@@ -997,7 +1033,16 @@ MMT_API int mm_torch_embed_many(mm_torch_embedder_t *h, const mm_torch_batch *ba
         };
         const int nt = at::get_num_threads();
         if (n < 2 || nt < 2 || !m.device.is_cpu()) {
+            /* On the CPU a lone batch (one row) runs single-threaded too, as
+             * every piece does: oneDNN fixes a primitive's thread count when
+             * it is made, and one made here with the team would make later
+             * pieces of the same shape start a team of their own from each
+             * piece's thread (seen as libgomp spinning: an eighth of int8's
+             * time). */
             c10::InferenceMode im;
+            std::optional<SingleThreaded> one_thread;
+            if (m.device.is_cpu())
+                one_thread.emplace();
             for (size_t i = 0; i < n; i++)
                 one(i);
             return 0;

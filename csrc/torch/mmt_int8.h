@@ -2,13 +2,20 @@
  *
  * int8 (dtype="int8"): a linear layer's weight is quantized once at load,
  * symmetrically per output feature (a row's scale is its largest magnitude
- * / 127), and kept as int8 only; each call quantizes its input the same way
- * per row (per token), multiplies int8 x int8 into int32 with at::_int_mm
- * (oneDNN inside libtorch: AMX / AVX512-VNNI / AVX-VNNI where the CPU has
- * them), and scales the sums back to float32 with the row's and the
- * feature's scales before adding the float32 bias.  Per-row activation
- * scales (as CTranslate2 does) keep a row's result independent of the other
- * rows of its batch and lose much less than one scale per tensor.
+ * / 127), and kept as int8 only, reordered once for oneDNN's int8 matmul
+ * (onednn::qlinear_prepack: AMX / AVX512-VNNI / AVX-VNNI / AVX2 kernels,
+ * chosen by oneDNN at run time).  Each call quantizes its input the same way
+ * per row (per token; mmt_q8.c, one vector pass), multiplies int8 x int8
+ * into int32 and scales by the feature's scale inside oneDNN
+ * (onednn::qlinear_pointwise with an input scale of 1), then one more pass
+ * multiplies each row by its own scale and adds the float32 bias.  Per-row
+ * activation scales (as CTranslate2 does) keep a row's result independent
+ * of the other rows of its batch and lose much less than one scale per
+ * tensor; oneDNN takes only one input scale per call, hence the separate
+ * row pass.  Where libtorch lacks those ops, or a trial product at load is
+ * not exact, the weight stays a plain int8 matrix multiplied by
+ * at::_int_mm (which reorders it on every call: about 3x slower on MiniLM);
+ * PYMODELMGR_CPU_INT8_NO_ONEDNN=1 forces that path, for tests.
  *
  * bfloat16 on the CPU needs AVX512_BF16 or AMX-BF16: without them libtorch
  * emulates it, slower than float32.  cpu_has_bf16() reads CPUID (and the
@@ -19,8 +26,13 @@
 #ifndef MMT_INT8_H
 #define MMT_INT8_H
 
+#include "mmt_q8.h"
+#include "mmt_threads.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 
 #include <algorithm>
 #include <cmath>
@@ -31,79 +43,140 @@
 
 namespace mmt {
 
-struct Int8Linear {
-    at::Tensor wq_t;  /* int8 [k, n]: the transpose (a view) of the [n, k] quantized rows */
-    at::Tensor scale; /* float32 [n]: a feature's weight scale */
-    at::Tensor b;     /* float32 [n], or undefined */
+/* oneDNN's quantized linear as libtorch registers it (onednn::qlinear_prepack
+ * and onednn::qlinear_pointwise, no C++ front end: called boxed).  Null when
+ * this libtorch lacks them. */
+struct QLinearOps {
+    c10::OperatorHandle prepack, run;
+    static const QLinearOps *get() {
+        static const QLinearOps *ops = []() -> const QLinearOps * {
+            auto &d = c10::Dispatcher::singleton();
+            auto p = d.findOp({"onednn::qlinear_prepack", ""});
+            auto r = d.findOp({"onednn::qlinear_pointwise", ""});
+            if (!p || !r || !at::hasMKLDNN())
+                return nullptr;
+            return new QLinearOps{*p, *r};
+        }();
+        return ops;
+    }
+};
 
-    bool defined() const { return wq_t.defined(); }
+struct Int8Linear {
+    at::Tensor wq_t;   /* int8 [k, n] (the transpose of the quantized rows), when not packed */
+    at::Tensor packed; /* the same weight reordered once for oneDNN (qlinear_prepack) */
+    at::Tensor scale;  /* float32 [n]: a feature's weight scale */
+    at::Tensor wzp;    /* int64 [n] zeros: the weight's zero points (symmetric) */
+    at::Tensor b;      /* float32 [n], or undefined */
+    int64_t k = 0, n = 0;
+
+    bool defined() const { return wq_t.defined() || packed.defined(); }
 
     /* w: float [n, k] (any device-CPU float dtype), b: [n] or undefined. */
     static Int8Linear quantize(const at::Tensor &w, const at::Tensor &b) {
         Int8Linear q;
         at::Tensor wf = w.to(at::kFloat).contiguous();
         at::Tensor s = wf.abs().amax({1}).clamp_min(1e-30f).div(127.0f);
-        q.wq_t = wf.div(s.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).t();
+        at::Tensor wq = wf.div(s.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).contiguous();
+        q.n = wq.size(0);
+        q.k = wq.size(1);
         q.scale = s.contiguous();
+        q.wzp = at::zeros({q.n}, at::TensorOptions().dtype(at::kLong));
         if (b.defined())
             q.b = b.to(at::kFloat).contiguous();
+        q.wq_t = wq.t();
+        q.try_pack(wq);
         return q;
     }
 
     uint64_t bytes() const {
-        return (uint64_t)wq_t.numel() + (uint64_t)scale.numel() * 4 +
-               (b.defined() ? (uint64_t)b.numel() * 4 : 0);
+        return (uint64_t)(packed.defined() ? packed.nbytes() : wq_t.numel()) +
+               (uint64_t)scale.numel() * 4 + (b.defined() ? (uint64_t)b.numel() * 4 : 0);
     }
 
     /* x: float32 [..., k] on the CPU.  Returns float32 [..., n]. */
-    at::Tensor operator()(const at::Tensor &x_in) const {
-        const int64_t k = wq_t.size(0), n = wq_t.size(1);
+    at::Tensor operator()(const at::Tensor &x) const { return forward(x, MMT_Q8_NONE, at::Tensor()); }
+
+    /* act(x W^T + b) + residual in one pass after the product: act is one of
+     * mmt_q8.h's MMT_Q8_*; residual, when defined, is float32 shaped like the
+     * result. */
+    at::Tensor forward(const at::Tensor &x_in, int act, const at::Tensor &residual) const {
         at::Tensor x = x_in.to(at::kFloat).contiguous();
         const int64_t m = x.numel() / k;
         at::Tensor xq = at::empty({m, k}, x.options().dtype(at::kChar));
-        std::vector<float> sx((size_t)m);
-        const float *xp = x.data_ptr<float>();
-        int8_t *qp = xq.data_ptr<int8_t>();
-        at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; r++) {
-                const float *row = xp + r * k;
-                float amax = 0.f;
-                for (int64_t j = 0; j < k; j++)
-                    amax = std::max(amax, std::fabs(row[j]));
-                const float s = amax > 0.f ? amax / 127.0f : 1.0f;
-                const float inv = 1.0f / s;
-                int8_t *out = qp + r * k;
-                for (int64_t j = 0; j < k; j++) {
-                    float v = row[j] * inv;
-                    v = v >= 0.f ? v + 0.5f : v - 0.5f; /* round half away from zero */
-                    v = std::min(127.f, std::max(-127.f, v));
-                    out[j] = (int8_t)(int)v;
-                }
-                sx[(size_t)r] = s;
-            }
-        });
-        at::Tensor acc = at::_int_mm(xq, wq_t); /* int32 [m, n] */
+        at::Tensor sx = at::empty({m}, x.options());
+        quantize_rows(x.data_ptr<float>(), m, xq.data_ptr<int8_t>(), sx.data_ptr<float>());
+        at::Tensor y = packed.defined() ? run_packed(xq) : run_int_mm(xq);
+        at::Tensor res;
+        if (residual.defined()) {
+            TORCH_CHECK(residual.numel() == m * n, "Int8Linear: residual has ", residual.numel(),
+                        " elements, the result ", m * n);
+            res = residual.to(at::kFloat).contiguous();
+        }
+        rescale_rows(y.data_ptr<float>(), m, sx.data_ptr<float>(), b, res, act);
         std::vector<int64_t> sizes = x.sizes().vec();
         sizes.back() = n;
-        at::Tensor y = at::empty(sizes, x.options());
-        const int32_t *ap = acc.data_ptr<int32_t>();
-        const float *ws = scale.data_ptr<float>();
-        const float *bp = b.defined() ? b.data_ptr<float>() : nullptr;
-        float *yp = y.data_ptr<float>();
-        at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; r++) {
-                const int32_t *a = ap + r * n;
-                float *o = yp + r * n;
-                const float s = sx[(size_t)r];
-                if (bp)
-                    for (int64_t j = 0; j < n; j++)
-                        o[j] = (float)a[j] * (s * ws[j]) + bp[j];
-                else
-                    for (int64_t j = 0; j < n; j++)
-                        o[j] = (float)a[j] * (s * ws[j]);
-            }
+        return y.view(sizes);
+    }
+
+  private:
+    /* Quantizes x's rows, split across this thread's intra-op threads. */
+    void quantize_rows(const float *xp, int64_t m, int8_t *qp, float *sp) const {
+        const int64_t kk = k;
+        at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
+            mmt_q8_quantize_rows(xp + r0 * kk, r1 - r0, kk, qp + r0 * kk, sp + r0);
         });
-        return y;
+    }
+
+    void rescale_rows(float *yp, int64_t m, const float *sp, const at::Tensor &bias,
+                      const at::Tensor &res, int act) const {
+        const int64_t nn = n;
+        const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+        const float *rp = res.defined() ? res.data_ptr<float>() : nullptr;
+        at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
+            mmt_q8_rescale_rows(yp + r0 * nn, r1 - r0, nn, sp + r0, bp, rp ? rp + r0 * nn : nullptr,
+                                act);
+        });
+    }
+
+    /* float32 [m, n]: acc * scale[j] (the row scale and bias come after). */
+    at::Tensor run_packed(const at::Tensor &xq) const {
+        torch::jit::Stack st{xq, 1.0, (int64_t)0, packed, scale, wzp, c10::IValue(), 1.0,
+                             (int64_t)0, at::ScalarType::Float, std::string("none"),
+                             c10::List<std::optional<at::Scalar>>(), std::string("none")};
+        QLinearOps::get()->run.callBoxed(&st);
+        return st[0].toTensor();
+    }
+
+    at::Tensor run_int_mm(const at::Tensor &xq) const {
+        return at::_int_mm(xq, wq_t).to(at::kFloat).mul_(scale);
+    }
+
+    /* Reorders the weight for oneDNN's int8 matmul (AMX / AVX512-VNNI /
+     * AVX-VNNI / AVX2, as the CPU has them) and keeps that copy only, when
+     * the ops exist and a trial product is exact against a float64 one;
+     * otherwise wq_t and at::_int_mm stay. */
+    void try_pack(const at::Tensor &wq) {
+        const QLinearOps *ops = QLinearOps::get();
+        const char *off = getenv("PYMODELMGR_CPU_INT8_NO_ONEDNN"); /* tests of the fallback */
+        if (!ops || (off && *off && *off != '0'))
+            return;
+        try {
+            /* single-threaded, like every CPU forward (see mm_torch_embed_many) */
+            SingleThreaded one_thread;
+            torch::jit::Stack st{wq, c10::IValue()};
+            ops->prepack.callBoxed(&st);
+            Int8Linear t = *this;
+            t.packed = st[0].toTensor();
+            t.wq_t = at::Tensor();
+            at::Tensor xq = at::randint(-127, 128, {8, k}, at::TensorOptions().dtype(at::kChar));
+            at::Tensor got = t.run_packed(xq).to(at::kDouble);
+            at::Tensor ref = xq.to(at::kDouble).mm(wq.t().to(at::kDouble)) * scale.to(at::kDouble);
+            if (!at::allclose(got, ref, 1e-6, 1e-3))
+                return;
+            packed = t.packed;
+            wq_t = at::Tensor();
+        } catch (...) {
+        }
     }
 };
 

@@ -21,6 +21,7 @@
 #ifndef MMT_THREADS_H
 #define MMT_THREADS_H
 
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -41,6 +42,12 @@ namespace mmt {
 struct SingleThreaded {
     int omp_prev = 0, mkl_prev = 0;
     SingleThreaded() {
+        /* ATen sets a thread's OpenMP thread count to its intra-op count the
+         * first time the thread asks (at::internal::lazy_init_num_threads).
+         * Ask first: otherwise the first operator of a fresh helper thread
+         * undoes the 1 set below, and every "single-threaded" piece ran a
+         * team of its own, oversubscribing the cores (and spinning). */
+        (void)at::get_num_threads();
         if (omp_get_max_threads && omp_set_num_threads) {
             omp_prev = omp_get_max_threads();
             omp_set_num_threads(1);
