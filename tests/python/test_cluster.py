@@ -282,11 +282,28 @@ async def test_killed_node_manager_fails_over_then_node_lost(make_cm, cluster):
     n = 300
     tasks = [asyncio.ensure_future(cm.task([f"k{i}"], "embedding", model, device="cpu",
                                            replicas=3, num_workers=1)) for i in range(n)]
-    await asyncio.sleep(0.8)
-    victims = [nid for nid in live_nodes()][:2]
-    for i, nid in enumerate(victims):
-        ray.kill(ray.get_actor(f"pymodelmgr-node-{nid}", namespace="pymodelmgr"))
-        await asyncio.sleep(0.6)
+
+    def on(nid, retried=False):  # this client's tasks in flight on node nid
+        return sum(1 for t in cm._inflight.values()
+                   if t.node == nid and (not retried or t.lost_on is not None))
+
+    async def until(cond, what):
+        # Conditions, not sleeps: on a loaded machine a fixed delay can let a node's share
+        # drain (or not start) before the kill, and the test then exercises nothing.
+        deadline = time.monotonic() + 120
+        while not cond():
+            assert not all(t.done() for t in tasks), f"the burst ended before {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.005)
+
+    await until(lambda: sum(1 for nid in live_nodes() if on(nid)) >= 2,
+                "two nodes holding tasks")
+    first = [nid for nid in live_nodes() if on(nid)][0]
+    ray.kill(ray.get_actor(f"pymodelmgr-node-{first}", namespace="pymodelmgr"))
+    await until(lambda: any(on(nid, retried=True) for nid in live_nodes() if nid != first),
+                "a task lost on the first node to be in flight on another")
+    second = [nid for nid in live_nodes() if nid != first and on(nid, retried=True)][0]
+    ray.kill(ray.get_actor(f"pymodelmgr-node-{second}", namespace="pymodelmgr"))
     outs = await asyncio.gather(*tasks)
     ok = [o for o in outs if o.success]
     lost = [o for o in outs if not o.success]
