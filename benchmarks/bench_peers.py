@@ -24,7 +24,9 @@ Before timing, the peers are checked against the references: generated ids again
 transformers' (CTranslate2 does not emit BART's forced final EOS, so a prefix match of all but
 the last token is counted separately), embeddings by cosine against sentence-transformers.
 Each cell of the table is min / median over the rounds; the ratio row is peer / pymodelmgr
-(below 1: the peer is faster).  The load average is printed before and after: on a shared
+(below 1: the peer is faster).  The embedding rows also give the CPU seconds of each engine's
+process over the call (all its threads): on a shared machine they move less with the load than
+the wall time.  The load average is printed before and after: on a shared
 machine read the minimums first.  --contended keeps a busy process spinning on core 0 for the
 whole measurement.  A benchmark: it reports and asserts nothing (a failed check is printed as
 such and marks the engine's cells).
@@ -267,19 +269,20 @@ def emb_child(spec):
                 r = await mm.task(None, "embedding", d, device="cpu", **kw)
                 assert r.success, r.error
                 await mm.task(items[:64], "embedding", d, device="cpu", **kw)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 r = await mm.task(items, "embedding", d, device="cpu", output="numpy", **kw)
-                bulk = time.perf_counter() - t
+                bulk, bulk_cpu = time.perf_counter() - t, time.process_time() - c
                 assert r.success, r.error
                 emb = r.data["embeddings"]
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 rs = await asyncio.gather(*[mm.task([s], "embedding", d, device="cpu",
                                                     output="numpy", **kw) for s in conc_items])
-                conc = time.perf_counter() - t
+                conc, conc_cpu = time.perf_counter() - t, time.process_time() - c
                 assert all(x.success for x in rs)
-                return bulk, conc, emb
-        bulk, conc, emb = asyncio.run(go())
-        return {"bulk_s": bulk, "conc_s": conc, "bulk_out": np.asarray(emb).tolist()}
+                return bulk, conc, emb, bulk_cpu, conc_cpu
+        bulk, conc, emb, bulk_cpu, conc_cpu = asyncio.run(go())
+        return {"bulk_s": bulk, "conc_s": conc, "bulk_cpu": bulk_cpu, "conc_cpu": conc_cpu,
+                "bulk_out": np.asarray(emb).tolist()}
 
     if eng == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
@@ -334,15 +337,17 @@ def emb_child(spec):
                     res[i] = v[j]
             return np.stack(res)
     encode(items[:64])
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     emb = encode(items)
-    bulk = time.perf_counter() - t
+    bulk, bulk_cpu = time.perf_counter() - t, time.process_time() - c
 
     async def conc():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         await asyncio.gather(*[asyncio.to_thread(encode, [s]) for s in conc_items])
-        return time.perf_counter() - t
-    return {"bulk_s": bulk, "conc_s": asyncio.run(conc()), "bulk_out": np.asarray(emb).tolist()}
+        return time.perf_counter() - t, time.process_time() - c
+    conc_s, conc_cpu = asyncio.run(conc())
+    return {"bulk_s": bulk, "conc_s": conc_s, "bulk_cpu": bulk_cpu, "conc_cpu": conc_cpu,
+            "bulk_out": np.asarray(emb).tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,8 +571,13 @@ def report(results, checks, errors, parts, a, rounds):
         print()
         print("| MiniLM | " + " | ".join(engines) + " |")
         print("| --- " * (len(engines) + 1) + "|")
+        # CPU seconds: the process's user + system time over the call (all its threads); on a
+        # shared machine less sensitive to the load than the wall time, though spinning
+        # threads count in it
         for key, label in (("bulk_s", "one call of all sentences, s"),
-                           ("conc_s", "concurrent one-sentence callers, s")):
+                           ("conc_s", "concurrent one-sentence callers, s"),
+                           ("bulk_cpu", "one call, CPU s of the process"),
+                           ("conc_cpu", "concurrent callers, CPU s of the process")):
             ours = results.get(("MiniLM", "pymodelmgr", key))
             print(f"| {label} | " + " | ".join(
                 cell(results.get(("MiniLM", e, key)), "%.3f") for e in engines) + " |")
