@@ -155,7 +155,9 @@ struct Linear {
         return parts.size() == 1 ? parts[0] : at::cat(parts);
     }
 
-    at::Tensor one(const at::Tensor &x, const char *attr, const char *algorithm) const {
+    /* One GEMM call, whatever the row count. */
+    at::Tensor one(const at::Tensor &x, const char *attr = "none",
+                   const char *algorithm = "none") const {
         if (q.defined())
             return q.forward(x, strcmp(attr, "gelu") ? MMT_Q8_NONE
                                 : strcmp(algorithm, "tanh") ? MMT_Q8_GELU
@@ -169,22 +171,9 @@ struct Linear {
         return st[0].toTensor();
     }
 
-    /* x W^T + b + res (res shaped like the result): fused into the product
-     * where the weight is packed (oneDNN's binary add post-op on the
-     * finished sum) or quantized; in gemm_chunk pieces like operator(). */
-    at::Tensor add(const at::Tensor &x, const at::Tensor &res) const {
-        const int64_t T = x.dim() == 2 ? x.size(0) : 0;
-        if (T <= 64 || !x.device().is_cpu())
-            return add_one(x, res);
-        std::vector<at::Tensor> parts;
-        for (int64_t r = 0; r < T;) {
-            const int64_t n = gemm_chunk(T - r);
-            parts.push_back(add_one(x.narrow(0, r, n), res.narrow(0, r, n)));
-            r += n;
-        }
-        return parts.size() == 1 ? parts[0] : at::cat(parts);
-    }
-
+    /* x W^T + b + res for one chunk (res shaped like the result): fused into
+     * the product where the weight is packed (oneDNN's binary add post-op on
+     * the finished sum) or quantized. */
     at::Tensor add_one(const at::Tensor &x, const at::Tensor &res) const {
         if (q.defined())
             return q.forward(x, MMT_Q8_NONE, res);
@@ -297,25 +286,49 @@ struct Encoder {
                 return t;
             return at::zeros({B * L, t.size(1)}, t.options()).index_copy_(0, idx, t.narrow(0, 0, T));
         };
-        for (const Layer &ly : layers) {
-            at::Tensor qkv = pad(ly.qkv(x)).view({B, L, 3, heads, d}).permute({2, 0, 3, 1, 4});
-            at::Tensor ctx = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias);
-            ctx = ctx.transpose(1, 2).reshape({B * L, hidden});
-            if (idx.defined())
-                ctx = ctx.index_select(0, gidx);
-            else
-                ctx = ctx.view({B, L, hidden});
-            x = ly.ln_attn(ly.out.add(ctx, x));
+        /* The FFN half of a layer: x + attention output -> LayerNorm -> FFN
+         * -> LayerNorm, row by row. */
+        auto ffn = [&](const Layer &ly, const at::Tensor &ctx, const at::Tensor &xin) {
+            at::Tensor a = ly.ln_attn(ly.out.add_one(ctx, xin));
             at::Tensor h = ly.up.fuses_gelu() && hidden_act == Act::Gelu
-                               ? ly.up(x, "gelu", "none")
+                               ? ly.up.one(a, "gelu", "none")
                            : ly.up.fuses_gelu() && hidden_act == Act::GeluTanh
-                               ? ly.up(x, "gelu", "tanh")
-                               : ly.up(x, "none", "none", hidden_act);
-            x = ly.ln_out(ly.down.add(h, x));
+                               ? ly.up.one(a, "gelu", "tanh")
+                               : act(hidden_act, ly.up.one(a));
+            return ly.ln_out(ly.down.add_one(h, a));
+        };
+        if (!idx.defined()) { /* a GPU: whole padded tensors */
+            for (const Layer &ly : layers) {
+                at::Tensor qkv = ly.qkv.one(x).view({B, L, 3, heads, d}).permute({2, 0, 3, 1, 4});
+                at::Tensor ctx = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias);
+                x = ffn(ly, ctx.transpose(1, 2).reshape({B, L, hidden}), x);
+            }
+            return x;
         }
-        if (idx.defined())
-            x = pad(x).view({B, L, hidden});
-        return x;
+        /* The CPU: every row-wise step runs chunk by chunk (gemm_chunk), so
+         * each GEMM sees one of the fixed row counts; the qkv chunks land
+         * straight in the padded layout attention reads, and only the
+         * hidden-wide layer output is assembled. */
+        const int64_t Tb = x.size(0);
+        for (const Layer &ly : layers) {
+            at::Tensor qkvp = at::zeros({B * L, 3 * hidden}, x.options());
+            for (int64_t r = 0, n; r < T; r += n) {
+                n = gemm_chunk(Tb - r);
+                const int64_t real = std::min(n, T - r);
+                qkvp.index_copy_(0, idx.narrow(0, r, real),
+                                 ly.qkv.one(x.narrow(0, r, n)).narrow(0, 0, real));
+            }
+            at::Tensor qkv = qkvp.view({B, L, 3, heads, d}).permute({2, 0, 3, 1, 4});
+            at::Tensor ctx = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias);
+            ctx = ctx.transpose(1, 2).reshape({B * L, hidden}).index_select(0, gidx);
+            at::Tensor nx = at::empty_like(x);
+            for (int64_t r = 0, n; r < Tb; r += n) {
+                n = gemm_chunk(Tb - r);
+                nx.narrow(0, r, n).copy_(ffn(ly, ctx.narrow(0, r, n), x.narrow(0, r, n)));
+            }
+            x = nx;
+        }
+        return pad(x).view({B, L, hidden});
     }
 
     /* MPNet relative position bias [1, heads, L, L] (transformers'
