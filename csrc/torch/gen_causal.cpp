@@ -355,8 +355,10 @@ at::Tensor Causal::mlp(const Layer &L, const at::Tensor &x) const {
 at::Tensor Causal::inv_freq_for(int64_t seq_len) const {
     if (rope_ != Rope::Dynamic || seq_len <= rope_max_pos_)
         return inv_freq_;
-    /* transformers' growth path: seq_len is a tensor, so float32 throughout */
-    at::Tensor sl = at::scalar_tensor(seq_len, at::TensorOptions().dtype(at::kLong));
+    /* transformers' growth path: seq_len is a tensor, so float32 throughout.  Float, not
+     * Long: a Long tensor times a double takes torch's process-wide default dtype, which
+     * another thread (a transformers load) may have set to bf16 or fp64 for a moment. */
+    at::Tensor sl = at::scalar_tensor((double)seq_len, at::TensorOptions().dtype(at::kFloat));
     at::Tensor base = ((sl * rope_factor_) / rope_max_pos_ - (rope_factor_ - 1))
                           .pow((double)rot_dim_ / (double)(rot_dim_ - 2)) * rope_theta_;
     at::Tensor ar = at::arange(0, rot_dim_, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
