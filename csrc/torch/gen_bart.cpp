@@ -16,7 +16,7 @@
  * MM_EUNSUPPORTED rather than run wrong.
  */
 #include "gen_model.h"
-#include "mmt_linear.h"
+#include "mmt_qweight.h"
 #include "st_loader.h"
 
 #include <cmath>
@@ -26,12 +26,14 @@ namespace gen {
 namespace {
 
 struct BartAttn {
-    at::Tensor qw, qb, kw, kb, vw, vb, ow, ob, ln_w, ln_b;
+    QWeight qw, kw, vw, ow;
+    at::Tensor qb, kb, vb, ob, ln_w, ln_b;
 };
 
 struct BartLayer {
     BartAttn self, cross;
-    at::Tensor fc1w, fc1b, fc2w, fc2b, ln_w, ln_b;
+    QWeight fc1w, fc2w;
+    at::Tensor fc1b, fc2b, ln_w, ln_b;
 };
 
 class Bart final : public Seq2Seq {
@@ -39,6 +41,7 @@ class Bart final : public Seq2Seq {
     Bart(const json_t *cfg, const Weights &w, at::Device dev, at::ScalarType dt);
     at::Tensor encode(const at::Tensor &ids, const at::Tensor &mask, bool padded) const override;
     at::Tensor step(DecState &st, const at::Tensor &tokens) const override;
+    uint64_t quantize_int8() override;
 
   protected:
     void cross_kv(int64_t l, const at::Tensor &enc, at::Tensor *k, at::Tensor *v) const override;
@@ -59,7 +62,8 @@ class Bart final : public Seq2Seq {
     int64_t enc_heads_ = 16;
     double embed_scale_ = 1.0;
     Act act_ = Act::Gelu;
-    at::Tensor shared_, lm_head_, logits_bias_;
+    at::Tensor shared_, logits_bias_;
+    QWeight lm_head_;
     at::Tensor enc_pos_, dec_pos_, enc_ln_w_, enc_ln_b_, dec_ln_w_, dec_ln_b_;
     std::vector<BartLayer> enc_, dec_;
 };
@@ -212,6 +216,17 @@ at::Tensor Bart::step(DecState &st, const at::Tensor &tokens) const {
     if (logits_bias_.defined())
         logits = logits + logits_bias_;
     return logits.to(at::kFloat);
+}
+
+uint64_t Bart::quantize_int8() {
+    uint64_t saved = 0;
+    for (std::vector<BartLayer> *stack : {&enc_, &dec_})
+        for (BartLayer &L : *stack)
+            for (QWeight *q : {&L.self.qw, &L.self.kw, &L.self.vw, &L.self.ow, &L.cross.qw,
+                               &L.cross.kw, &L.cross.vw, &L.cross.ow, &L.fc1w, &L.fc2w})
+                saved += q->quantize();
+    saved += lm_head_.quantize(); /* tied: shared_ keeps the float table for the lookups */
+    return saved;
 }
 
 } // namespace

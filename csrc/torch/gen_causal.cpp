@@ -36,7 +36,7 @@
 
 #include "gen_model.h"
 #include "mmt_attend.h"
-#include "mmt_linear.h"
+#include "mmt_qweight.h"
 #include "st_loader.h"
 
 #include <ATen/Parallel.h>
@@ -77,9 +77,11 @@ const char *const kFamilies[][2] = {
 
 struct Layer {
     at::Tensor in_ln, post_ln, pre_ff_ln, post_ff_ln; /* RMSNorm weights */
-    at::Tensor qw, qb, kw, kb, vw, vb, ow, ob;        /* q,k,v split (phi3 too, at load) */
+    QWeight qw, kw, vw, ow;                           /* q,k,v split (phi3 too, at load) */
+    at::Tensor qb, kb, vb, ob;
     at::Tensor q_norm, k_norm;                        /* qwen3 */
-    at::Tensor gw, gb, uw, ub, dw, db;                /* gate, up, down */
+    QWeight gw, uw, dw;                               /* gate, up, down */
+    at::Tensor gb, ub, db;
     int64_t window = 0;                               /* sliding window; 0: full */
 };
 
@@ -92,6 +94,7 @@ class Causal final : public CausalLM {
     at::Tensor prefill(CausalSeq &s, const int64_t *ids, int64_t n) const override;
     at::Tensor step(const std::vector<CausalSeq *> &seqs,
                     const std::vector<int64_t> &tokens) const override;
+    uint64_t quantize_int8() override;
 
   private:
     at::Tensor norm(const at::Tensor &x, const at::Tensor &w) const;
@@ -121,7 +124,8 @@ class Causal final : public CausalLM {
     int64_t rot_dim_ = 0, rope_max_pos_ = 0;
     double rope_theta_ = 10000.0, rope_factor_ = 1.0;
     at::Tensor inv_freq_; /* float32, CPU */
-    at::Tensor embed_, lm_head_, final_ln_;
+    at::Tensor embed_, final_ln_;
+    QWeight lm_head_;
     std::vector<Layer> layers_;
 };
 
@@ -632,6 +636,14 @@ bool causal_arch(const json_t *cfg, std::string *arch) {
                        "T5, BART)", what.c_str());
     }
     return false;
+}
+
+uint64_t Causal::quantize_int8() {
+    uint64_t saved = 0;
+    for (Layer &L : layers_)
+        for (QWeight *q : {&L.qw, &L.kw, &L.vw, &L.ow, &L.gw, &L.uw, &L.dw})
+            saved += q->quantize();
+    return saved + lm_head_.quantize(); /* tied: embed_ keeps the float table */
 }
 
 std::unique_ptr<CausalLM> make_causal(const std::string &arch, const json_t *cfg,

@@ -65,6 +65,9 @@ class CausalLM {
      * [rows, vocab]; a row's logits do not depend on the other rows. */
     virtual at::Tensor step(const std::vector<CausalSeq *> &seqs,
                             const std::vector<int64_t> &tokens) const = 0;
+    /* dtype "int8" (CPU): the projections and the LM head become int8
+     * (mmt_qweight.h).  Called once after loading; returns the bytes freed. */
+    virtual uint64_t quantize_int8() = 0;
     /* A copy of src's cache (num_return_sequences rows of one prompt). */
     void fork(const CausalSeq &src, CausalSeq &dst) const;
 

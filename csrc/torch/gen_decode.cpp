@@ -330,9 +330,13 @@ at::ScalarType parse_dtype(const std::string &s0, bool cuda, const std::string &
         *name = "bfloat16";
         return at::kBFloat16;
     }
-    if (s == "int8")
-        fail(MM_EUNSUPPORTED, "dtype int8 is not supported for text generation yet (embeddings "
-                              "only); use float32 or bfloat16");
+    if (s == "int8") { /* float32 compute around int8 linear layers (mmt_qweight.h) */
+        if (cuda)
+            fail(MM_EUNSUPPORTED, "dtype int8 runs on the CPU only; use float16 or bfloat16 on "
+                                  "a GPU");
+        *name = "int8";
+        return at::kFloat;
+    }
     fail(MM_EINVAL, "unknown dtype %s (auto, float32, float16, bfloat16, int8)", s.c_str());
 }
 
@@ -466,14 +470,25 @@ void load_model(Model &m) {
     rc = load_weights(m.dir, m.device, m.dtype, &m.weights, &err);
     if (rc != 0)
         throw Error(rc, err);
+    /* dtype "int8": the graph's tensors are its own once built; the table
+     * goes first so that the float weights int8 replaces are freed */
+    const bool int8 = m.dtype_name == "int8";
     if (m.arch != "t5" && m.arch != "bart") {
         load_causal(m, cfg.get(), gcj.get());
+        if (int8) {
+            m.weights.tensors.clear();
+            m.weights.bytes -= std::min(m.weights.bytes, m.lm->quantize_int8());
+        }
         return;
     }
     if (m.arch == "t5")
         m.net = make_t5(cfg.get(), m.weights, m.device, m.dtype);
     else
         m.net = make_bart(cfg.get(), m.weights, m.device, m.dtype);
+    if (int8) {
+        m.weights.tensors.clear();
+        m.weights.bytes -= std::min(m.weights.bytes, m.net->quantize_int8());
+    }
     const ModelInfo &mi = m.net->info();
     m.vocab = mi.vocab_size;
 

@@ -101,6 +101,12 @@ class Seq2Seq {
      * [rows, vocab]. */
     virtual at::Tensor step(DecState &st, const at::Tensor &tokens) const = 0;
 
+    /* dtype "int8" (CPU): replaces the linear layers' float weights (and the
+     * LM head's) by int8 ones (mmt_qweight.h).  Called once, right after
+     * loading, before any other thread sees the model.  Returns the bytes
+     * freed. */
+    virtual uint64_t quantize_int8() = 0;
+
   protected:
     /* The cross-attention bias/mask for an encoder mask [G, S]. */
     virtual at::Tensor cross_bias(const at::Tensor &mask, bool padded) const = 0;

@@ -18,7 +18,7 @@
  *     shared.weight, encoder.embed_tokens.weight or decoder.embed_tokens.weight.
  */
 #include "gen_model.h"
-#include "mmt_linear.h"
+#include "mmt_qweight.h"
 #include "st_loader.h"
 
 #include <cmath>
@@ -38,13 +38,13 @@ at::Scalar lowest(at::ScalarType t) {
 }
 
 struct T5Attn {
-    at::Tensor q, k, v, o;
+    QWeight q, k, v, o;
 };
 
 struct T5Layer {
     T5Attn self, cross;
     at::Tensor ln_self, ln_cross, ln_ff;
-    at::Tensor wi, wi0, wi1, wo;
+    QWeight wi, wi0, wi1, wo;
 };
 
 class T5 final : public Seq2Seq {
@@ -52,6 +52,7 @@ class T5 final : public Seq2Seq {
     T5(const json_t *cfg, const Weights &w, at::Device dev, at::ScalarType dt);
     at::Tensor encode(const at::Tensor &ids, const at::Tensor &mask, bool padded) const override;
     at::Tensor step(DecState &st, const at::Tensor &tokens) const override;
+    uint64_t quantize_int8() override;
 
   protected:
     void cross_kv(int64_t l, const at::Tensor &enc, at::Tensor *k, at::Tensor *v) const override;
@@ -68,7 +69,8 @@ class T5 final : public Seq2Seq {
     double eps_ = 1e-6;
     bool gated_ = false, scale_out_ = true;
     Act act_ = Act::Relu;
-    at::Tensor shared_, lm_head_, enc_rel_, dec_rel_, enc_final_, dec_final_;
+    at::Tensor shared_, enc_rel_, dec_rel_, enc_final_, dec_final_;
+    QWeight lm_head_;
     std::vector<T5Layer> enc_, dec_;
 };
 
@@ -86,8 +88,8 @@ at::Tensor T5::ff(const T5Layer &L, const at::Tensor &x) const {
         h = apply_act(act_, mmt::linear(n, L.wi0)) * mmt::linear(n, L.wi1);
     else
         h = apply_act(act_, mmt::linear(n, L.wi));
-    if (h.scalar_type() != L.wo.scalar_type())
-        h = h.to(L.wo.scalar_type());
+    if (L.wo.w.defined() && h.scalar_type() != L.wo.w.scalar_type())
+        h = h.to(L.wo.w.scalar_type());
     return x + mmt::linear(h, L.wo);
 }
 
@@ -207,7 +209,7 @@ T5::T5(const json_t *cfg, const Weights &w, at::Device dev, at::ScalarType dt) {
             }
             L.wo = w.get(f + ".DenseReluDense.wo.weight");
             if (half)
-                L.wo = L.wo.to(at::kFloat); /* transformers keeps wo in fp32 */
+                L.wo = L.wo.w.to(at::kFloat); /* transformers keeps wo in fp32 */
             out->push_back(std::move(L));
         }
     };
@@ -286,6 +288,17 @@ at::Tensor T5::step(DecState &st, const at::Tensor &tokens) const {
     if (scale_out_)
         h = h * std::pow((double)info_.d_model, -0.5);
     return mmt::linear(h, lm_head_).view({N, -1}).to(at::kFloat);
+}
+
+uint64_t T5::quantize_int8() {
+    uint64_t saved = 0;
+    for (std::vector<T5Layer> *stack : {&enc_, &dec_})
+        for (T5Layer &L : *stack)
+            for (QWeight *q : {&L.self.q, &L.self.k, &L.self.v, &L.self.o, &L.cross.q, &L.cross.k,
+                               &L.cross.v, &L.cross.o, &L.wi, &L.wi0, &L.wi1, &L.wo})
+                saved += q->quantize();
+    saved += lm_head_.quantize(); /* tied: shared_ keeps the float table for the lookups */
+    return saved;
 }
 
 } // namespace

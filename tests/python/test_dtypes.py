@@ -108,7 +108,9 @@ async def test_bad_dtypes():
         ModelManager(dict(SETTINGS, dtype="int4"))
 
 
-async def test_int8_generation_is_a_clear_error(tmp_path):
+async def test_int8_generation_runs_on_the_cpu(tmp_path):
+    # int8 generation itself is tested in test_dtype_generate.py; here: it is accepted beside
+    # float32 (it was refused before)
     from test_generate_helpers import make_t5, train_t5_tokenizer
 
     d = str(tmp_path / "t5")
@@ -117,6 +119,6 @@ async def test_int8_generation_is_a_clear_error(tmp_path):
     train_t5_tokenizer(tmp_path / "spm", corpus, vocab_size=30).save_pretrained(d)
     async with ModelManager(SETTINGS) as mm:
         r = await mm.task("hello", "text_generation", d, device="cpu", dtype="int8")
-        assert not r.success and "int8" in r.error.message, r.error
+        assert r.success, r.error
         r = await mm.task("hello", "text_generation", d, device="cpu", dtype="float32")
         assert r.success, r.error
