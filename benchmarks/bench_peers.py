@@ -188,12 +188,13 @@ def gen_child(spec):
     """Returns {"burst_s", "lone_ms", "burst_out": [[ids]], "lone_out"} for one engine."""
     eng, path, ps, new, beams = spec["engine"], spec["path"], spec["prompts"], spec["new"], spec["beams"]
     early = beams > 1
-    if eng == "pymodelmgr":
+    if eng.startswith("pymodelmgr"):
         import torch  # noqa: F401  (libtorch before the shim)
         sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
         from test_generate_helpers import Generator
 
-        g = Generator(path, dtype=spec.get("dtype", "auto"))
+        # "pymodelmgr-int8": the same engine with dtype="int8" (--ours-gen-dtypes)
+        g = Generator(path, dtype=eng.split("-", 1)[1] if "-" in eng else spec.get("dtype", "auto"))
         kw = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beams, early_stopping=early,
                   length_penalty=1.0)
 
@@ -401,6 +402,8 @@ def main():
     ap.add_argument("--ours-dtypes", default=default_dtypes(),
                     help="also time pymodelmgr embeddings in these dtypes (default: int8, and "
                          "bfloat16 where the CPU has AVX512_BF16 or AMX-BF16)")
+    ap.add_argument("--ours-gen-dtypes", default="int8",
+                    help="also time pymodelmgr generation in these dtypes (default: int8)")
     ap.add_argument("--workdir", help="keep the converted models here (default: a temp dir)")
     ap.add_argument("--json", help="also write every measurement to this file")
     a = ap.parse_args()
@@ -421,6 +424,7 @@ def main():
     parts = a.parts.split(",")
     emb_engines = a.emb_engines.split(",")
     emb_engines[1:1] = [f"pymodelmgr-{x}" for x in a.ours_dtypes.split(",") if x]
+    a.gen_engines = ",".join(gen_engine_list(a))
 
     tmp = None
     if a.workdir:
@@ -545,6 +549,16 @@ def check(kind, name, outs, checks):
             print(f"  check {name:12} {eng:22} {text}", flush=True)
 
 
+def gen_engine_list(a):
+    """--gen-engines with pymodelmgr-<dtype> of --ours-gen-dtypes after pymodelmgr."""
+    engines = a.gen_engines.split(",")
+    if "pymodelmgr" in engines:
+        i = engines.index("pymodelmgr") + 1
+        engines[i:i] = [f"pymodelmgr-{x}" for x in a.ours_gen_dtypes.split(",")
+                        if x and f"pymodelmgr-{x}" not in engines]
+    return engines
+
+
 def report(results, checks, errors, parts, a, rounds):
     print()
     print(f"Cells: min / median over {rounds} round(s); ratio = peer / pymodelmgr (below 1: the "
@@ -565,6 +579,11 @@ def report(results, checks, errors, parts, a, rounds):
                 print(f"| (ratio) | " + " | ".join(
                     "1" if e == "pymodelmgr" else ratio(results.get((name, e, key)), ours)
                     for e in engines) + " |")
+                q8 = results.get((name, "pymodelmgr-int8", key))
+                if q8 and "ct2-int8" in engines:
+                    print(f"| (int8: ct2-int8 / pymodelmgr-int8) | " + " | ".join(
+                        ratio(results.get((name, e, key)), q8) if e == "ct2-int8" else ""
+                        for e in engines) + " |")
     if "emb" in parts:
         engines = [e for e in a.emb_engines.split(",")]
         engines[1:1] = [f"pymodelmgr-{x}" for x in a.ours_dtypes.split(",") if x]
