@@ -201,6 +201,7 @@ async def main():
             assert err < 1e-4
             await mm.release_model(ce_dir)
 asyncio.run(main())
+PYEOF
 
 echo "== cluster (issue 17): a one-node loopback Ray cluster routes MiniLM to the real GPU; its budget is what status() reports"
 python3 - <<'PYEOF'
@@ -289,6 +290,9 @@ async def main():
     a, b = out["float32"], out["bfloat16"]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     print(f"bfloat16 vs float32 on cuda:0: min cosine {cos.min():.6f}"); assert cos.min() > 0.999
+asyncio.run(main())
+PYEOF
+
 echo "== memory (issue 12): two real models on cuda:0 under a memory_fraction that holds one: free memory before load, after load, after eviction, after release"
 python3 - <<'PYEOF'
 import asyncio, os, shutil, subprocess, tempfile, time
@@ -440,5 +444,24 @@ async def main():
                   f"long ones ok: {all(r.success for r in lr)}")
             assert all(r.success for r in rs + lr), [r.error for r in rs + lr if not r.success][:1]
             assert not first_long_done
+asyncio.run(main())
+PYEOF
+
+echo "== int8 generation (issue 13): dtype=int8 text generation on cuda:0 is refused with a clear error (UNSUPPORTED), int8 on the CPU still runs beside it"
+python3 - <<'PYEOF'
+import asyncio, os, sys, tempfile
+sys.path.insert(0, os.path.join(os.getcwd(), "tests", "python"))
+from test_generate_helpers import make_t5, train_t5_tokenizer
+from pymodelmgr import ModelManager
+d = os.path.join(tempfile.mkdtemp(), "t5")
+make_t5(d, gated=True, vocab=30)
+train_t5_tokenizer(d + ".spm", [f"the quick brown fox number {i}" for i in range(50)], vocab_size=30).save_pretrained(d)
+async def main():
+    async with ModelManager({}) as mm:
+        r = await mm.task("hello there", "text_generation", d, device="cuda:0", dtype="int8")
+        print("int8 generation on cuda:0:", r.error.code if r.error else "ran", r.error.message if r.error else "")
+        assert not r.success and r.error.code == "UNSUPPORTED" and "int8" in r.error.message
+        r = await mm.task("hello there", "text_generation", d, device="cpu", dtype="int8")
+        assert r.success, r.error
 asyncio.run(main())
 PYEOF
