@@ -140,7 +140,8 @@ class ModelManagerSettings(BaseModel):
         dtype: the weights' dtype of a new model: ``"auto"`` (GPU: fp16 for encoders, bf16/fp32
             for T5; CPU: float32), ``"float32"``, ``"float16"`` (GPU only), ``"bfloat16"`` /
             ``"bf16"`` (on the CPU only where it has AVX512_BF16 or AMX-BF16; refused elsewhere)
-            or ``"int8"`` (CPU embedding models: int8 linear layers, see README); a task's
+            or ``"int8"`` (CPU: int8 linear layers of embedding and native generation models,
+            see README); a task's
             ``dtype=`` keyword overrides it for the model that task creates.
         fake_gpus: a simulated GPU list for tests, free MiB per GPU (``"24000,16000"``), or
             ``"none"`` for a machine without GPUs; also read from ``PYMODELMGR_FAKE_GPUS``.
