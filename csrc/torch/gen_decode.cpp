@@ -54,6 +54,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -1370,6 +1371,13 @@ void generate_split(const Model &m, const Resolved &P, const int64_t *const *ids
     G = std::min(G, n);
     if (G < 2 || !m.device.is_cpu()) {
         c10::InferenceMode im;
+        /* int8: a lone request's step streams 1-byte weights, which one core
+         * reads at memory speed; on one thread it never waits at an OpenMP
+         * barrier for a descheduled helper (on the shared machine a lone
+         * t5-small-shaped request took 8.2 s on two threads, 0.37 s on one) */
+        std::optional<SingleThreaded> one;
+        if (m.device.is_cpu() && m.dtype_name == "int8")
+            one.emplace();
         generate(m, P, ids, lens, n, hook, out);
         return;
     }
