@@ -10,8 +10,8 @@
  * was a sixth of a beam-search step.  Here each problem is three short
  * loops over data already in cache: scores (scaled dot products plus the
  * bias or mask), a softmax with the maximum subtracted, and the weighted sum
- * of the values.  Problems are independent, so the team splits them without
- * changing any result.
+ * of the values.  Problems are independent, so the work-sharing threads of
+ * mmt_pool.c split them without changing any result.
  *
  * Dot products run 16 lanes wide (GCC's vector extensions, compiled for
  * AVX-512, AVX2 and the baseline like mmt_skinny.c), and the weighted sum
@@ -24,14 +24,11 @@
  * step reads a quarter of the memory four copies would take, and the
  * copies are never made or reordered. */
 #include "mmt_attend.h"
+#include "mmt_pool.h"
 #include "mmt_vec.h"
 
 #include <math.h>
 #include <stddef.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* q . k over hd numbers: 16 lanes wide while it can, then the rest. */
 MMT_INLINE float dot(const float *q, const float *k, int64_t hd) {
     int64_t i = 0;
@@ -105,6 +102,22 @@ MMT_INLINE void range(const float *q, int64_t share, int64_t heads, int64_t hd, 
     }
 }
 
+struct att_job {
+    const float *q;
+    int64_t share, heads, hd, len;
+    mmt_kv_layout k, v;
+    mmt_attn_bias b;
+    float scale;
+    float *out, *scratch;
+};
+
+MMT_CLONES
+static void att_piece(void *arg, int64_t p0, int64_t p1, int slot) {
+    const struct att_job *j = (const struct att_job *)arg;
+    range(j->q, j->share, j->heads, j->hd, j->len, j->k, j->v, j->b, j->scale, j->out, p0, p1,
+          j->scratch + slot * j->len);
+}
+
 MMT_CLONES
 void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
                     int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
@@ -112,19 +125,14 @@ void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, 
     const int64_t n = rows * heads;
     if (share < 1)
         share = 1;
-#ifdef _OPENMP
-    /* a thread gets at least 64 problems, or the team costs more than it saves */
-    if (nthreads > 1 && n >= 128 && !omp_in_parallel()) {
-#pragma omp parallel num_threads(nthreads)
-        {
-            int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-            range(q, share, heads, head_dim, len, k, v, b, scale, out, n * t / T,
-                  n * (t + 1) / T, scratch + t * len);
-        }
+    /* a thread gets at least 64 problems, or waking it costs more than it
+     * saves; pieces of 16 problems, taken one at a time (mmt_pool.c) */
+    if (nthreads > 1 && n >= 128) {
+        if (nthreads > n / 64)
+            nthreads = (int)(n / 64);
+        struct att_job j = {q, share, heads, head_dim, len, k, v, b, scale, out, scratch};
+        mmt_pool_run(n, 16, nthreads, att_piece, &j);
         return;
     }
-#else
-    (void)nthreads;
-#endif
     range(q, share, heads, head_dim, len, k, v, b, scale, out, 0, n, scratch);
 }

@@ -21,18 +21,17 @@
  * (mmt_hsum16x16): one tree per output cost a sixth of the time at k = 512.
  * Short edges repeat a valid row and drop its results.
  *
- * The threaded entry splits the outputs across the OpenMP team of libtorch's
- * own libgomp (CMake links that copy, so the process holds one runtime).
+ * The threaded entry cuts the outputs into pieces that the caller and the
+ * work-sharing helpers of mmt_pool.c take one at a time, as many threads as
+ * OpenMP's per-thread count allows (libtorch's own libgomp: CMake links that
+ * copy, so the process holds one runtime).
  *
  * GCC's vector extensions keep the code portable (mmt_vec.h); on x86-64 the
  * function is compiled for AVX-512, AVX2 and the baseline, and the loader
  * picks one. */
 #include "mmt_skinny.h"
+#include "mmt_pool.h"
 #include "mmt_vec.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Floats ahead of each load to prefetch (8 KB: the rows after this block).
  * The hardware prefetcher alone leaves a third of the bandwidth unused on
@@ -134,27 +133,40 @@ void mmt_skinny_linear(const float *x, int64_t m, int64_t k, const float *w, int
             k4x4(x, r, m - 1, w, k, kb, j, last, bias, y, ldy);
 }
 
+struct lin_job {
+    const float *x, *w, *bias;
+    float *y;
+    int64_t m, k, n;
+};
+
+/* Pieces are counted in blocks of 8 outputs, so every cut falls on a whole
+ * block of the kernel. */
+static void lin_piece(void *arg, int64_t b0, int64_t b1, int slot) {
+    (void)slot;
+    const struct lin_job *j = (const struct lin_job *)arg;
+    const int64_t n0 = b0 * 8, n1 = b1 * 8 < j->n ? b1 * 8 : j->n;
+    mmt_skinny_linear(j->x, j->m, j->k, j->w, n0, n1, j->bias, j->y, j->n);
+}
+
 void mmt_skinny_linear_mt(const float *x, int64_t m, int64_t k, const float *w, int64_t n,
                           const float *bias, float *y, int64_t grain) {
-#ifdef _OPENMP
-    int64_t nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int64_t nt = mmt_pool_width();
     if (grain < 1)
         grain = 1;
     if (nt > n / grain)
         nt = n / grain;
-    if (nt > 1) {
-#pragma omp parallel num_threads((int)nt)
-        {
-            int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-            /* slices start on multiples of 8: whole blocks of the kernel */
-            int64_t n0 = (n * t / T) & ~(int64_t)7;
-            int64_t n1 = t + 1 == T ? n : (n * (t + 1) / T) & ~(int64_t)7;
-            mmt_skinny_linear(x, m, k, w, n0, n1, bias, y, n);
-        }
+    if (nt <= 1) {
+        mmt_skinny_linear(x, m, k, w, 0, n, bias, y, n);
         return;
     }
-#else
-    (void)grain;
-#endif
-    mmt_skinny_linear(x, m, k, w, 0, n, bias, y, n);
+    /* about 8 pieces a thread (a late or descheduled thread holds back an
+     * eighth of its share), each at least a quarter of the grain */
+    const int64_t blocks = (n + 7) / 8;
+    int64_t per = blocks / (8 * nt), min_per = (grain / 4 + 7) / 8;
+    if (per < min_per)
+        per = min_per;
+    if (per < 1)
+        per = 1;
+    struct lin_job j = {x, w, bias, y, m, k, n};
+    mmt_pool_run(blocks, per, (int)nt, lin_piece, &j);
 }

@@ -3,8 +3,9 @@
 mmt_skinny_linear (csrc/torch/mmt_skinny.c) must compute x W^T + b to float32 accuracy for every shape it takes (1 to
 8 rows, any width, edges that are not multiples of its blocks), and give
 bit-identical outputs whatever the rows beside an output's row, whichever
-slice of outputs a call covers and however many threads share the work:
-that is what makes a lone request's result independent of how it is run.
+slice of outputs a call covers and however many threads share the work
+(several callers at once included): that is what makes a lone request's
+result independent of how it is run.
 
 mmt_attend_one (csrc/torch/mmt_attend.c) must equal
 scaled_dot_product_attention to float32 accuracy for one query per row over
@@ -97,6 +98,40 @@ def test_threads_change_no_bit(kernel):
                 assert torch.equal(y, serial), (m, threads)
     finally:
         torch.set_num_threads(before)
+
+
+def test_concurrent_callers_share_the_work_sharing_pool_exactly(kernel):
+    """Several threads call the threaded kernel at once: one of them owns the work-sharing
+    pool (mmt_pool.c) per product, the others run theirs alone; every product is exact."""
+    import threading
+
+    _, mt = kernel
+    g = torch.Generator().manual_seed(9)
+    k, n = 256, 2053
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    xs = [torch.randn(1 + i % 4, k, generator=g) for i in range(6)]
+    want = [run(kernel, x, w, b) for x in xs]
+    bad = []
+
+    def caller(i):
+        torch.set_num_threads(2 + i % 2)
+        x = xs[i]
+        for _ in range(40):
+            y = torch.full((x.shape[0], n), float("nan"))
+            mt(ptr(x), x.shape[0], k, ptr(w), n, ptr(b), ptr(y), 8)  # ctypes drops the GIL
+            if not torch.equal(y, want[i]):
+                bad.append(i)
+
+    before = torch.get_num_threads()
+    try:
+        ts = [threading.Thread(target=caller, args=(i,)) for i in range(len(xs))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert bad == []
 
 
 def test_zero_rows_or_outputs_write_nothing(kernel):
