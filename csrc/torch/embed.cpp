@@ -435,13 +435,13 @@ void load_head(Model &m, const json_t *c, const std::string &dir) {
              dir.c_str(), arch.empty() ? "(no architectures)" : arch.c_str(), second.c_str());
     Step s1, s2;
     s1.is_dense = s2.is_dense = true;
-    s1.lin = {w.get(first + ".weight", {H, H}), w.get(first + ".bias", {H}), {}};
+    s1.lin = {w.get(first + ".weight", {H, H}), w.get(first + ".bias", {H}), {}, {}};
     s1.act = mid;
     at::Tensor out_w = w.get(second + ".weight");
     if (out_w.dim() != 2 || out_w.size(1) != H)
         fail(MM_ELOAD, "%s.weight in %s is not [num_labels, %lld]", second.c_str(), dir.c_str(),
              (long long)H);
-    s2.lin = {out_w, w.get(second + ".bias", {out_w.size(0)}), {}};
+    s2.lin = {out_w, w.get(second + ".bias", {out_w.size(0)}), {}, {}};
     for (const Step *st : {&s1, &s2})
         m.memory_bytes += (uint64_t)(st->lin.w.numel() + st->lin.b.numel()) * st->lin.w.element_size();
     m.steps = {std::move(s1), std::move(s2)};
