@@ -19,6 +19,7 @@
 #include "mm_err.h"
 
 #include "../mm_check.h"
+#include "mm_collect.h"
 
 #define BIG 3000
 
@@ -65,31 +66,22 @@ typedef struct seen {
     size_t rows[64];
 } seen;
 
+static void record(mm_task_t *t, void *ud) {
+    seen *s = ud;
+    if (s->n >= 64)
+        return;
+    size_t rows = 0, dim;
+    mm_task_result_vectors(t, &rows, &dim);
+    s->order[s->n] = mm_task_id(t);
+    s->status[s->n] = mm_task_get_status(t);
+    s->codes[s->n] = mm_task_error_code(t);
+    s->rows[s->n] = mm_task_result_kind(t) == MM_RESULT_EMBEDDINGS ? rows : 0;
+    s->n++;
+}
+
 /* Takes n completions (or gives up after timeout_ms), recording their order. */
 static int collect(mm_channel_t *ch, int n, int timeout_ms, seen *s) {
-    int got = 0;
-    while (got < n) {
-        struct pollfd pfd = {mm_channel_fd(ch), POLLIN, 0};
-        if (poll(&pfd, 1, timeout_ms) <= 0)
-            break;
-        size_t k;
-        mm_task_t **arr = mm_channel_take(ch, &k);
-        for (size_t i = 0; i < k; i++) {
-            if (s && s->n < 64) {
-                size_t rows = 0, dim;
-                mm_task_result_vectors(arr[i], &rows, &dim);
-                s->order[s->n] = mm_task_id(arr[i]);
-                s->status[s->n] = mm_task_get_status(arr[i]);
-                s->codes[s->n] = mm_task_error_code(arr[i]);
-                s->rows[s->n] = mm_task_result_kind(arr[i]) == MM_RESULT_EMBEDDINGS ? rows : 0;
-                s->n++;
-            }
-            mm_channel_task_free(arr[i]);
-        }
-        mm_free(arr);
-        got += (int)k;
-    }
-    return got;
+    return (int)mm_collect(ch, (size_t)n, timeout_ms, s ? record : NULL, s);
 }
 
 static int find(const seen *s, uint64_t id) {

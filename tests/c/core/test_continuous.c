@@ -20,6 +20,7 @@
 #include "mm_err.h"
 
 #include "../mm_check.h"
+#include "mm_collect.h"
 
 static mm_engine_t *new_engine(void) {
     mm_engine_params p;
@@ -67,32 +68,22 @@ static size_t count_words(const char *s, size_t len) {
     return w;
 }
 
+static void record(mm_task_t *t, void *ud) {
+    seen *s = ud;
+    if (s->n >= 256)
+        return;
+    size_t len = 0;
+    const char *txt =
+        mm_task_get_status(t) == MM_TS_DONE ? mm_task_result_text_at(t, 0, &len) : NULL;
+    s->order[s->n] = mm_task_id(t);
+    s->status[s->n] = mm_task_get_status(t);
+    s->words[s->n] = txt ? count_words(txt, len) : 0;
+    s->n++;
+}
+
 /* Takes n completions (or gives up after timeout_ms), in order. */
 static int collect(mm_channel_t *ch, int n, int timeout_ms, seen *s) {
-    int got = 0;
-    while (got < n) {
-        struct pollfd pfd = {mm_channel_fd(ch), POLLIN, 0};
-        if (poll(&pfd, 1, timeout_ms) <= 0)
-            break;
-        size_t k;
-        mm_task_t **arr = mm_channel_take(ch, &k);
-        for (size_t i = 0; i < k; i++) {
-            if (s && s->n < 256) {
-                size_t len = 0;
-                const char *txt = mm_task_get_status(arr[i]) == MM_TS_DONE
-                                      ? mm_task_result_text_at(arr[i], 0, &len)
-                                      : NULL;
-                s->order[s->n] = mm_task_id(arr[i]);
-                s->status[s->n] = mm_task_get_status(arr[i]);
-                s->words[s->n] = txt ? count_words(txt, len) : 0;
-                s->n++;
-            }
-            mm_channel_task_free(arr[i]);
-        }
-        mm_free(arr);
-        got += (int)k;
-    }
-    return got;
+    return (int)mm_collect(ch, (size_t)n, timeout_ms, s ? record : NULL, s);
 }
 
 static int find(const seen *s, uint64_t id) {

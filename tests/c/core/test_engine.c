@@ -18,6 +18,7 @@
 #include "mm_err.h"
 
 #include "../mm_check.h"
+#include "mm_collect.h"
 
 static mm_engine_t *new_engine(int64_t queue_timeout_ms, int64_t keep_alive_ms) {
     mm_engine_params p;
@@ -49,28 +50,6 @@ static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const cha
     a.n_items = 1;
     char err[256];
     return mm_engine_submit(e, ch, &a, id, err, sizeof err);
-}
-
-/* Collects completions until n have arrived or timeout_ms passes.  Stores
- * status per task (caller frees the tasks through the callback). */
-typedef void (*on_task)(mm_task_t *t, void *ud);
-static size_t collect(mm_channel_t *ch, size_t n, int timeout_ms, on_task cb, void *ud) {
-    size_t got = 0;
-    while (got < n) {
-        struct pollfd pfd = {mm_channel_fd(ch), POLLIN, 0};
-        if (poll(&pfd, 1, timeout_ms) <= 0)
-            break;
-        size_t k;
-        mm_task_t **arr = mm_channel_take(ch, &k);
-        for (size_t i = 0; i < k; i++) {
-            if (cb)
-                cb(arr[i], ud);
-            mm_channel_task_free(arr[i]);
-        }
-        mm_free(arr);
-        got += k;
-    }
-    return got;
 }
 
 typedef struct tally {
@@ -116,7 +95,7 @@ static void test_embedding_roundtrip(void) {
     uint64_t id;
     CHECK(submit(e, ch, "synthetic/embedding?dim=8", "hello", &id) == 0);
     tally a = {0};
-    CHECK(collect(ch, 1, 5000, count, &a) == 1);
+    CHECK(mm_collect(ch, 1, 5000, count, &a) == 1);
     CHECK(a.done == 1 && a.dim == 8);
     double norm = 0;
     for (int i = 0; i < 8; i++)
@@ -124,7 +103,7 @@ static void test_embedding_roundtrip(void) {
     CHECK(norm > 0.9999 && norm < 1.0001);
     tally b = {0};
     CHECK(submit(e, ch, "synthetic/embedding?dim=8", "hello", &id) == 0);
-    CHECK(collect(ch, 1, 5000, count, &b) == 1);
+    CHECK(mm_collect(ch, 1, 5000, count, &b) == 1);
     CHECK(memcmp(a.vec, b.vec, 8 * sizeof(float)) == 0);
     finish(e, ch);
 }
@@ -156,13 +135,13 @@ static void test_load_failure_then_retry(void) {
     for (int i = 0; i < 3; i++)
         CHECK(submit(e, ch, m, "x", &id) == 0);
     tally a = {0};
-    CHECK(collect(ch, 3, 5000, count, &a) == 3);
+    CHECK(mm_collect(ch, 3, 5000, count, &a) == 3);
     CHECK(a.failed == 3 && a.last_code == MM_ELOAD);
     CHECK(strstr(a.last_msg, "injected") != NULL);
     /* The failed entry is gone; the next task loads afresh and succeeds. */
     CHECK(submit(e, ch, m, "x", &id) == 0);
     tally b = {0};
-    CHECK(collect(ch, 1, 5000, count, &b) == 1);
+    CHECK(mm_collect(ch, 1, 5000, count, &b) == 1);
     CHECK(b.done == 1);
     finish(e, ch);
 }
@@ -187,7 +166,7 @@ static void test_queue_timeout_and_full(void) {
     }
     CHECK(full > 0 && accepted + full == 8);
     tally a = {0};
-    CHECK(collect(ch, (size_t)accepted, 5000, count, &a) == (size_t)accepted);
+    CHECK(mm_collect(ch, (size_t)accepted, 5000, count, &a) == (size_t)accepted);
     CHECK(a.done >= 1 && a.failed >= 1);
     CHECK(a.last_code == MM_ETIMEDOUT);
     finish(e, ch);
@@ -199,7 +178,7 @@ static void test_keep_alive_release(void) {
     CHECK(mm_channel_new(&ch) == 0);
     uint64_t id;
     CHECK(submit(e, ch, "synthetic/embedding", "x", &id) == 0);
-    CHECK(collect(ch, 1, 5000, NULL, NULL) == 1);
+    CHECK(mm_collect(ch, 1, 5000, NULL, NULL) == 1);
     mm_engine_stats s = {0};
     for (int i = 0; i < 200; i++) {
         mm_engine_stats_get(e, &s);
@@ -211,7 +190,7 @@ static void test_keep_alive_release(void) {
     /* Reload after auto-release. */
     CHECK(submit(e, ch, "synthetic/embedding", "x", &id) == 0);
     tally a = {0};
-    CHECK(collect(ch, 1, 5000, count, &a) == 1 && a.done == 1);
+    CHECK(mm_collect(ch, 1, 5000, count, &a) == 1 && a.done == 1);
     finish(e, ch);
 }
 
@@ -234,7 +213,7 @@ static void test_release_and_drop(void) {
     CHECK(mm_engine_release(e, ch, m, &rel) == 0);
     tally a = {0};
     /* 20 + 10 tasks + the release control task. */
-    CHECK(collect(ch, 31, 10000, count, &a) == 31);
+    CHECK(mm_collect(ch, 31, 10000, count, &a) == 31);
     CHECK(a.dropped == (int)n);
     CHECK(a.done == 31 - (int)n); /* released model finished its queue */
     mm_engine_stats s;
@@ -250,7 +229,7 @@ static void test_deferred_wake_needs_kick(void) {
     CHECK(mm_channel_new(&ch) == 0);
     uint64_t id;
     CHECK(submit(e, ch, "synthetic/embedding", "warm", &id) == 0);
-    CHECK(collect(ch, 1, 5000, NULL, NULL) == 1);
+    CHECK(mm_collect(ch, 1, 5000, NULL, NULL) == 1);
     const char *items[1] = {"x"};
     size_t lens[1] = {1};
     mm_submit_args a = {0};
@@ -266,9 +245,9 @@ static void test_deferred_wake_needs_kick(void) {
     char err[256];
     for (int i = 0; i < 5; i++)
         CHECK(mm_engine_submit(e, ch, &a, &id, err, sizeof err) == 0);
-    CHECK(collect(ch, 1, 100, NULL, NULL) == 0); /* parked until the kick */
+    CHECK(mm_collect(ch, 1, 100, NULL, NULL) == 0); /* parked until the kick */
     mm_engine_kick(e);
-    CHECK(collect(ch, 5, 5000, NULL, NULL) == 5);
+    CHECK(mm_collect(ch, 5, 5000, NULL, NULL) == 5);
     finish(e, ch);
 }
 
@@ -377,7 +356,7 @@ static void test_stress_exactly_once(void) {
         pthread_join(th[i], NULL);
         total_accepted += (size_t)ctx[i].accepted;
     }
-    got = collect(ch, total_accepted, 20000, mark_seen, &s);
+    got = mm_collect(ch, total_accepted, 20000, mark_seen, &s);
     CHECK(got == total_accepted);
     CHECK(s.dup == 0);
     mm_engine_stats st;
@@ -419,7 +398,7 @@ static void test_oom_paths(void) {
         mm_alloc_fail_after(-1);
         CHECK(rc == 0 || rc == MM_ENOMEM);
         if (rc == 0)
-            collect(ch, 1, 5000, NULL, NULL);
+            mm_collect(ch, 1, 5000, NULL, NULL);
         finish(e, ch);
     }
 }
