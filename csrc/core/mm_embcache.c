@@ -121,7 +121,12 @@ int mm_embcache_get_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len,
         c->st.expirations++;
         e = NULL;
     }
-    if (e && (out_cap == 0 || e->dim <= out_cap)) {
+    if (e && out_cap && e->dim > out_cap) {
+        /* neither a hit nor a miss yet: the caller retries with room */
+        if (dim_out)
+            *dim_out = e->dim;
+        hit = MM_ENOBUFS;
+    } else if (e) {
         if (out)
             memcpy(out, e->vec, e->dim * sizeof(float));
         if (dim_out)

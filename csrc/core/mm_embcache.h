@@ -23,9 +23,11 @@ typedef struct mm_embcache_stats {
 int mm_embcache_new(size_t max_entries, int64_t ttl_ms, mm_embcache_t **out);
 void mm_embcache_free(mm_embcache_t *c);
 
-/* Looks up prefix+text; on a hit copies the vector into out (dim floats; the
- * caller passes the dim it expects, or 0 to accept any, receiving it through
- * *dim_out) and returns 1; 0 on a miss. */
+/* Looks up prefix+text; on a hit copies the vector into out (out_cap floats
+ * of room, or 0 for "as many as it has"), sets *dim_out to its length and
+ * returns 1; 0 on a miss.  A vector longer than out_cap returns MM_ENOBUFS
+ * with its length in *dim_out and counts as neither a hit nor a miss (call
+ * again with room). */
 int mm_embcache_get(mm_embcache_t *c, const char *prefix, size_t prefix_len, const char *text,
                     size_t text_len, float *out, size_t out_cap, size_t *dim_out);
 /* mm_embcache_get that also returns the entry's token count (0 when none

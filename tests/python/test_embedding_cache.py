@@ -57,6 +57,26 @@ async def test_options_are_part_of_the_key(make_mm):
     assert again.data["device"] == "cache" and again.data["embeddings"] == cut.data["embeddings"]
 
 
+async def test_long_keys_and_wide_vectors(make_mm):
+    """Keys longer than the lookup's stack buffer (a long model name: built on the heap) and
+    vectors wider than its first-hit row (served through the retry with room) hit bit for bit,
+    and two names that differ only past the stack buffer never share a vector."""
+    pad = "&load_ms=0" * 36  # a 398-byte name (at most 400): the key is over 256
+    wide = f"synthetic/embedding?dim=1500{pad}&item_us=1"
+    wider = f"synthetic/embedding?dim=1500{pad}&item_us=2"  # same vectors, another key
+    m = cache_on(make_mm)
+    first = await m.task(["a", "b"], "embedding", wide, device="cpu")
+    assert len(first.data["embeddings"][0]) == 1500
+    full = await m.task(["b", "a"], "embedding", wide, device="cpu")
+    assert full.data["device"] == "cache" and full.data["cache_hits"] == 2
+    assert full.data["embeddings"] == first.data["embeddings"][::-1]
+    part = await m.task(["c", "a", "b"], "embedding", wide, device="cpu")
+    assert part.data["cache_hits"] == 2 and part.data["embeddings"][1:] == first.data["embeddings"]
+    other = await m.task(["a"], "embedding", wider, device="cpu")
+    assert other.data["device"] == "cpu" and "cache_hits" not in other.data
+    assert other.data["embeddings"][0] == first.data["embeddings"][0]  # computed, equal
+
+
 async def test_lru_eviction(make_mm):
     m = cache_on(make_mm, max_cache_size=3)
     await m.task(["a", "b", "c"], "embedding", EMB, device="cpu")

@@ -8,6 +8,7 @@
 
 #include "mm_alloc.h"
 #include "mm_embcache.h"
+#include "mm_err.h"
 
 #include "../mm_check.h"
 
@@ -58,6 +59,16 @@ int main(void) {
         CHECK(mm_embcache_get_tok(c2, "t|", 2, "x", 1, out, 16, &dim, &tok) && tok == 42 &&
               dim == 4 && out[3] == 8);
         CHECK(get(c2, "t|", "x", out)); /* the plain get still works */
+        /* too little room: MM_ENOBUFS and the length, neither hit nor miss */
+        mm_embcache_stats before, after;
+        mm_embcache_stats_get(c2, &before);
+        float small[2] = {-1, -1};
+        dim = 0;
+        CHECK(mm_embcache_get_tok(c2, "t|", 2, "x", 1, small, 2, &dim, &tok) == MM_ENOBUFS &&
+              dim == 4 && small[0] == -1 && small[1] == -1);
+        mm_embcache_stats_get(c2, &after);
+        CHECK(after.hits == before.hits && after.misses == before.misses);
+        CHECK(mm_embcache_get_tok(c2, "t|", 2, "x", 1, out, dim, &dim, &tok) == 1 && out[3] == 8);
         mm_embcache_free(c2);
     }
     CHECK(mm_embcache_purge_prefix(c, "m|", 2) == 3);
