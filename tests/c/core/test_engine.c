@@ -14,6 +14,7 @@
 
 #include "mm_alloc.h"
 #include "mm_devices.h"
+#include "mm_embcache.h"
 #include "mm_engine.h"
 #include "mm_err.h"
 
@@ -35,21 +36,29 @@ static mm_engine_t *new_engine(int64_t queue_timeout_ms, int64_t keep_alive_ms) 
     return e;
 }
 
-static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const char *text,
-                  uint64_t *id) {
-    const char *items[1] = {text};
-    size_t lens[1] = {strlen(text)};
+/* Submits n (at most 8) texts to model on the CPU, one worker. */
+static int submit_texts(mm_engine_t *e, mm_channel_t *ch, const char *model,
+                        const char *const *texts, size_t n, uint64_t *id) {
+    size_t lens[8];
+    for (size_t i = 0; i < n && i < 8; i++)
+        lens[i] = strlen(texts[i]);
     mm_submit_args a = {0};
     a.model_name = model;
     a.type = strstr(model, "text_generation") ? MM_TASK_TEXT_GENERATION : MM_TASK_EMBEDDING;
     a.kind = MM_KIND_RUN;
     a.device = "cpu";
     a.num_workers = 1;
-    a.items = items;
+    a.items = texts;
     a.item_lens = lens;
-    a.n_items = 1;
+    a.n_items = n < 8 ? n : 8;
     char err[256];
     return mm_engine_submit(e, ch, &a, id, err, sizeof err);
+}
+
+static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const char *text,
+                  uint64_t *id) {
+    const char *items[1] = {text};
+    return submit_texts(e, ch, model, items, 1, id);
 }
 
 typedef struct tally {
@@ -368,6 +377,85 @@ static void test_stress_exactly_once(void) {
     free(s.seen);
 }
 
+/* The embedding cache at submit: a name long enough that its key is built on
+ * the heap, vectors wider than the lookup's first-hit row (1500 floats), full
+ * and partial hits bit-identical to the computed vectors, and every
+ * allocation of a hit's lookup failing in turn (the task then computes, or
+ * fails with MM_ENOMEM: never a wrong vector). */
+#define WIDE 1500
+typedef struct vecs {
+    int done, failed, failed_other;
+    const char *device;
+    float v[3][WIDE];
+    size_t n;
+} vecs;
+
+static void keep_vecs(mm_task_t *t, void *ud) {
+    vecs *y = ud;
+    if (mm_task_get_status(t) != MM_TS_DONE) {
+        y->failed++;
+        y->failed_other += mm_task_error_code(t) != MM_ENOMEM;
+        return;
+    }
+    size_t n = 0, dim = 0;
+    const float *v = mm_task_result_vectors(t, &n, &dim);
+    CHECK(dim == WIDE && n <= 3);
+    memcpy(y->v, v, n * dim * sizeof(float));
+    y->n = n;
+    y->device = strcmp(mm_task_device(t), "cache") ? "computed" : "cache";
+    y->done++;
+}
+
+/* Submits texts and waits for the task's vectors. */
+static int embed_texts(mm_engine_t *e, mm_channel_t *ch, const char *model,
+                       const char *const *texts, size_t n, vecs *out) {
+    uint64_t id;
+    memset(out, 0, sizeof *out);
+    int rc = submit_texts(e, ch, model, texts, n, &id);
+    if (rc == 0)
+        CHECK(mm_collect(ch, 1, 5000, keep_vecs, out) == 1);
+    return rc;
+}
+
+static void test_cache_lookup(void) {
+    mm_engine_params p;
+    mm_engine_default_params(&p);
+    p.fake_gpus = "none";
+    p.embed_cache_entries = 100;
+    mm_engine_t *e = NULL;
+    CHECK(mm_engine_new(&p, &e) == 0);
+    mm_channel_t *ch;
+    CHECK(mm_channel_new(&ch) == 0);
+    char model[400] = "synthetic/embedding?dim=1500";
+    while (strlen(model) < 300)
+        strcat(model, "&load_ms=0");
+    static vecs ab, again, part, oom;
+    const char *t_ab[] = {"a", "b"}, *t_ba[] = {"b", "a"}, *t_cab[] = {"c", "a", "b"};
+    CHECK(embed_texts(e, ch, model, t_ab, 2, &ab) == 0);
+    CHECK(ab.done == 1 && !strcmp(ab.device, "computed"));
+    CHECK(embed_texts(e, ch, model, t_ba, 2, &again) == 0);
+    CHECK(again.done == 1 && !strcmp(again.device, "cache"));
+    CHECK(!memcmp(again.v[0], ab.v[1], WIDE * sizeof(float)) &&
+          !memcmp(again.v[1], ab.v[0], WIDE * sizeof(float)));
+    CHECK(embed_texts(e, ch, model, t_cab, 3, &part) == 0);
+    CHECK(part.done == 1 && !strcmp(part.device, "computed"));
+    CHECK(!memcmp(part.v[1], ab.v[0], WIDE * sizeof(float)) &&
+          !memcmp(part.v[2], ab.v[1], WIDE * sizeof(float)));
+    mm_embcache_stats cs;
+    CHECK(mm_engine_cache_stats(e, &cs) == 0 && cs.hits == 4);
+    for (long k = 0; k < 16; k++) {
+        mm_alloc_fail_after(k);
+        int rc = embed_texts(e, ch, model, t_ba, 2, &oom);
+        mm_alloc_fail_after(-1);
+        CHECK(rc == 0 || rc == MM_ENOMEM);
+        CHECK(oom.failed_other == 0);
+        if (rc == 0 && oom.done)
+            CHECK(!memcmp(oom.v[0], ab.v[1], WIDE * sizeof(float)) &&
+                  !memcmp(oom.v[1], ab.v[0], WIDE * sizeof(float)));
+    }
+    finish(e, ch);
+}
+
 static void test_engine_new_oom(void) {
     /* Each allocation of engine creation (with a cache) may fail: reported,
      * and nothing leaks. */
@@ -415,6 +503,7 @@ int main(void) {
     test_placement();
     test_stress_exactly_once();
     test_oom_paths();
+    test_cache_lookup();
     test_engine_new_oom();
     return mm_check_done("all core engine tests passed");
 }
