@@ -1323,6 +1323,11 @@ void generate(const Model &m, const Resolved &P, const int64_t *const *ids, cons
                         .to(at::kBool)
                         .to(m.device);
     at::Tensor enc = m.net->encode(tid, tm, padded);
+    /* the decoder steps: ATen's small operators on this thread alone, the
+     * products shared by the kernels' pool (mmt_threads.h) */
+    std::optional<PoolOnly> pool_only;
+    if (m.device.is_cpu())
+        pool_only.emplace();
     DecState st;
     int64_t cap = P.max_length;
     if (P.nb > 1) {

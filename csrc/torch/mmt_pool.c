@@ -210,7 +210,17 @@ void mmt_pool_run(int64_t n, int64_t chunk, int width, mmt_pool_fn fn, void *arg
 #endif
 }
 
+static _Thread_local int width_set; /* mmt_pool_set_width's, 0: none */
+
+int mmt_pool_set_width(int width) {
+    const int prev = width_set;
+    width_set = width > 0 ? width : 0;
+    return prev;
+}
+
 int mmt_pool_width(void) {
+    if (width_set > 0)
+        return width_set;
 #ifdef _OPENMP
     return omp_in_parallel() ? 1 : omp_get_max_threads();
 #else

@@ -24,11 +24,18 @@ typedef void (*mmt_pool_fn)(void *arg, int64_t i0, int64_t i1, int slot);
 __attribute__((visibility("default"))) void mmt_pool_run(int64_t n, int64_t chunk, int width,
                                                          mmt_pool_fn fn, void *arg);
 
-/* The threads the kernels may use from this thread: 1 inside an OpenMP
- * parallel region or under mmt::SingleThreaded (which sets OpenMP's
- * per-thread count to 1), else OpenMP's thread count (at::get_num_threads()
- * of libtorch).  1 when the shim was built without OpenMP. */
+/* The threads the kernels may use from this thread: the width set by
+ * mmt_pool_set_width() when one is set; else 1 inside an OpenMP parallel
+ * region or under mmt::SingleThreaded (which sets OpenMP's per-thread count
+ * to 1), else OpenMP's thread count (at::get_num_threads() of libtorch).
+ * 1 when the shim was built without OpenMP and no width is set. */
 int mmt_pool_width(void);
+
+/* Sets this thread's kernel width (0: none, mmt_pool_width() asks OpenMP
+ * again); returns the previous one.  mmt::PoolOnly (mmt_threads.h) uses it
+ * to keep the kernels' width while ATen's operators run on the caller
+ * alone. */
+int mmt_pool_set_width(int width);
 
 #ifdef __cplusplus
 }

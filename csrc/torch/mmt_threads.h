@@ -12,6 +12,16 @@
  * - SingleThreaded: while alive, this thread's ATen operators and MKL calls
  *   run on it alone (OpenMP's and MKL's per-thread settings, restored on the
  *   way out).
+ * - PoolOnly: while alive, this thread's ATen operators run on it alone
+ *   (SingleThreaded) but the shim's own kernels (mmt_skinny.c,
+ *   mmt_attend.c) keep the width they had, shared with mmt_pool.c's helpers.
+ *   For a lone request's decoder steps: their ATen operators are small, but
+ *   some start an OpenMP team whatever their size (oneDNN's GELU, the
+ *   vocabulary-wide adds), and after each team libgomp's idle thread spins
+ *   for milliseconds on the core the pool's helper needs (bart-base shape,
+ *   lone greedy: 570 -> 365 ms a request; the same as OMP_WAIT_POLICY=
+ *   passive).  An element-wise operator's arithmetic does not depend on how
+ *   it is split, so results are unchanged.
  * - run_pieces(nt, order, fn): fn(order[0]), fn(order[1]), ... on up to nt
  *   threads (the caller's and nt - 1 helpers), each taking the next piece as
  *   it finishes one, under InferenceMode and SingleThreaded.  Put the biggest
@@ -23,6 +33,8 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+
+#include "mmt_pool.h"
 
 #include <algorithm>
 #include <atomic>
@@ -63,6 +75,19 @@ struct SingleThreaded {
     }
     SingleThreaded(const SingleThreaded &) = delete;
     SingleThreaded &operator=(const SingleThreaded &) = delete;
+};
+
+struct PoolOnly {
+    int width, prev;
+    SingleThreaded one;
+    PoolOnly() : width(kernel_width()), prev(0), one() { prev = mmt_pool_set_width(width); }
+    ~PoolOnly() { mmt_pool_set_width(prev); }
+    static int kernel_width() {
+        (void)at::get_num_threads(); /* ATen's lazy per-thread setting first */
+        return mmt_pool_width();
+    }
+    PoolOnly(const PoolOnly &) = delete;
+    PoolOnly &operator=(const PoolOnly &) = delete;
 };
 
 template <class F> void run_pieces(int nt, const std::vector<size_t> &order, F fn) {
