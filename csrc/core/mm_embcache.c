@@ -22,8 +22,8 @@ typedef struct entry {
     size_t key_len;
     size_t dim;
     uint32_t tokens; /* what the model read for the text; 0 if unknown */
-    float *vec;
-    char *key;
+    float *vec;      /* dim floats, in the entry's own block */
+    char *key;       /* key_len bytes, in the entry's own block after vec */
 } entry;
 
 struct mm_embcache {
@@ -73,9 +73,7 @@ static void destroy_entry(mm_embcache_t *c, entry *e) {
     HASH_DEL(c->table, e);
     unlink_entry(c, e);
     c->size--;
-    mm_free(e->vec);
-    mm_free(e->key);
-    mm_free(e);
+    mm_free(e); /* vec and key with it */
 }
 
 void mm_embcache_free(mm_embcache_t *c) {
@@ -156,28 +154,24 @@ int mm_embcache_put_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len,
     if (c->max_entries == 0)
         return 0;
     size_t klen = prefix_len + text_len;
-    entry *fresh = mm_calloc(1, sizeof *fresh);
-    char *key = mm_malloc(klen ? klen : 1);
-    float *copy = mm_malloc(dim * sizeof(float));
-    if (!fresh || !key || !copy) {
-        mm_free(fresh);
-        mm_free(key);
-        mm_free(copy);
+    /* one block: the entry, its vector, its key (one allocation an insert) */
+    entry *fresh = mm_malloc(sizeof *fresh + dim * sizeof(float) + klen);
+    if (!fresh)
         return MM_ENOMEM;
-    }
-    memcpy(key, prefix, prefix_len);
-    memcpy(key + prefix_len, text, text_len);
-    memcpy(copy, vec, dim * sizeof(float));
-    fresh->key = key;
+    memset(fresh, 0, sizeof *fresh);
+    fresh->vec = (float *)(fresh + 1);
+    fresh->key = (char *)(fresh->vec + dim);
+    memcpy(fresh->key, prefix, prefix_len);
+    memcpy(fresh->key + prefix_len, text, text_len);
+    memcpy(fresh->vec, vec, dim * sizeof(float));
     fresh->key_len = klen;
-    fresh->vec = copy;
     fresh->dim = dim;
     fresh->tokens = tokens;
     int64_t now = mm_now_ns();
     fresh->expires_ns = now + c->ttl_ns;
     pthread_mutex_lock(&c->mu);
     entry *old = NULL;
-    HASH_FIND(hh, c->table, key, klen, old);
+    HASH_FIND(hh, c->table, fresh->key, klen, old);
     if (old)
         destroy_entry(c, old);
     while (c->tail && (c->size >= c->max_entries || c->tail->expires_ns <= now)) {
@@ -199,11 +193,7 @@ int mm_embcache_put_tok(mm_embcache_t *c, const char *prefix, size_t prefix_len,
         fresh = NULL;
     }
     pthread_mutex_unlock(&c->mu);
-    if (fresh) {
-        mm_free(fresh->key);
-        mm_free(fresh->vec);
-        mm_free(fresh);
-    }
+    mm_free(fresh); /* not inserted (the hash table ran out of memory) */
     return rc;
 }
 
