@@ -212,6 +212,10 @@ at::Tensor Bart::step(DecState &st, const at::Tensor &tokens) const {
         h = ffn(L, h);
     }
     st.len = t + 1;
+    if (lm_head_.is_int8() && logits_bias_.defined() && logits_bias_.scalar_type() == at::kFloat)
+        /* the int8 product adds the bias in its own pass (the same float
+         * addition, so the same bits) instead of a second [N, vocab] tensor */
+        return mmt::linear(h, lm_head_, logits_bias_.view({-1})).view({N, -1});
     at::Tensor logits = mmt::linear(h, lm_head_).view({N, -1});
     if (logits_bias_.defined())
         logits = logits + logits_bias_;

@@ -9,11 +9,14 @@
  * per-output-feature scales (symmetric, a row's scale is its largest
  * magnitude / 127, the rule of mmt_int8.h's embedding layers) and drops the
  * float tensor.
+ * Where the CPU has AVX512-VNNI (mmt_qpack_path()), the int8 rows are kept
+ * only in mmt_qpack.c's packed layout, which its AMX and VNNI kernels read
+ * for every row count; elsewhere they stay row-major for mmt_qskinny.c (a
+ * decoder step) and at::_int_mm (an encoder, a prefill).
  * mmt::linear(x, QWeight, b) then runs the float path (mmt_linear.h) or
  * the int8 one: each row of x quantized on its own (per token, dynamic),
- * int8 x int8 summed exactly into int32 by at::_int_mm (oneDNN: AMX /
- * AVX512-VNNI / AVX-VNNI / AVX2 as the CPU has them), then scaled back to
- * float32 and the float32 bias added.  The integer sums are exact and a
+ * int8 x int8 summed exactly into int32, then scaled back to float32 and
+ * the float32 bias added.  The integer sums are exact and a
  * row's scale depends on that row only, so a row's result does not depend
  * on the rows beside it: a request's output is independent of its batch.
  * This is the scheme of CTranslate2's int8 (per-row activation scales,
@@ -32,23 +35,26 @@
 #include <vector>
 
 #include "mmt_linear.h"
+#include "mmt_qpack.h"
 #include "mmt_qskinny.h"
 
 namespace mmt {
 
 struct QWeight {
     at::Tensor w;     /* float [n, k], or undefined once quantized */
-    at::Tensor wq;    /* int8 [n, k], contiguous, after quantize() */
+    at::Tensor wq;    /* int8 [n, k], contiguous, after quantize() without packed kernels */
+    at::Tensor wp;    /* int8, mmt_qpack_pack's layout, after quantize() with them */
     at::Tensor scale; /* float32 [n]: a feature's weight scale */
     at::Tensor wsum;  /* int32 [n]: each output feature's sum of int8 weights */
+    int64_t n = 0, k = 0; /* output and input features once quantized */
 
     QWeight() = default;
     QWeight(const at::Tensor &t) : w(t) {} /* NOLINT: implicit, so loaders assign tensors */
 
-    bool defined() const { return w.defined() || wq.defined(); }
-    bool is_int8() const { return wq.defined(); }
+    bool defined() const { return w.defined() || is_int8(); }
+    bool is_int8() const { return wq.defined() || wp.defined(); }
     /* As the float weight's: size(0) = output features, size(1) = input. */
-    int64_t size(int64_t d) const { return w.defined() ? w.size(d) : wq.size(d); }
+    int64_t size(int64_t d) const { return w.defined() ? w.size(d) : d == 0 ? n : k; }
 
     /* Replaces the float weight by int8; returns the bytes this frees (0 when
      * the float tensor is shared with another user, e.g. a tied embedding). */
@@ -62,45 +68,43 @@ struct QWeight {
         wq = wf.div(s.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).contiguous();
         scale = s.contiguous();
         wsum = wq.sum(1, false, at::kInt).contiguous();
+        n = wq.size(0);
+        k = wq.size(1);
         w = at::Tensor();
-        const uint64_t after = (uint64_t)wq.numel() + (uint64_t)scale.numel() * 8;
+        if (mmt_qpack_path() != MMT_QPACK_NONE) { /* AVX512-VNNI / AMX: the packed layout only */
+            wp = at::empty({mmt_qpack_npad(n) * mmt_qpack_kpad(k)}, wq.options());
+            mmt_qpack_pack(wq.data_ptr<int8_t>(), n, k, wp.data_ptr<int8_t>());
+            wq = at::Tensor();
+        }
+        const uint64_t after = (uint64_t)(wq.defined() ? wq.numel() : wp.numel()) +
+                               (uint64_t)scale.numel() * 8;
         return sole && before > after ? before - after : 0;
     }
 };
 
 /* y = x W^T + b with W int8 (see above).  x: float32 [..., k] on the CPU;
- * b: float [n] or undefined.  Returns float32 [..., n].  Up to
- * MMT_QSKINNY_MAX_ROWS rows (a decoder step) run mmt_qskinny.c's kernel,
- * more (an encoder, a prefill) at::_int_mm; both sum exactly and scale
- * alike, so the result is the same bits either way. */
+ * b: float [n] or undefined.  Returns float32 [..., n].  A packed weight
+ * runs mmt_qpack.c (AMX tiles from MMT_QPACK_AMX_ROWS rows, AVX512-VNNI
+ * below); a row-major one mmt_qskinny.c up to MMT_QSKINNY_MAX_ROWS rows (a
+ * decoder step), at::_int_mm above (an encoder, a prefill).  All sum
+ * exactly and scale alike, so the result is the same bits on every path. */
 inline at::Tensor int8_linear(const at::Tensor &x_in, const QWeight &qw, const at::Tensor &b) {
-    const int64_t k = qw.wq.size(1), n = qw.wq.size(0);
+    const int64_t k = qw.k, n = qw.n;
     at::Tensor x = x_in.to(at::kFloat).contiguous();
     const int64_t m = x.numel() / k;
     std::vector<int64_t> sizes = x.sizes().vec();
     sizes.back() = n;
     if (m == 0)
         return at::zeros(sizes, x.options());
-    at::Tensor xq = at::empty({m, k}, x.options().dtype(at::kChar));
+    const bool packed = qw.wp.defined();
+    /* packed kernels read rows of kpad bytes (zero-padded) */
+    const int64_t ldq = packed ? mmt_qpack_kpad(k) : k;
+    at::Tensor xq = at::empty({m, ldq}, x.options().dtype(at::kChar));
     std::vector<float> sx((size_t)m);
     const float *xp = x.data_ptr<float>();
     int8_t *qp = xq.data_ptr<int8_t>();
     auto quant_rows = [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) {
-            const float *row = xp + r * k;
-            float amax = 0.f;
-            for (int64_t j = 0; j < k; j++)
-                amax = std::max(amax, std::fabs(row[j]));
-            const float s = amax > 0.f ? amax / 127.0f : 1.0f;
-            const float inv = 1.0f / s;
-            int8_t *out = qp + r * k;
-            for (int64_t j = 0; j < k; j++) {
-                float v = row[j] * inv;
-                v = std::min(127.f, std::max(-127.f, v));
-                out[j] = (int8_t)std::lrintf(v); /* round half to even, as CTranslate2 */
-            }
-            sx[(size_t)r] = s;
-        }
+        mmt_qpack_quantize_rows(xp + r0 * k, r1 - r0, k, qp + r0 * ldq, ldq, sx.data() + r0);
     };
     if (m * k < (1 << 16))
         quant_rows(0, m);
@@ -110,9 +114,16 @@ inline at::Tensor int8_linear(const at::Tensor &x_in, const QWeight &qw, const a
     if (b.defined())
         bf = b.scalar_type() == at::kFloat ? b.contiguous() : b.to(at::kFloat).contiguous();
     at::Tensor y = at::empty(sizes, x.options());
+    /* at least 256 KB of weights a thread, so small products stay on one */
+    const int64_t grain = std::max<int64_t>(4, ((int64_t)1 << 18) / k);
+    if (packed) {
+        mmt_qpack_linear_mt(qp, m, k, qw.wp.data_ptr<int8_t>(), qw.wsum.data_ptr<int32_t>(), n,
+                            sx.data(), qw.scale.data_ptr<float>(),
+                            bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+                            grain);
+        return y;
+    }
     if (m <= MMT_QSKINNY_MAX_ROWS) {
-        /* at least 256 KB of weights a thread, so small products stay on one */
-        const int64_t grain = std::max<int64_t>(4, ((int64_t)1 << 18) / k);
         mmt_qskinny_linear_mt(qp, m, k, qw.wq.data_ptr<int8_t>(), qw.wsum.data_ptr<int32_t>(), n,
                               sx.data(), qw.scale.data_ptr<float>(),
                               bf.defined() ? bf.data_ptr<float>() : nullptr,
@@ -146,7 +157,7 @@ inline at::Tensor int8_linear(const at::Tensor &x_in, const QWeight &qw, const a
 
 inline at::Tensor linear(const at::Tensor &x, const QWeight &w,
                          const at::Tensor &b = at::Tensor()) {
-    if (w.wq.defined())
+    if (w.is_int8())
         return int8_linear(x, w, b);
     return linear(x, w.w, b);
 }

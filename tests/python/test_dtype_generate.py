@@ -160,8 +160,10 @@ async def test_int8_through_the_manager_per_model_and_as_the_setting(tmp_path):
 
 
 def test_int8_kernel_paths_give_the_same_tokens(random_models):
-    # mmt_qskinny.c sums exactly on every path (AVX512-VNNI, AVX2, scalar): the same tokens,
-    # and the same as at::_int_mm's sums (encoder rows above 64 take that path)
+    # every int8 product sums exactly, whatever the path: mmt_qpack.c's packed weight through
+    # AMX tiles (from MMT_QPACK_AMX_ROWS rows: the beams) and AVX512-VNNI (=vnni), and
+    # mmt_qskinny.c's row-major one (=avx2, =scalar) with at::_int_mm for the encoder: the same
+    # tokens, greedy and beam, batched (decoder groups of many rows) and alone (a few rows)
     import json
     import subprocess
     import sys
@@ -174,13 +176,16 @@ def test_int8_kernel_paths_give_the_same_tokens(random_models):
         "import test_generate_helpers as H\n"
         f"g = H.Generator({path!r}, dtype='int8')\n"
         f"ps = H.prompts(12, 256, {kind!r}, seed=8)\n"
-        "print(json.dumps([g.generate(ps, max_new_tokens=10), g.generate(ps[:1], max_new_tokens=10)]))\n")
+        "print(json.dumps([g.generate(ps, max_new_tokens=10), g.generate(ps[:1], max_new_tokens=10),\n"
+        "                  g.generate(ps, max_new_tokens=6, num_beams=4),\n"
+        "                  g.generate(ps[:1], max_new_tokens=6, num_beams=4)]))\n")
     outs = {}
-    for kernel in ("", "avx2", "scalar"):
+    for kernel in ("", "vnni", "avx2", "scalar"):
         env = dict(os.environ, PYMODELMGR_CPU_INT8_KERNEL=kernel)
         p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
         outs[kernel] = json.loads(p.stdout.strip().splitlines()[-1])
-    assert outs[""] == outs["avx2"] == outs["scalar"]
+    assert outs[""] == outs["vnni"] == outs["avx2"] == outs["scalar"]
     assert outs[""][1][0] == outs[""][0][0]
+    assert outs[""][3][0] == outs[""][2][0]  # a request's beams alone and in the batch
