@@ -370,7 +370,11 @@ static int model_create(mm_engine_t *e, const mm_submit_args *a, const mm_backen
         mm__model_destroy(m);
         return MM_ENOMEM;
     }
-    pthread_cond_init(&m->work_cv, NULL);
+    pthread_condattr_t ca; /* monotonic: idle workers wait with a deadline */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->work_cv, &ca);
+    pthread_condattr_destroy(&ca);
     m->engine = e;
     m->generation = ++e->next_generation;
     m->vt = vt;
@@ -935,6 +939,7 @@ void mm_engine_stats_get(mm_engine_t *e, mm_engine_stats *s) {
     s->created = e->created;
     s->completed = e->completed;
     s->double_completions = e->double_completions;
+    s->idle_trims = e->idle_trims;
     s->live_models = HASH_COUNT(e->models);
     s->retiring_models = 0;
     for (mm_model *r = e->retiring; r; r = r->retire_next)

@@ -179,6 +179,7 @@ typedef struct mm_engine_stats {
     uint64_t double_completions; /* must stay 0 */
     uint64_t live_models;
     uint64_t retiring_models;
+    uint64_t idle_trims;         /* heap trims by idle workers (freed heap given back) */
 } mm_engine_stats;
 
 void mm_engine_stats_get(mm_engine_t *e, mm_engine_stats *s);

@@ -150,6 +150,9 @@ struct mm_engine {
     int n_mem;                /* immutable */
     pthread_cond_t mem_cv;    /* memory freed, a model went idle, a load fitted (monotonic) */
     int mem_waiters;          /* threads waiting on mem_cv; guarded by mu */
+    int cpu_loads;            /* CPU workers inside load(), measuring; guarded by mu */
+    int heap_trimming;        /* an idle worker is in mm__mem_trim; guarded by mu */
+    uint64_t idle_trims;      /* trims by idle workers; guarded by mu */
     struct mm_release_rec *releases; /* last release per name; guarded by mu */
 };
 
@@ -187,11 +190,23 @@ void mm__mem_changed(struct mm_engine *e);
 /* The previous release reason recorded for name, or NULL. */
 const char *mm__mem_last_reason(struct mm_engine *e, const char *name);
 
-/* No lock: the worker's unload plus the verified release (malloc_trim; a
+/* No lock: the worker's unload plus the verified release (mm__mem_trim; a
  * bounded wait for a real GPU's free memory).  Returns the bytes the device
  * got back. */
 uint64_t mm__mem_unload(struct mm_engine *e, struct mm_model *m, const mm_device *dev,
                         void *state);
+/* How long a worker stays idle (no queued work) after its load or its last
+ * batch before it trims the heap (mm__mem_idle_trim). */
+#define MM_IDLE_TRIM_NS (1000LL * 1000000LL)
+/* No lock: gives the heap's free pages back to the system (glibc's
+ * malloc_trim(0); nothing elsewhere).  Takes milliseconds for hundreds of
+ * MiB: never on the hot path, only at a release or an idle worker. */
+void mm__mem_trim(void);
+/* engine->mu held (released while trimming): an idle worker's trim.  Returns
+ * 1 when the heap was trimmed (or another worker is trimming it now), 0 when
+ * a CPU load is measuring its resident growth (a trim would hide part of
+ * it): try again later. */
+int mm__mem_idle_trim(struct mm_engine *e);
 /* No lock: runs a batch; tasks that fail with MM_ENOMEM are run again in
  * halves, down to one task, which then keeps OUT_OF_MEMORY. */
 void mm__mem_run(struct mm_engine *e, struct mm_model *m, void *state, mm_task_t **batch,

@@ -8,7 +8,10 @@
  * runs the backend with no lock held.  A load failure fails everything the
  * model holds with MODEL_LOAD_FAILED and retires the entry, so the next
  * task starts over with a fresh one.  A task larger than one batch runs in
- * chunks, one batch from the queue between two chunks (mm_chunk.c).
+ * chunks, one batch from the queue between two chunks (mm_chunk.c).  Idle
+ * for a second after its load or its last batch, a worker gives the freed
+ * heap back to the system once (mm__mem_idle_trim), never between batches
+ * that follow one another.
  *
  * Continuous batching: a backend's run() may take more queued tasks of its
  * model (mm_worker_take_more) and finish tasks early (mm_worker_finish), so
@@ -348,10 +351,11 @@ void *mm__worker_main(void *arg) {
     int cpu_turn = !skip && rc == 0 && !dev.is_gpu;
     if (cpu_turn) {
         e->mem_waiters++;
-        while (m->cpu_load_busy && m->state != MM_MS_FAILED)
+        while ((m->cpu_load_busy || e->heap_trimming) && m->state != MM_MS_FAILED)
             pthread_cond_wait(&e->mem_cv, &e->mu);
         e->mem_waiters--;
         m->cpu_load_busy = 1;
+        e->cpu_loads++; /* idle workers hold their heap trims meanwhile */
     }
     pthread_mutex_unlock(&e->mu);
 
@@ -382,6 +386,7 @@ void *mm__worker_main(void *arg) {
     m->n_load_done++;
     if (cpu_turn) {
         m->cpu_load_busy = 0;
+        e->cpu_loads--;
         pthread_cond_broadcast(&e->mem_cv);
     }
     if (!skip && load_t0)
@@ -396,9 +401,31 @@ void *mm__worker_main(void *arg) {
             mm__model_complete_waiters(e, m, MM_KIND_PRELOAD, 0, NULL);
         mm_task_t *big = NULL; /* a large task this worker runs in chunks */
         int chunk_turn = 0;    /* chunks and queued batches take turns */
+        /* Once idle for MM_IDLE_TRIM_NS after the load or after work, the
+         * worker trims the heap (the load's staging, the activations of its
+         * last batches): then it waits without a deadline until more work. */
+        int trim_due = 1;
+        int64_t trim_at = 0; /* set when an idle spell starts */
         for (;;) {
-            while (!big && m->qlen == 0 && (m->state == MM_MS_READY || m->state == MM_MS_LOADING))
-                pthread_cond_wait(&m->work_cv, &e->mu);
+            while (!big && m->qlen == 0 && (m->state == MM_MS_READY || m->state == MM_MS_LOADING)) {
+                if (!trim_due) {
+                    pthread_cond_wait(&m->work_cv, &e->mu);
+                    continue;
+                }
+                int64_t now = mm_now_ns();
+                if (!trim_at)
+                    trim_at = now + MM_IDLE_TRIM_NS;
+                if (now < trim_at) {
+                    struct timespec ts = mm_ns_to_timespec(trim_at);
+                    pthread_cond_timedwait(&m->work_cv, &e->mu, &ts);
+                } else if (mm__mem_idle_trim(e)) {
+                    trim_due = 0;
+                } else {
+                    trim_at = 0; /* a CPU load is measuring: later */
+                }
+            }
+            trim_due = 1; /* work: trim once idle after it */
+            trim_at = 0;
             if (!big && (m->state == MM_MS_FAILED || m->qlen == 0))
                 break;
             if (big && (chunk_turn || m->qlen == 0 || m->state == MM_MS_FAILED)) {

@@ -4,7 +4,8 @@
  * down to one task, and a stress run: submitters on several threads over
  * models that do not fit together, with releases racing, where every task
  * must complete exactly once and the device accounting must come back to
- * zero.  Runs under ASan and TSan like the other core tests.
+ * zero.  An idle worker's heap trim waits while a CPU load measures its
+ * footprint.  Runs under ASan and TSan like the other core tests.
  */
 #include <poll.h>
 #include <pthread.h>
@@ -34,8 +35,8 @@ static mm_engine_t *new_engine(const char *gpus, int max_loaded) {
     return e;
 }
 
-static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const char *text,
-                  int n_items) {
+static int submit_on(mm_engine_t *e, mm_channel_t *ch, const char *device, const char *model,
+                     const char *text, int n_items) {
     const char *items[8];
     size_t lens[8];
     for (int i = 0; i < n_items; i++) {
@@ -46,7 +47,7 @@ static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const cha
     a.model_name = model;
     a.type = MM_TASK_EMBEDDING;
     a.kind = MM_KIND_RUN;
-    a.device = "gpu";
+    a.device = device;
     a.num_workers = 1;
     a.items = items;
     a.item_lens = lens;
@@ -54,6 +55,11 @@ static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const cha
     char err[256];
     uint64_t id;
     return mm_engine_submit(e, ch, &a, &id, err, sizeof err);
+}
+
+static int submit(mm_engine_t *e, mm_channel_t *ch, const char *model, const char *text,
+                  int n_items) {
+    return submit_on(e, ch, "gpu", model, text, n_items);
 }
 
 typedef struct tally {
@@ -213,8 +219,38 @@ static void test_stress_over_budget(void) {
     mm_channel_close(ch);
 }
 
+static uint64_t idle_trims(mm_engine_t *e) {
+    mm_engine_stats s;
+    mm_engine_stats_get(e, &s);
+    return s.idle_trims;
+}
+
+/* An idle worker trims the heap once, a second after its last batch, but
+ * not while a CPU load is measuring its resident growth (the trim would
+ * hide part of it): B loads for 4 s, A idles meanwhile and trims after. */
+static void test_idle_trim_waits_for_cpu_loads(void) {
+    mm_engine_t *e = new_engine("none", 0);
+    mm_channel_t *ch;
+    CHECK(mm_channel_new(&ch) == 0);
+    CHECK(submit_on(e, ch, "cpu", "synthetic/embedding?load_ms=4000", "b", 1) == 0);
+    CHECK(submit_on(e, ch, "cpu", "synthetic/embedding?dim=4", "a", 1) == 0);
+    tally y = {0};
+    CHECK(collect(ch, 1, &y) == 1 && y.done == 1); /* A's, at once */
+    usleep(2500 * 1000); /* A idle for 2.5 s, B still loading */
+    CHECK(idle_trims(e) == 0);
+    CHECK(collect(ch, 1, &y) == 1 && y.done == 2); /* B's, after its load */
+    for (int i = 0; i < 100 && idle_trims(e) == 0; i++)
+        usleep(50 * 1000);
+    CHECK(idle_trims(e) >= 1);
+    CHECK(submit_on(e, ch, "cpu", "synthetic/embedding?dim=4", "a", 1) == 0);
+    CHECK(collect(ch, 1, &y) == 1 && y.done == 3); /* a trimmed worker still serves */
+    mm_engine_free(e);
+    mm_channel_close(ch);
+}
+
 int main(void) {
     alarm(110);
+    test_idle_trim_waits_for_cpu_loads();
     test_fit_evict_insufficient();
     test_oom_split();
     test_stress_over_budget();
