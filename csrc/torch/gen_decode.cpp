@@ -468,7 +468,15 @@ void load_model(Model &m) {
     m.arch = arch_of(cfg.get());
     int rc = 0;
     std::string err;
-    rc = load_weights(m.dir, m.device, m.dtype, &m.weights, &err);
+    /* float32 T5 / BART on the CPU: each decoder step streams every decoder
+     * matrix and the vocabulary projection, which read 2-8% faster from
+     * 2 MB pages than from the file's 4 KB ones (st_loader.h) */
+    const bool seq2seq = m.arch == "t5" || m.arch == "bart";
+    const Placement place = m.device.is_cpu() && m.dtype == at::kFloat &&
+                                    m.dtype_name != "int8" && seq2seq
+                                ? Placement::Copy
+                                : Placement::Map;
+    rc = load_weights(m.dir, m.device, m.dtype, &m.weights, &err, place);
     if (rc != 0)
         throw Error(rc, err);
     /* dtype "int8": the graph's tensors are its own once built; the table

@@ -8,7 +8,9 @@
  *   - floating tensors (F32, F16, BF16, F64) become `dtype` on `device`;
  *     when the file already holds that dtype, the device is the CPU and the
  *     data is aligned, the tensor points straight into the mapping (no copy;
- *     the pages are shared with every other mapping of the file);
+ *     the pages are shared with every other mapping of the file), or, with
+ *     Placement::Copy, into one anonymous copy of the file's data on 2 MB
+ *     pages;
  *   - integer and bool tensors keep their type (moved to `device`).
  * Every header field is bounds-checked: a truncated or corrupt file fails
  * with MM_EFORMAT naming the file and the tensor.
@@ -54,6 +56,22 @@ struct Weights {
     at::Tensor get(const std::string &name, at::IntArrayRef shape) const;
 };
 
+/* Where CPU tensors used as stored (no dtype conversion) live. */
+enum class Placement {
+    /* In the file's read-only mapping: page-cache pages, shared with every
+     * other mapping of the file (other processes included), faulted in as
+     * they are first read. */
+    Map,
+    /* In a read-only anonymous copy, 2 MB-aligned and offered to
+     * transparent huge pages, when every tensor of a file is used as
+     * stored (otherwise as Map).  Resident from the load on, counted in the
+     * process's RSS, freed (munmap) when its last tensor goes; the file's
+     * pages never enter the process's resident set (the copy is read with
+     * pread).  For weights streamed whole on every decoder step, where
+     * 4 KB file pages cost TLB misses. */
+    Copy,
+};
+
 /* Loads dir/model.safetensors or the shards listed in
  * dir/model.safetensors.index.json into *out (cleared first).  Floating
  * tensors are converted to `dtype` on `device`.  Returns 0, or a negative
@@ -61,16 +79,16 @@ struct Weights {
  * was looked for; MM_EFORMAT: corrupt file or unsupported dtype; MM_EIO;
  * MM_ENOMEM).  Blocks; any thread. */
 int load_weights(const std::string &dir, const at::Device &device, at::ScalarType dtype,
-                 Weights *out, std::string *err);
+                 Weights *out, std::string *err, Placement place = Placement::Map);
 
 /* Same, but loads one file and throws mmt::Error instead of returning.
  * Used for sub-modules (a Dense layer's model.safetensors). */
 void load_safetensors_file(const std::string &path, const at::Device &device,
-                           at::ScalarType dtype, Weights *out);
+                           at::ScalarType dtype, Weights *out, Placement place = Placement::Map);
 
 /* Same as load_weights() but throws mmt::Error. */
 void load_weights_or_throw(const std::string &dir, const at::Device &device,
-                           at::ScalarType dtype, Weights *out);
+                           at::ScalarType dtype, Weights *out, Placement place = Placement::Map);
 
 } // namespace mmt
 
