@@ -97,6 +97,8 @@ def main():
         torch.set_num_threads(a.threads)
     nseq = a.seq or a.n
     rows = []
+    # on a shared machine only same-run ratios mean much: say how busy it was
+    print("# load average before: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     with tempfile.TemporaryDirectory() as d:
         for kind in a.models.split(","):
             path = os.path.join(d, kind)
@@ -142,6 +144,7 @@ def main():
                 print_row(rows[-2])
                 print_row(rows[-1])
             g.close()
+    print("# load average after: %.2f %.2f %.2f" % os.getloadavg())
     print()
     print(f"| model | decoding | mode | ours tok/s | transformers tok/s | ratio | p50 ours ms | "
           f"p50 transformers ms |")
