@@ -202,7 +202,7 @@ at::Tensor Bart::step(DecState &st, const at::Tensor &tokens) const {
                    v = heads(mmt::linear(h, A.vw, A.vb), info_.heads);
         at::Tensor kk, vv;
         cache_append(st, (int64_t)l, k, v, &kk, &vv);
-        at::Tensor a = attend(q, kk, vv, at::Tensor(), scale);
+        at::Tensor a = self_attend(st, q, kk, vv, at::Tensor(), scale);
         h = ln(h + mmt::linear(a.transpose(1, 2).reshape({N, 1, -1}), A.ow, A.ob), A.ln_w, A.ln_b);
 
         const BartAttn &C = L.cross;

@@ -99,11 +99,71 @@ at::Tensor apply_act(Act a, const at::Tensor &x) {
     return x;
 }
 
-void reorder_rows(DecState &st, const at::Tensor &idx) {
+namespace {
+/* Rows rows[i] of cache c ([R, H, >= npos, hd] on the CPU in float32, last
+ * dimension contiguous), position s < npos of each read from the cache row
+ * st's slot table names, as a new contiguous cache of cap positions whose
+ * rows own their positions (positions >= npos left unset). */
+at::Tensor gather_slots(const at::Tensor &c, const DecState &st, const std::vector<int64_t> &rows,
+                        int64_t npos, int64_t cap) {
+    const int64_t H = c.size(1), hd = c.size(3), len = std::min(npos, c.size(2));
+    TORCH_CHECK(c.stride(3) == 1 && c.scalar_type() == at::kFloat && c.device().is_cpu(),
+                "gather_slots: a CPU float32 cache with contiguous heads");
+    at::Tensor out = at::empty({(int64_t)rows.size(), H, cap, hd}, c.options());
+    const float *src = c.data_ptr<float>();
+    float *dst = out.data_ptr<float>();
+    const int64_t r0 = c.stride(0), h0 = c.stride(1), p0 = c.stride(2);
+    for (size_t i = 0; i < rows.size(); i++) {
+        const int32_t *sl = st.slot.data() + rows[i] * st.slot_cap;
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t p = 0; p < len; p++)
+                memcpy(dst + (((int64_t)i * H + h) * cap + p) * hd, src + sl[p] * r0 + h * h0 + p * p0,
+                       (size_t)hd * sizeof(float));
+    }
+    return out;
+}
+
+/* Every row owns its cache row again. */
+void reset_slots(DecState &st, int64_t rows, int64_t cap) {
+    st.slot_cap = cap;
+    st.slot.resize((size_t)(rows * cap));
+    for (int64_t r = 0; r < rows; r++)
+        std::fill(st.slot.begin() + r * cap, st.slot.begin() + (r + 1) * cap, (int32_t)r);
+}
+
+/* The caches of rows rows[i] (in that order, repeats allowed), each owning
+ * its cache row. */
+void take_rows(DecState &st, const std::vector<int64_t> &rows) {
+    if (st.indirect) {
+        const int64_t cap = st.rows() > 0 ? st.self_k[0].size(2) : st.cap;
+        for (size_t l = 0; l < st.self_k.size(); l++) {
+            st.self_k[l] = gather_slots(st.self_k[l], st, rows, st.len, cap);
+            st.self_v[l] = gather_slots(st.self_v[l], st, rows, st.len, cap);
+        }
+        reset_slots(st, (int64_t)rows.size(), std::max(cap, st.slot_cap));
+        return;
+    }
+    at::Device dev = st.self_k.empty() ? at::Device(at::kCPU) : st.self_k[0].device();
+    at::Tensor idx = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(dev);
     for (size_t l = 0; l < st.self_k.size(); l++) {
         st.self_k[l] = st.self_k[l].index_select(0, idx);
         st.self_v[l] = st.self_v[l].index_select(0, idx);
     }
+}
+} // namespace
+
+void reorder_rows(DecState &st, const std::vector<int64_t> &idx) {
+    if (!st.indirect) {
+        take_rows(st, idx);
+        return;
+    }
+    /* row i's history is row idx[i]'s: its slots, not its keys and values */
+    const int64_t cap = st.slot_cap, len = std::min(st.len, cap);
+    std::vector<int32_t> ns(idx.size() * (size_t)cap);
+    for (size_t i = 0; i < idx.size(); i++)
+        std::copy(st.slot.begin() + idx[i] * cap, st.slot.begin() + idx[i] * cap + len,
+                  ns.begin() + (int64_t)i * cap);
+    st.slot.swap(ns);
 }
 
 void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
@@ -116,9 +176,8 @@ void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
     for (int64_t x : gidx)
         for (int64_t j = 0; j < st.group; j++)
             rows.push_back(x * st.group + j);
-    at::Tensor r = at::tensor(rows, lopts).to(dev);
     /* cross entries: one per group when shared, else one per row */
-    at::Tensor cr = st.cross_share > 1 ? at::tensor(gidx, lopts).to(dev) : r;
+    at::Tensor cr = at::tensor(st.cross_share > 1 ? gidx : rows, lopts).to(dev);
     const int64_t E = st.rows() / st.cross_share;
     for (size_t l = 0; l < st.cross_k.size(); l++) {
         st.cross_k[l] = st.cross_k[l].index_select(0, cr);
@@ -128,14 +187,15 @@ void keep_groups(DecState &st, const std::vector<int64_t> &gidx) {
     if (st.cross_bias.defined() && E > 1 && st.cross_bias.size(0) == E)
         st.cross_bias = st.cross_bias.index_select(0, cr);
     st.n_groups = (int64_t)gidx.size();
-    reorder_rows(st, r);
+    take_rows(st, rows);
 }
 
 void expand_groups(DecState &st, int64_t group) {
-    for (size_t l = 0; l < st.self_k.size(); l++) {
-        st.self_k[l] = st.self_k[l].repeat_interleave(group, 0);
-        st.self_v[l] = st.self_v[l].repeat_interleave(group, 0);
-    }
+    std::vector<int64_t> rows;
+    for (int64_t r = 0; r < st.rows(); r++)
+        for (int64_t j = 0; j < group; j++)
+            rows.push_back(r);
+    take_rows(st, rows); /* repeat_interleave(group, 0) */
     st.group = group;
     st.cross_share = group;
 }
@@ -173,6 +233,11 @@ void Seq2Seq::start(DecState &st, const at::Tensor &enc, const at::Tensor &mask,
         st.self_k.push_back(at::empty({G * group, info_.heads, cap, info_.head_dim}, opts));
         st.self_v.push_back(at::empty({G * group, info_.heads, cap, info_.head_dim}, opts));
     }
+    /* mmt_attend_slots follows a slot table; sdpa needs rows that own them */
+    st.indirect = share;
+    st.slot.clear();
+    if (st.indirect)
+        reset_slots(st, G * group, cap);
 }
 
 void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const at::Tensor &v,
@@ -187,6 +252,19 @@ void Seq2Seq::cache_append(DecState &st, int64_t l, const at::Tensor &k, const a
         };
         grow(st.self_k[l]);
         grow(st.self_v[l]);
+    }
+    if (st.indirect && l == 0) { /* each row's new position goes in its own cache row */
+        if (t >= st.slot_cap) {
+            const int64_t ocap = st.slot_cap, ncap = std::max<int64_t>(2 * ocap, t + 1);
+            std::vector<int32_t> ns((size_t)(st.rows() * ncap));
+            for (int64_t r = 0; r < st.rows(); r++)
+                std::copy(st.slot.begin() + r * ocap, st.slot.begin() + r * ocap + t,
+                          ns.begin() + r * ncap);
+            st.slot.swap(ns);
+            st.slot_cap = ncap;
+        }
+        for (int64_t r = 0; r < st.rows(); r++)
+            st.slot[(size_t)(r * st.slot_cap + t)] = (int32_t)r;
     }
     st.self_k[l].narrow(2, t, 1).copy_(k);
     st.self_v[l].narrow(2, t, 1).copy_(v);
@@ -219,8 +297,10 @@ mmt_kv_layout kv_layout(const at::Tensor &t) {
 }
 } // namespace
 
-at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
-                           const at::Tensor &bias, double scale, int64_t share) {
+at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k0, const at::Tensor &v0,
+                           const at::Tensor &bias, double scale, int64_t share,
+                           const DecState *slots) {
+    at::Tensor k = k0, v = v0;
     const int64_t N = q.size(0), H = q.size(1), hd = q.size(3), len = k.size(2);
     const int64_t E = N / share; /* entries of k, v and a per-row bias */
     mmt_attn_bias b{nullptr, 0, 0, nullptr, 0, 0};
@@ -240,6 +320,14 @@ at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::T
             fits = false;
         }
     }
+    if (!fits && slots) { /* sdpa reads rows that own their positions (T5's first step:
+                             a [1, H, 1, 1] bias with a stride the kernel does not take) */
+        std::vector<int64_t> all((size_t)k.size(0));
+        for (size_t r = 0; r < all.size(); r++)
+            all[r] = (int64_t)r;
+        k = gather_slots(k, *slots, all, len, len);
+        v = gather_slots(v, *slots, all, len, len);
+    }
     if (!fits) {
         auto per_row = [&](const at::Tensor &t) {
             return share > 1 && t.size(0) == E && E != N ? t.repeat_interleave(share, 0) : t;
@@ -253,8 +341,9 @@ at::Tensor Seq2Seq::attend(const at::Tensor &q, const at::Tensor &k, const at::T
     at::Tensor out = at::empty({N, H, 1, hd}, q.options());
     const int nt = std::max(1, at::get_num_threads());
     at::Tensor scratch = at::empty({nt, len}, q.options());
-    mmt_attend_one(qc.data_ptr<float>(), N, share, H, hd, len, kv_layout(k), kv_layout(v), b,
-                   (float)scale, out.data_ptr<float>(), scratch.data_ptr<float>(), nt);
+    mmt_attend_slots(qc.data_ptr<float>(), N, share, H, hd, len, kv_layout(k), kv_layout(v), b,
+                     slots ? slots->slot.data() : nullptr, slots ? slots->slot_cap : 0,
+                     (float)scale, out.data_ptr<float>(), scratch.data_ptr<float>(), nt);
     return out;
 }
 
@@ -462,6 +551,25 @@ void load_causal(Model &m, const json_t *cfg, const json_t *gcj) {
     m.max_length_limit = ctx;
 }
 
+/* Float tensors mapped in place from a safetensors file sit wherever the
+ * file put them (bart-base's: 44 bytes past a 64-byte line, t5-small's: 40),
+ * and the decoder-step kernels (mmt_skinny.c) load 64 bytes at a time: every
+ * load of such a weight straddled two cache lines, which cost the 32-row
+ * products of a batched step 1.3x.  Each one not on a 64-byte boundary is
+ * copied once, at load, to memory that is (libtorch's CPU allocator aligns
+ * to 64); the mapping goes when its last tensor does.  Values unchanged. */
+void align_weights(Weights &w) {
+    for (auto &kv : w.tensors) {
+        at::Tensor &t = kv.second;
+        if (t.device().is_cpu() && t.is_floating_point() && t.numel() > 0 &&
+            (uintptr_t)t.data_ptr() % 64 != 0) {
+            at::Tensor c = at::empty(t.sizes(), t.options());
+            c.copy_(t);
+            t = c;
+        }
+    }
+}
+
 void load_model(Model &m) {
     JsonPtr cfg = read_json(join_path(m.dir, "config.json"), true);
     JsonPtr gcj = read_json(join_path(m.dir, "generation_config.json"), false);
@@ -482,6 +590,8 @@ void load_model(Model &m) {
     /* dtype "int8": the graph's tensors are its own once built; the table
      * goes first so that the float weights int8 replaces are freed */
     const bool int8 = m.dtype_name == "int8";
+    if (m.device.is_cpu() && !int8)
+        align_weights(m.weights);
     if (m.arch != "t5" && m.arch != "bart") {
         load_causal(m, cfg.get(), gcj.get());
         if (int8) {
@@ -1261,7 +1371,7 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
         for (size_t i = 0; i < reorder.size() && identity; i++)
             identity = reorder[i] == (int64_t)i;
         if (!identity && !collapsed)
-            reorder_rows(st, at::tensor(reorder, lopts).to(dev));
+            reorder_rows(st, reorder);
         if ((int64_t)keep.size() != G) {
             keep_groups(st, keep);
             std::vector<int64_t> ng;

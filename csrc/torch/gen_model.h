@@ -17,7 +17,10 @@
  *     transformers call does, bit for bit).  Rows of a group share one
  *     source, so beam reordering never touches them.
  * Reordering rows (beam search) and dropping finished groups are index
- * selects on these tensors (reorder_rows / keep_groups below).
+ * selects on these tensors (reorder_rows / keep_groups below), except on
+ * the CPU in float32, where a slot table says which cache row holds each
+ * row's position (DecState::slot): reordering beams rewrites the table and
+ * copies no keys or values.
  */
 #ifndef MMT_GEN_MODEL_H
 #define MMT_GEN_MODEL_H
@@ -64,13 +67,21 @@ struct DecState {
      * rows / cross_share, ...]); a bool mask, a float bias, or undefined (no
      * padding, no bias). */
     at::Tensor cross_bias;
+    /* CPU float32 (mmt_attend_slots reads the caches): row r's position s
+     * lives in cache row slot[r * slot_cap + s], s < len.  A step writes
+     * each row's new position into its own cache row; reorder_rows rewrites
+     * only this table.  Elsewhere `indirect` is false and rows own their
+     * cache rows. */
+    bool indirect = false;
+    int64_t slot_cap = 0;
+    std::vector<int32_t> slot;
     int64_t rows() const { return self_k.empty() ? 0 : self_k[0].size(0); }
     int64_t groups() const { return n_groups; }
 };
 
-/* Keeps rows `idx` (int64 on the model's device) of the self-attention
- * cache, in that order: beam reordering within groups. */
-void reorder_rows(DecState &st, const at::Tensor &idx);
+/* Row i continues row idx[i] of the self-attention cache: beam reordering
+ * within groups. */
+void reorder_rows(DecState &st, const std::vector<int64_t> &idx);
 /* Keeps groups `gidx` (host list, ascending) and their rows. */
 void keep_groups(DecState &st, const std::vector<int64_t> &gidx);
 /* From one row per group to `group` copies of it (st.group was 1, and the
@@ -130,7 +141,14 @@ class Seq2Seq {
      * and a per-row bias (k, v: [rows / share, ...]).  Returns [rows, H, 1,
      * hd]. */
     static at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
-                             const at::Tensor &bias, double scale, int64_t share = 1);
+                             const at::Tensor &bias, double scale, int64_t share = 1,
+                             const DecState *slots = nullptr);
+    /* attend() over the self-attention cache views kk, vv of cache_append,
+     * through st's slot table where it has one. */
+    static at::Tensor self_attend(const DecState &st, const at::Tensor &q, const at::Tensor &kk,
+                                  const at::Tensor &vv, const at::Tensor &bias, double scale) {
+        return attend(q, kk, vv, bias, scale, 1, st.indirect ? &st : nullptr);
+    }
 
     ModelInfo info_;
     at::Device device_{at::kCPU};

@@ -274,7 +274,7 @@ at::Tensor T5::step(DecState &st, const at::Tensor &tokens) const {
                    v = heads(mmt::linear(n, L.self.v));
         at::Tensor kk, vv;
         cache_append(st, (int64_t)l, k, v, &kk, &vv);
-        at::Tensor a = attend(q, kk, vv, self_bias, 1.0);
+        at::Tensor a = self_attend(st, q, kk, vv, self_bias, 1.0);
         h = h + mmt::linear(a.transpose(1, 2).reshape({N, 1, -1}), L.self.o);
 
         n = rms(h, L.ln_cross);

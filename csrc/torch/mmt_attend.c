@@ -22,7 +22,14 @@
  * The beams of a request attend over one encoder output: they share one
  * copy of its keys and values (`share` rows per entry), so a beam-search
  * step reads a quarter of the memory four copies would take, and the
- * copies are never made or reordered. */
+ * copies are never made or reordered.
+ *
+ * Their self-attention caches are not reordered either (mmt_attend_slots):
+ * a slot table names, for each row and position, the cache row that holds
+ * it, so when beam search keeps a beam's continuations the step rewrites a
+ * few indices instead of copying every layer's keys and values (a tenth of
+ * a batched BART beam step, most of it the kernel clearing fresh pages for
+ * the copies).  The arithmetic is the same wherever a position lives. */
 #include "mmt_attend.h"
 #include "mmt_pool.h"
 #include "mmt_vec.h"
@@ -44,13 +51,21 @@ MMT_INLINE float dot(const float *q, const float *k, int64_t hd) {
     return d;
 }
 
+/* Where position s of a row's keys (or values) lives: at kb + s * kpos, or,
+ * through a slot table, in cache row slot[s] (kb then points at row 0). */
+MMT_INLINE const float *at_pos(const float *kb, int64_t kpos, const int32_t *slot,
+                               int64_t krow, int64_t s) {
+    return slot ? kb + (int64_t)slot[s] * krow + s * kpos : kb + s * kpos;
+}
+
 MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, int64_t kpos,
-                    const float *vb, int64_t vpos, const float *bias, const bool *mask,
-                    float scale, float *sc, float *o) {
+                    const float *vb, int64_t vpos, const int32_t *slot, int64_t krow,
+                    int64_t vrow, const float *bias, const bool *mask, float scale, float *sc,
+                    float *o) {
     float mx = -INFINITY;
     for (int64_t s = 0; s < len; s++) {
-        float d = bias ? fmaf(dot(qv, kb + s * kpos, hd), scale, bias[s])
-                       : dot(qv, kb + s * kpos, hd) * scale;
+        const float *kp = at_pos(kb, kpos, slot, krow, s);
+        float d = bias ? fmaf(dot(qv, kp, hd), scale, bias[s]) : dot(qv, kp, hd) * scale;
         if (mask && !mask[s])
             d = -INFINITY;
         sc[s] = d;
@@ -72,7 +87,7 @@ MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, i
         mmt_v16 o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
         for (int64_t s = 0; s < len; s++) {
             const float p = sc[s] * inv;
-            const float *vr = vb + s * vpos + i0;
+            const float *vr = at_pos(vb, vpos, slot, vrow, s) + i0;
             o0 += p * mmt_ld16(vr);
             o1 += p * mmt_ld16(vr + 16);
             o2 += p * mmt_ld16(vr + 32);
@@ -85,19 +100,23 @@ MMT_INLINE void one(const float *qv, int64_t hd, int64_t len, const float *kb, i
     }
     for (int64_t s = 0; s < len; s++) {
         const float p = sc[s] * inv;
-        const float *vr = vb + s * vpos;
+        const float *vr = at_pos(vb, vpos, slot, vrow, s);
         for (int64_t i = i0; i < hd; i++)
             o[i] += p * vr[i];
     }
 }
 
 MMT_INLINE void range(const float *q, int64_t share, int64_t heads, int64_t hd, int64_t len,
-                      mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
-                      float *out, int64_t p0, int64_t p1, float *sc) {
+                      mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, const int32_t *slot,
+                      int64_t slot_row, float scale, float *out, int64_t p0, int64_t p1,
+                      float *sc) {
     for (int64_t p = p0; p < p1; p++) {
-        const int64_t e = p / heads / share, h = p % heads; /* the row's entry */
-        one(q + p * hd, hd, len, k.base + e * k.row + h * k.head, k.pos,
-            v.base + e * v.row + h * v.head, v.pos, b.bias ? b.bias + e * b.row + h * b.head : NULL,
+        const int64_t r = p / heads, e = r / share, h = p % heads; /* the row's entry */
+        /* through a slot table every position names its own cache row */
+        const int64_t ke = slot ? 0 : e;
+        one(q + p * hd, hd, len, k.base + ke * k.row + h * k.head, k.pos,
+            v.base + ke * v.row + h * v.head, v.pos, slot ? slot + r * slot_row : NULL, k.row,
+            v.row, b.bias ? b.bias + e * b.row + h * b.head : NULL,
             b.mask ? b.mask + e * b.mrow + h * b.mhead : NULL, scale, sc, out + p * hd);
     }
 }
@@ -107,6 +126,8 @@ struct att_job {
     int64_t share, heads, hd, len;
     mmt_kv_layout k, v;
     mmt_attn_bias b;
+    const int32_t *slot;
+    int64_t slot_row;
     float scale;
     float *out, *scratch;
 };
@@ -114,14 +135,15 @@ struct att_job {
 MMT_CLONES
 static void att_piece(void *arg, int64_t p0, int64_t p1, int slot) {
     const struct att_job *j = (const struct att_job *)arg;
-    range(j->q, j->share, j->heads, j->hd, j->len, j->k, j->v, j->b, j->scale, j->out, p0, p1,
-          j->scratch + slot * j->len);
+    range(j->q, j->share, j->heads, j->hd, j->len, j->k, j->v, j->b, j->slot, j->slot_row,
+          j->scale, j->out, p0, p1, j->scratch + slot * j->len);
 }
 
 MMT_CLONES
-void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
-                    int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
-                    float *out, float *scratch, int nthreads) {
+void mmt_attend_slots(const float *q, int64_t rows, int64_t share, int64_t heads,
+                      int64_t head_dim, int64_t len, mmt_kv_layout k, mmt_kv_layout v,
+                      mmt_attn_bias b, const int32_t *slot, int64_t slot_row, float scale,
+                      float *out, float *scratch, int nthreads) {
     const int64_t n = rows * heads;
     if (share < 1)
         share = 1;
@@ -130,9 +152,17 @@ void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, 
     if (nthreads > 1 && n >= 128) {
         if (nthreads > n / 64)
             nthreads = (int)(n / 64);
-        struct att_job j = {q, share, heads, head_dim, len, k, v, b, scale, out, scratch};
+        struct att_job j = {q, share, heads, head_dim, len, k, v, b, slot, slot_row,
+                            scale, out, scratch};
         mmt_pool_run(n, 16, nthreads, att_piece, &j);
         return;
     }
-    range(q, share, heads, head_dim, len, k, v, b, scale, out, 0, n, scratch);
+    range(q, share, heads, head_dim, len, k, v, b, slot, slot_row, scale, out, 0, n, scratch);
+}
+
+void mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
+                    int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale,
+                    float *out, float *scratch, int nthreads) {
+    mmt_attend_slots(q, rows, share, heads, head_dim, len, k, v, b, NULL, 0, scale, out, scratch,
+                     nthreads);
 }

@@ -44,6 +44,17 @@ mmt_attend_one(const float *q, int64_t rows, int64_t share, int64_t heads, int64
                int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b, float scale, float *out,
                float *scratch, int nthreads);
 
+/* mmt_attend_one, with row r's keys and values at position s read from
+ * cache row slot[r * slot_row + s] (k.row / v.row apart) instead of the
+ * row's own entry: beam search's reordered histories without copying the
+ * caches.  slot NULL: mmt_attend_one.  The arithmetic is mmt_attend_one's,
+ * bit for bit, on caches gathered by the table. */
+__attribute__((visibility("default"))) void
+mmt_attend_slots(const float *q, int64_t rows, int64_t share, int64_t heads, int64_t head_dim,
+                 int64_t len, mmt_kv_layout k, mmt_kv_layout v, mmt_attn_bias b,
+                 const int32_t *slot, int64_t slot_row, float scale, float *out, float *scratch,
+                 int nthreads);
+
 #ifdef __cplusplus
 }
 #endif

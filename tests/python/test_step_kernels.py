@@ -1,7 +1,7 @@
 """The shim's decoder-step kernels, called on their own through libmm_torch.so.
 
 mmt_skinny_linear (csrc/torch/mmt_skinny.c) must compute x W^T + b to float32 accuracy for every shape it takes (1 to
-8 rows, any width, edges that are not multiples of its blocks), and give
+64 rows, any width, edges that are not multiples of its blocks), and give
 bit-identical outputs whatever the rows beside an output's row, whichever
 slice of outputs a call covers and however many threads share the work
 (several callers at once included): that is what makes a lone request's
@@ -12,7 +12,10 @@ scaled_dot_product_attention to float32 accuracy for one query per row over
 strided caches, with a float bias or a bool mask broadcast over rows or heads,
 on one thread or several, give zeros where every position is masked, and give
 rows that share one copy of keys and values (a request's beams) exactly what
-they get from copies of their own.
+they get from copies of their own.  mmt_attend_slots, which reads each row's
+positions from the cache rows a slot table names (beam search's reordered
+histories, never copied), must give bit for bit what mmt_attend_one gives on
+caches gathered by that table.
 """
 import ctypes
 import math
@@ -79,6 +82,25 @@ def test_rows_and_slices_change_no_bit(kernel):
     part = run(kernel, x, w, b, 13, 150)
     assert torch.equal(part[:, 13:150], full[:, 13:150])
     assert torch.isnan(part[:, :13]).all() and torch.isnan(part[:, 150:]).all()
+
+
+@pytest.mark.parametrize("k,n", [(771, 203), (64, 13), (512, 50)])
+def test_many_rows_match_float64_and_single_rows_bit_for_bit(kernel, k, n):
+    """From 8 rows on (a batched step) the kernel works on blocks of 4 rows x 6 outputs:
+    every row must still get exactly what it gets alone, and the float32 accuracy."""
+    g = torch.Generator().manual_seed(k + n)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(64, k, generator=g)
+    alone = torch.cat([run(kernel, x[r:r + 1].contiguous(), w, b) for r in range(64)])
+    ref = x.double() @ w.double().T + b.double()
+    tol = 1e-6 * (x.double().abs() @ w.double().abs().T) + 1e-6
+    assert torch.all((alone.double() - ref).abs() <= tol)
+    for m in (8, 9, 13, 31, 32, 33, 64):
+        assert torch.equal(run(kernel, x[:m].contiguous(), w, b), alone[:m]), m
+        assert torch.equal(run(kernel, x[64 - m:].contiguous(), w, b), alone[64 - m:]), m
+    part = run(kernel, x[:40].contiguous(), w, b, 7, n - 5)  # a slice on no block edge
+    assert torch.equal(part[:, 7:n - 5], alone[:40, 7:n - 5])
+    assert torch.isnan(part[:, :7]).all() and torch.isnan(part[:, n - 5:]).all()
 
 
 def test_threads_change_no_bit(kernel):
@@ -247,3 +269,39 @@ def test_attention_with_every_position_masked_is_zero(attend):
     out = attend(q, k, v, keep)
     assert torch.equal(out[4], torch.zeros(2, 1, 16))
     assert torch.allclose(out[3], sdpa(q[3:4], k[3:4], v[3:4], None, 1.0)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def attend_slots():
+    f = lib().mmt_attend_slots
+    f.argtypes = [P, I64, I64, I64, I64, I64, KV, KV, Bias, P, I64, ctypes.c_float, P, P,
+                  ctypes.c_int]
+    f.restype = None
+    return f
+
+
+def test_slot_table_reads_what_a_gathered_cache_holds_bit_for_bit(attend, attend_slots):
+    """Beam search's caches are never reordered: row r's position s is read from cache row
+    slot[r, s].  The result must be the kernel's on a cache gathered by that table."""
+    g = torch.Generator().manual_seed(5)
+    R, H, cap, n, hd = 24, 3, 33, 19, 64
+    q = torch.randn(R, H, 1, hd, generator=g)
+    K, V = torch.randn(R, H, cap, hd, generator=g), torch.randn(R, H, cap, hd, generator=g)
+    slot = torch.randint(0, R, (R, cap), generator=g, dtype=torch.int32)
+    pos = torch.arange(n)
+    gk = K[slot[:, :n].long(), :, pos].permute(0, 2, 1, 3).contiguous()  # [R, H, n, hd]
+    gv = V[slot[:, :n].long(), :, pos].permute(0, 2, 1, 3).contiguous()
+    assert torch.equal(gk[3, 1, 7], K[slot[3, 7], 1, 7])
+    for bias in (None, torch.randn(1, H, 1, n, generator=g), torch.randn(R, H, 1, n, generator=g)):
+        b = Bias(None, 0, 0, None, 0, 0)
+        if bias is not None:
+            b.bias = bias.data_ptr()
+            b.row, b.head = (0 if bias.shape[0] == 1 else bias.stride(0)), bias.stride(1)
+        for threads in (1, 2):
+            want = attend(q, gk, gv, bias, 0.125, threads)
+            out = torch.full((R, H, 1, hd), float("nan"))
+            scratch = torch.empty(threads, n)
+            attend_slots(q.data_ptr(), R, 1, H, hd, n, KV(K.data_ptr(), *K.stride()[:3]),
+                         KV(V.data_ptr(), *V.stride()[:3]), b, slot.data_ptr(), cap, 0.125,
+                         out.data_ptr(), scratch.data_ptr(), threads)
+            assert torch.equal(out, want), (bias is None, threads)
