@@ -212,12 +212,15 @@ at::Tensor Bart::step(DecState &st, const at::Tensor &tokens) const {
         h = ffn(L, h);
     }
     st.len = t + 1;
-    if (lm_head_.is_int8() && logits_bias_.defined() && logits_bias_.scalar_type() == at::kFloat)
-        /* the int8 product adds the bias in its own pass (the same float
-         * addition, so the same bits) instead of a second [N, vocab] tensor */
-        return mmt::linear(h, lm_head_, logits_bias_.view({-1})).view({N, -1});
-    at::Tensor logits = mmt::linear(h, lm_head_).view({N, -1});
-    if (logits_bias_.defined())
+    /* The product adds final_logits_bias to each finished sum, the very
+     * addition `logits + bias` makes (the same bits), instead of a second
+     * [N, vocab] pass: the int8 product, and the float32 step kernel on the
+     * CPU. */
+    const bool fuse = logits_bias_.defined() && logits_bias_.scalar_type() == at::kFloat &&
+                      (lm_head_.is_int8() || (device_.is_cpu() && dtype_ == at::kFloat));
+    at::Tensor logits =
+        mmt::linear(h, lm_head_, fuse ? logits_bias_.view({-1}) : at::Tensor()).view({N, -1});
+    if (logits_bias_.defined() && !fuse)
         logits = logits + logits_bias_;
     return logits.to(at::kFloat);
 }

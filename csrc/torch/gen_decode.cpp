@@ -39,6 +39,7 @@
 #include "mmt_registry.h"
 #include "mmt_skinny.h"
 #include "mmt_threads.h"
+#include "mmt_topk.h"
 #include "st_loader.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -1238,30 +1239,43 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
         }
         at::Tensor lp = at::log_softmax(logits, -1);
         process(P, m, lp, rows, cur_len, n_eos + 1);
-        lp = lp.view({G, nb, V}) + at::tensor(rs, fopts).to(dev).view({G, nb, 1});
-        lp = lp.reshape({G, nb * V});
-        at::Tensor top_v, top_i;
-        if (P.sample) {
-            at::Tensor probs = at::softmax(lp, -1).to(at::kCPU);
-            at::Tensor lpc = lp.to(at::kCPU);
-            std::vector<at::Tensor> vs, is;
-            for (int64_t g = 0; g < G; g++) {
-                at::Tensor idx = at::multinomial(probs.narrow(0, g, 1), K, false,
-                                                 gens[(size_t)groups[(size_t)g]]);
-                at::Tensor val = at::gather(lpc.narrow(0, g, 1), 1, idx);
-                auto srt = val.sort(-1, true);
-                vs.push_back(std::get<0>(srt));
-                is.push_back(idx.gather(-1, std::get<1>(srt)));
-            }
-            top_v = at::cat(vs, 0);
-            top_i = at::cat(is, 0);
+        /* the K best of each request's lp + running scores (row by row) */
+        std::vector<float> tv((size_t)(G * K));
+        std::vector<int64_t> ti((size_t)(G * K));
+        const bool own_topk = !P.sample && lp.device().is_cpu() &&
+                              lp.scalar_type() == at::kFloat && lp.is_contiguous();
+        if (own_topk) { /* one pass, no [G, nb * V] sum (mmt_topk.c) */
+            for (int64_t g = 0; g < G; g++)
+                mmt_beam_topk(lp.data_ptr<float>() + g * nb * V, V, nb, V, rs.data() + g * nb, K,
+                              tv.data() + g * K, ti.data() + g * K);
         } else {
-            auto tk = at::topk(lp, K);
-            top_v = std::get<0>(tk).to(at::kCPU);
-            top_i = std::get<1>(tk).to(at::kCPU);
+            lp = lp.view({G, nb, V}) + at::tensor(rs, fopts).to(dev).view({G, nb, 1});
+            lp = lp.reshape({G, nb * V});
+            at::Tensor top_v, top_i;
+            if (P.sample) {
+                at::Tensor probs = at::softmax(lp, -1).to(at::kCPU);
+                at::Tensor lpc = lp.to(at::kCPU);
+                std::vector<at::Tensor> vs, is;
+                for (int64_t g = 0; g < G; g++) {
+                    at::Tensor idx = at::multinomial(probs.narrow(0, g, 1), K, false,
+                                                     gens[(size_t)groups[(size_t)g]]);
+                    at::Tensor val = at::gather(lpc.narrow(0, g, 1), 1, idx);
+                    auto srt = val.sort(-1, true);
+                    vs.push_back(std::get<0>(srt));
+                    is.push_back(idx.gather(-1, std::get<1>(srt)));
+                }
+                top_v = at::cat(vs, 0);
+                top_i = at::cat(is, 0);
+            } else {
+                auto tk = at::topk(lp, K);
+                top_v = std::get<0>(tk).to(at::kCPU);
+                top_i = std::get<1>(tk).to(at::kCPU);
+            }
+            top_v = top_v.contiguous();
+            top_i = top_i.contiguous();
+            std::copy(top_v.data_ptr<float>(), top_v.data_ptr<float>() + G * K, tv.begin());
+            std::copy(top_i.data_ptr<int64_t>(), top_i.data_ptr<int64_t>() + G * K, ti.begin());
         }
-        auto tv = top_v.accessor<float, 2>();
-        auto ti = top_i.accessor<int64_t, 2>();
 
         const bool at_max = cur_len + 1 >= P.max_length;
         /* transformers: (cur_len + 1 - decoder_prompt_len) ** length_penalty,
@@ -1276,9 +1290,9 @@ void run_beams(const Model &m, const Resolved &P, DecState &st, size_t n_in, Out
             std::vector<char> hit(K);
             bool all_hit = true;
             for (int64_t c = 0; c < K; c++) {
-                val[c] = tv[g][c];
-                src[c] = ti[g][c] / V;
-                tok[c] = ti[g][c] % V;
+                val[c] = tv[(size_t)(g * K + c)];
+                src[c] = ti[(size_t)(g * K + c)] / V;
+                tok[c] = ti[(size_t)(g * K + c)] % V;
                 hit[c] = at_max || is_eos(m, tok[c]);
                 all_hit = all_hit && hit[c];
             }

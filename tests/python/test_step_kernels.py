@@ -305,3 +305,42 @@ def test_slot_table_reads_what_a_gathered_cache_holds_bit_for_bit(attend, attend
                          KV(V.data_ptr(), *V.stride()[:3]), b, slot.data_ptr(), cap, 0.125,
                          out.data_ptr(), scratch.data_ptr(), threads)
             assert torch.equal(out, want), (bias is None, threads)
+
+
+@pytest.fixture(scope="module")
+def beam_topk():
+    f = lib().mmt_beam_topk
+    f.argtypes = [P, I64, I64, I64, P, I64, P, P]
+    f.restype = I64
+
+    def call(lp, add, k):
+        nb, V = lp.shape
+        val, idx = torch.full((k,), float("nan")), torch.full((k,), -1, dtype=torch.int64)
+        got = f(lp.data_ptr(), lp.stride(0), nb, V, None if add is None else add.data_ptr(), k,
+                val.data_ptr(), idx.data_ptr())
+        return got, val, idx
+    return call
+
+
+def test_beam_topk_is_torch_topk_of_the_sum(beam_topk):
+    """A request's K best continuations: lp[j, v] + score[j] over all beams and tokens, as
+    transformers' torch.topk over (lp + scores).view(-1) picks them, in one pass."""
+    g = torch.Generator().manual_seed(4)
+    for nb, V, k in ((4, 50265, 8), (1, 37, 2), (3, 64, 6), (5, 1000, 10), (2, 130, 4)):
+        lp = torch.log_softmax(torch.randn(nb, V, generator=g) * 3, -1)
+        lp[:, V // 3] = -float("inf")  # masked tokens (min_length's EOS)
+        add = torch.randn(nb, generator=g) * 5
+        got, val, idx = beam_topk(lp, add, k)
+        ref_v, ref_i = torch.topk((lp + add[:, None]).reshape(-1), k)
+        assert got == k and torch.equal(val, ref_v) and torch.equal(idx, ref_i), (nb, V, k)
+    # equal values: the lower candidate index first; a row stride wider than the row
+    wide = torch.zeros(2, 80)
+    wide[:, :70] = torch.arange(70.0).repeat(2, 1) % 7
+    got, val, idx = beam_topk(wide[:, :70], torch.zeros(2), 5)
+    assert val.tolist() == [6.0] * 5
+    assert idx.tolist() == [6, 13, 20, 27, 34]
+    got, val, idx = beam_topk(wide[:, :70], None, 30)
+    assert idx.tolist()[:11] == [6, 13, 20, 27, 34, 41, 48, 55, 62, 69, 76]
+    # fewer candidates than k: all of them
+    got, val, idx = beam_topk(torch.tensor([[1.0, 3.0, 2.0]]), None, 5)
+    assert got == 3 and val[:3].tolist() == [3.0, 2.0, 1.0] and idx[:3].tolist() == [1, 2, 0]
