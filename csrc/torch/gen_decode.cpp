@@ -552,25 +552,6 @@ void load_causal(Model &m, const json_t *cfg, const json_t *gcj) {
     m.max_length_limit = ctx;
 }
 
-/* Float tensors mapped in place from a safetensors file sit wherever the
- * file put them (bart-base's: 44 bytes past a 64-byte line, t5-small's: 40),
- * and the decoder-step kernels (mmt_skinny.c) load 64 bytes at a time: every
- * load of such a weight straddled two cache lines, which cost the 32-row
- * products of a batched step 1.3x.  Each one not on a 64-byte boundary is
- * copied once, at load, to memory that is (libtorch's CPU allocator aligns
- * to 64); the mapping goes when its last tensor does.  Values unchanged. */
-void align_weights(Weights &w) {
-    for (auto &kv : w.tensors) {
-        at::Tensor &t = kv.second;
-        if (t.device().is_cpu() && t.is_floating_point() && t.numel() > 0 &&
-            (uintptr_t)t.data_ptr() % 64 != 0) {
-            at::Tensor c = at::empty(t.sizes(), t.options());
-            c.copy_(t);
-            t = c;
-        }
-    }
-}
-
 void load_model(Model &m) {
     JsonPtr cfg = read_json(join_path(m.dir, "config.json"), true);
     JsonPtr gcj = read_json(join_path(m.dir, "generation_config.json"), false);
@@ -591,8 +572,6 @@ void load_model(Model &m) {
     /* dtype "int8": the graph's tensors are its own once built; the table
      * goes first so that the float weights int8 replaces are freed */
     const bool int8 = m.dtype_name == "int8";
-    if (m.device.is_cpu() && !int8)
-        align_weights(m.weights);
     if (m.arch != "t5" && m.arch != "bart") {
         load_causal(m, cfg.get(), gcj.get());
         if (int8) {
