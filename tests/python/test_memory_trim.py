@@ -24,7 +24,8 @@ from test_embed_shim import minilm_dir  # noqa: E402
 
 MIB = 1 << 20
 # What one more trim may still find.  Measured here with our trims: 3-5 MiB after a release,
-# 0 once idle; without them: 106 MiB after a release, 35-101 MiB once idle.
+# 0-14 MiB once idle (another thread may free after the worker's trim); without them: 106 MiB
+# after a release, 35-101 MiB once idle and no drop of the resident set.
 LEFT_AFTER_RELEASE = 24 * MIB
 LEFT_WHEN_IDLE = 12 * MIB
 
@@ -78,9 +79,14 @@ async def test_idle_worker_trims_its_heap_and_stays_loaded(make_mm):
     deadline = time.monotonic() + 10  # the trim is due 1 s after the batch
     while rss() > busy - LEFT_WHEN_IDLE and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the trim that started the drop has finished
     idle = rss()
     left = left_untrimmed()
-    assert left < LEFT_WHEN_IDLE, (busy / MIB, idle / MIB, left / MIB)
+    # the worker's own trim gave the batch's heap back (without it the resident set stays
+    # where it was), and one more trim finds little: other threads may have freed a little
+    # since, so this bound is the release test's, not zero
+    assert busy - idle > LEFT_AFTER_RELEASE, (busy / MIB, idle / MIB, left / MIB)
+    assert left < LEFT_AFTER_RELEASE, (busy / MIB, idle / MIB, left / MIB)
     models = (await mm.status()).data["models"]
     assert [m["state"] for m in models if m["model_name"] == minilm_dir()] == ["ready"]
     await embed(mm, ["still served"])
